@@ -1,0 +1,112 @@
+"""UDP announcements: how RecCaster IOCs find the bridge (recsync-protocol.md §1).
+
+From the moment it starts, and then every ``announceInterval`` seconds, the
+announcer sends the 16-byte announcement (SERV ADDR 255.255.255.255 = "connect
+to the sender", the bound TCP port, a random key) to every ``addrlist``
+destination. Send errors are logged once per destination and never stop the loop.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from bridge import wire
+
+
+class Announcer(DatagramProtocol):
+    """Sends one announcement to each destination per `announce` call."""
+
+    log = Logger()
+
+    def __init__(self, message: bytes, destinations: Sequence[tuple[str, int]]) -> None:
+        self.message = message
+        self.destinations = tuple(destinations)
+        self.sent = 0
+        self._failing: set[tuple[str, int]] = set()
+
+    def startProtocol(self) -> None:
+        assert self.transport is not None
+        self.transport.setBroadcastAllowed(True)
+        # The reference server pauses reading too: nothing that arrives here matters.
+        self.transport.stopReading()  # type: ignore[attr-defined]
+
+    def announce(self) -> None:
+        for destination in self.destinations:
+            try:
+                assert self.transport is not None
+                self.transport.write(self.message, destination)
+            except Exception as error:  # OSError, MessageLengthError, ...
+                if destination not in self._failing:
+                    self._failing.add(destination)
+                    self.log.error(
+                        "cannot announce to {host}:{port}: {error}",
+                        host=destination[0], port=destination[1], error=error,
+                    )
+            else:
+                self.sent += 1
+                if destination in self._failing:
+                    self._failing.discard(destination)
+                    self.log.info("announcing to {host}:{port} again",
+                                  host=destination[0], port=destination[1])
+
+
+class AnnounceService(Service):
+    """Owns the UDP socket and the announcement timer for one TCP port."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        tcp_port: int,
+        destinations: Sequence[tuple[str, int]],
+        interval: float,
+        bind_host: str = "",
+        key: int | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.key = random.SystemRandom().getrandbits(32) if key is None else key
+        message = wire.Announce(port=tcp_port, key=self.key).encode()
+        self.announcer = Announcer(message, destinations)
+        self.tcp_port = tcp_port
+        self.interval = interval
+        self.bind_host = bind_host
+        self._loop: LoopingCall | None = None
+        self._udp: Any = None
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        udp: Any = self.reactor
+        # Announce from the TCP port number, as the reference server does; clients
+        # only use the source *address*, so any free port would do if it is taken.
+        try:
+            self._udp = udp.listenUDP(self.tcp_port, self.announcer, interface=self.bind_host)
+        except OSError:
+            self._udp = udp.listenUDP(0, self.announcer, interface=self.bind_host)
+        loop = LoopingCall(self.announcer.announce)
+        clock: IReactorTime = self.reactor
+        loop.clock = clock
+        loop.start(self.interval, now=True)
+        self._loop = loop
+        self.log.info(
+            "announcing TCP port {port} every {interval:g} s to {destinations}",
+            port=self.tcp_port, interval=self.interval,
+            destinations=", ".join(f"{h}:{p}" for h, p in self.announcer.destinations),
+        )
+
+    def stopService(self) -> Any:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._udp is not None:
+            udp, self._udp = self._udp, None
+            return udp.stopListening()
+        return None

@@ -1,0 +1,218 @@
+"""The one place the bridge imports the etcd client library (pyetcd, etcd-sdk-python).
+
+Follows the measured advice in the shared etcd reference: always a
+`MultiEndpointEtcd3Client` with ``failover=True`` (even for one node, to avoid the
+300-second "failed node" lock of the plain ``client()`` factory), a per-call
+timeout, gRPC keepalive no more often than etcd allows, and an application retry
+loop (`call_with_retry`) because the library itself never retries.
+
+All calls block; run them in a thread pool, never on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import grpc  # type: ignore[import-untyped,unused-ignore]  # no stubs shipped
+import pyetcd
+from pyetcd import exceptions as etcd_exc
+from twisted.logger import Logger
+
+from bridge.errors import ConfigError, StoreError
+
+T = TypeVar("T")
+
+# Seconds an endpoint that failed is skipped before the client tries it again.
+ENDPOINT_TIME_RETRY_S = 2.0
+# etcd answers pings more frequent than every 5 s with GOAWAY too_many_pings.
+GRPC_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 5000),
+    ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+BACKOFF_FIRST_S = 0.05
+BACKOFF_MAX_S = 1.0
+# How long make_client keeps trying to authenticate when credentials are given.
+AUTH_DEADLINE_S = 10.0
+
+# Errors that always mean "this member is unreachable or hung: try again".
+RETRYABLE: tuple[type[BaseException], ...] = (
+    etcd_exc.ConnectionFailedError,
+    etcd_exc.ConnectionTimeoutError,
+    etcd_exc.NoServerAvailableError,
+)
+_RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# etcd messages that mean a leader election or a stall, retryable whatever the code.
+_TRANSIENT_DETAILS = ("leader changed", "no leader", "proposal dropped", "timed out")
+_FAILED_NODE_MESSAGE = "Trying to use a failed node"
+
+_log = Logger()
+
+
+def parse_endpoint(text: str) -> tuple[str, int, bool]:
+    """Parse ``host:port``, ``http://host:port`` or ``https://host:port``.
+
+    Returns ``(host, port, secure)``; IPv6 hosts come back without brackets.
+    Raises `ConfigError` naming the bad endpoint.
+    """
+    raw = text.strip()
+    url = raw if "://" in raw else f"http://{raw}"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"[etcd] endpoints: bad endpoint {text!r}: {exc}") from None
+    problem = None
+    if parts.scheme not in ("http", "https"):
+        problem = "scheme must be http or https"
+    elif not parts.hostname:
+        problem = "host is missing"
+    elif port is None or port == 0:
+        problem = "port is missing"
+    elif parts.username is not None or parts.path not in ("", "/") or parts.query:
+        problem = "expected only host and port"
+    if problem is not None or parts.hostname is None or port is None:
+        raise ConfigError(
+            f"[etcd] endpoints: bad endpoint {text!r}: {problem}; "
+            "use host:port, http://host:port or https://host:port"
+        )
+    return parts.hostname, port, parts.scheme == "https"
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"[etcd] cannot read TLS file {path}: {exc.strerror}") from None
+
+
+def _credentials(ca: str | None, cert: str | None, key: str | None) -> grpc.ChannelCredentials:
+    if (cert is None) != (key is None):
+        raise ConfigError("[etcd] cert and key must be given together")
+    # ca None means the system's trusted roots.
+    return grpc.ssl_channel_credentials(_read(ca), _read(key), _read(cert))
+
+
+def _endpoints(
+    endpoints: Sequence[str], ca: str | None, cert: str | None, key: str | None
+) -> list[pyetcd.Endpoint]:
+    if not endpoints:
+        raise ConfigError("[etcd] endpoints: at least one endpoint is required")
+    parsed = [parse_endpoint(text) for text in endpoints]
+    secure = ca is not None or cert is not None or any(tls for _, _, tls in parsed)
+    creds = _credentials(ca, cert, key) if secure else None
+    return [
+        pyetcd.Endpoint(
+            f"[{host}]" if ":" in host else host,
+            port,
+            secure=secure,
+            creds=creds,
+            time_retry=ENDPOINT_TIME_RETRY_S,
+            opts=GRPC_OPTIONS,
+        )
+        for host, port, _ in parsed
+    ]
+
+
+def make_client(
+    endpoints: Sequence[str],
+    *,
+    timeout: float,
+    username: str | None = None,
+    password: str | None = None,
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+) -> pyetcd.MultiEndpointEtcd3Client:
+    """A failover client over `endpoints` whose every RPC is bounded by `timeout` seconds.
+
+    Without credentials nothing is sent until the first call (channels are lazy).
+    With `username`/`password` the library authenticates in its constructor; that
+    is retried (a fresh client per attempt, so another endpoint may be chosen) for
+    up to `AUTH_DEADLINE_S`, then `StoreError`. The password is never logged.
+    Note: pyetcd does not renew the auth token when etcd expires it.
+    Raises `ConfigError` for bad endpoints, TLS files or half-given credentials.
+    """
+    if (username is None) != (password is None):
+        raise ConfigError("[etcd] username and password must be given together")
+    if username is None:
+        return pyetcd.MultiEndpointEtcd3Client(
+            _endpoints(endpoints, ca, cert, key), timeout=timeout, failover=True
+        )
+
+    def attempt() -> pyetcd.MultiEndpointEtcd3Client:
+        eps = _endpoints(endpoints, ca, cert, key)
+        try:
+            return pyetcd.MultiEndpointEtcd3Client(
+                eps, timeout=timeout, user=username, password=password, failover=True
+            )
+        except BaseException:
+            for ep in eps:
+                ep.close()
+            raise
+
+    return call_with_retry(attempt, deadline_s=AUTH_DEADLINE_S)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for errors after which the same request may succeed on retry."""
+    if isinstance(exc, RETRYABLE):
+        return True
+    if isinstance(exc, ValueError):
+        # A single-endpoint (failover=False) client's 300-s lock; never fatal for us.
+        return str(exc) == _FAILED_NODE_MESSAGE
+    if isinstance(exc, grpc.RpcError):
+        code = getattr(exc, "code", lambda: None)()
+        details = str(getattr(exc, "details", lambda: "")() or "").lower()
+        if code in _RETRYABLE_CODES:
+            return True
+        return code == grpc.StatusCode.UNKNOWN and any(t in details for t in _TRANSIENT_DETAILS)
+    return False
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    *,
+    deadline_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    log: Logger | None = None,
+) -> T:
+    """Call `fn` until it returns, retrying retryable errors (`is_retryable`).
+
+    Back-off starts at 50 ms and doubles up to 1 s. No new attempt starts once
+    `deadline_s` seconds have passed since the first; then `StoreError` is raised,
+    chained to the last error. Since an attempt itself may take up to the client
+    timeout, the total can exceed `deadline_s` by one timeout. Non-retryable errors
+    propagate unchanged at once. Blocks: call it from a worker thread.
+    """
+    log = log or _log
+    start = clock()
+    delay = BACKOFF_FIRST_S
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            remaining = deadline_s - (clock() - start)
+            if remaining <= 0:
+                raise StoreError(
+                    f"etcd request failed after {attempts} attempts "
+                    f"in {clock() - start:.1f} s: {exc!r}"
+                ) from exc
+            log.debug(
+                "etcd request failed ({error!r}), retrying in {delay:.2f} s",
+                error=exc,
+                delay=min(delay, remaining),
+            )
+            sleep(min(delay, remaining))
+            delay = min(delay * 2, BACKOFF_MAX_S)

@@ -1,0 +1,407 @@
+"""Synchronous helpers to run etcd server processes on loopback.
+
+Used by the tests, the benchmarks and (for `find_etcd_binary` / `member_command`) by
+the embedded service. Nothing here talks to anything but 127.0.0.1 (or the given
+host), and nothing here imports the etcd client library: leader discovery uses
+etcd's own HTTP gateway (``/v3/maintenance/status``).
+
+Every process started here is stopped by `EtcdCluster.stop`, by the context
+manager, and as a last resort at interpreter exit, so a failing test does not leave
+etcd servers behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+import weakref
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from bridge.errors import ConfigError
+
+DEBIAN_ETCD = "/usr/bin/etcd"
+COMMON_FLAGS = (
+    "--logger",
+    "zap",
+    "--log-level",
+    "warn",
+    "--auto-compaction-mode",
+    "revision",
+    "--auto-compaction-retention",
+    "10000",
+)
+# Debian's etcd.service listens here; our own instances must never collide with it.
+RESERVED_PORTS = frozenset({2379, 2380})
+LOG_NAME = "etcd.log"
+POLL_INTERVAL_S = 0.05
+
+
+def find_etcd_binary() -> str:
+    """Path of the etcd server binary: PATH first, then Debian's location.
+
+    Raises `ConfigError` naming the Debian package when neither exists.
+    """
+    found = shutil.which("etcd")
+    if found:
+        return found
+    if os.access(DEBIAN_ETCD, os.X_OK):
+        return DEBIAN_ETCD
+    raise ConfigError(
+        "etcd binary not found on PATH or at /usr/bin/etcd: install Debian's etcd-server "
+        "package (apt-get install etcd-server) or set [etcd] endpoints"
+    )
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct currently free TCP ports on `host`, none of them 2379/2380.
+
+    The sockets stay bound until all ports are chosen, so the ports are distinct.
+    A port can still be taken by someone else before etcd binds it; that race is
+    accepted (the kernel hands out ephemeral ports far apart).
+    """
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(sock)
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+            if port not in RESERVED_PORTS:
+                ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    return ports
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """One currently free TCP port on `host` (never 2379/2380)."""
+    return free_ports(1, host)[0]
+
+
+def member_command(
+    binary: str,
+    name: str,
+    data_dir: str,
+    client_port: int,
+    peer_port: int,
+    initial_cluster: str,
+    token: str,
+    host: str = "127.0.0.1",
+) -> list[str]:
+    """The argv for one etcd member listening on `host` only (etcd.md section 7).
+
+    `initial_cluster` is ``name=http://host:peer,...`` for every member. The
+    ``new`` cluster state is ignored by etcd once the data dir holds a member, so the
+    same command also restarts the member.
+    """
+    client_url = f"http://{host}:{client_port}"
+    peer_url = f"http://{host}:{peer_port}"
+    return [
+        binary,
+        "--name", name,
+        "--data-dir", data_dir,
+        "--listen-client-urls", client_url,
+        "--advertise-client-urls", client_url,
+        "--listen-peer-urls", peer_url,
+        "--initial-advertise-peer-urls", peer_url,
+        "--initial-cluster", initial_cluster,
+        "--initial-cluster-state", "new",
+        "--initial-cluster-token", token,
+        *COMMON_FLAGS,
+    ]  # fmt: skip
+
+
+def check_health(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when ``http://host:port/health`` answers ``{"health": "true"}``."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=timeout) as resp:
+            body = json.loads(resp.read().decode("utf-8"))
+    except (OSError, ValueError):
+        # Refused, reset, timed out, HTTP error (503 while there is no leader), bad JSON.
+        return False
+    return isinstance(body, dict) and body.get("health") == "true"
+
+
+def member_status(host: str, port: int, timeout: float = 1.0) -> dict[str, Any] | None:
+    """The member's maintenance status via the HTTP gateway, or None if it does not answer."""
+    request = urllib.request.Request(
+        f"http://{host}:{port}/v3/maintenance/status",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            body = json.loads(resp.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+class EtcdMember:
+    """One etcd process. Not thread-safe; owned by one test or one `EtcdCluster`."""
+
+    def __init__(
+        self,
+        binary: str,
+        name: str,
+        data_dir: str | os.PathLike[str],
+        client_port: int,
+        peer_port: int,
+        initial_cluster: str,
+        token: str,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.client_port = client_port
+        self.peer_port = peer_port
+        self.data_dir = Path(data_dir)
+        self.log_path = self.data_dir / LOG_NAME
+        self.command = member_command(
+            binary, name, str(self.data_dir), client_port, peer_port, initial_cluster, token, host
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` of the client URL."""
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while a process was started (even if it has exited since)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def is_running(self) -> bool:
+        """True while the started process has not exited."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        """Spawn etcd; output is appended to `log_path`. Does not wait for health."""
+        if self.is_running():
+            raise RuntimeError(f"etcd member {self.name} is already running")
+        # etcd 3.4 warns unless its data dir is private.
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            # A new session: a Ctrl-C aimed at pytest must not kill etcd before our
+            # own cleanup runs, and signals we send reach only etcd.
+            self._proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Poll /health until it reports true.
+
+        Raises RuntimeError with the log tail if the process exits or `timeout`
+        seconds pass first.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.is_running():
+                raise RuntimeError(f"etcd member {self.name} exited\n{self.log_tail()}")
+            if check_health(self.host, self.client_port, timeout=min(1.0, timeout)):
+                return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"etcd member {self.name} not healthy after {timeout:.1f} s\n{self.log_tail()}"
+                )
+            time.sleep(POLL_INTERVAL_S)
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last `lines` lines of the member's log, for error messages."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if self.is_running():
+            assert self._proc is not None
+            self._proc.send_signal(signum)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the member hangs while the kernel still accepts its TCP connections."""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT; harmless when not frozen."""
+        self._signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL (a crash) and reap the process."""
+        if self._proc is None:
+            return
+        # SIGKILL also ends a stopped process, but a continued one is reaped at once
+        # and this keeps the "always thaw before kill" rule in one place.
+        self.thaw()
+        self._signal(signal.SIGKILL)
+        self._proc.wait()
+
+    def terminate(self, timeout: float = 10.0) -> None:
+        """SIGTERM and wait; SIGKILL if it has not exited after `timeout` seconds."""
+        if self._proc is None:
+            return
+        self.thaw()  # SIGTERM stays pending on a stopped process
+        self._signal(signal.SIGTERM)
+        try:
+            self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Kill if running, start the same command again and wait until healthy."""
+        self.kill()
+        self.start()
+        self.wait_healthy(timeout)
+
+
+# Clusters not yet stopped; stopped at interpreter exit in case a caller forgot.
+_LIVE: weakref.WeakSet[EtcdCluster] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for cluster in list(_LIVE):
+        cluster.stop()
+
+
+class EtcdCluster:
+    """`size` etcd members on loopback, each with its own free ports and data dir.
+
+    ``EtcdCluster(1, base)`` is a single node. As a context manager it starts on
+    entry (waiting until every member is healthy) and stops on exit.
+    """
+
+    def __init__(
+        self,
+        size: int = 3,
+        base_dir: str | os.PathLike[str] = ".",
+        *,
+        binary: str | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        if size < 1:
+            raise ValueError("an etcd cluster needs at least one member")
+        binary = binary or find_etcd_binary()
+        base = Path(base_dir)
+        token = f"recsync-{uuid.uuid4().hex}"
+        ports = free_ports(2 * size, host)
+        names = [f"m{i + 1}" for i in range(size)]
+        initial = ",".join(
+            f"{name}=http://{host}:{ports[2 * i + 1]}" for i, name in enumerate(names)
+        )
+        self.members: list[EtcdMember] = [
+            EtcdMember(
+                binary, name, base / name, ports[2 * i], ports[2 * i + 1], initial, token, host
+            )
+            for i, name in enumerate(names)
+        ]
+        # Kill processes even when the object is garbage-collected without stop().
+        self._finalizer = weakref.finalize(self, _stop_members, list(self.members))
+
+    @property
+    def endpoints(self) -> list[str]:
+        """``host:port`` of every member's client URL, in member order."""
+        return [member.endpoint for member in self.members]
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start every member, then wait until each is healthy; on failure stop all."""
+        _LIVE.add(self)
+        try:
+            for member in self.members:
+                member.start()
+            deadline = time.monotonic() + timeout
+            for member in self.members:
+                member.wait_healthy(max(0.1, deadline - time.monotonic()))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Thaw and terminate every member. Idempotent; never leaves a process behind."""
+        _stop_members(self.members)
+        _LIVE.discard(self)
+
+    def member(self, endpoint: str) -> EtcdMember:
+        """The member whose client endpoint is `endpoint` (``host:port``)."""
+        for member in self.members:
+            if member.endpoint == endpoint:
+                return member
+        raise KeyError(endpoint)
+
+    def leader(self, timeout: float = 15.0) -> EtcdMember:
+        """The current leader, as agreed by a majority of the members that answer.
+
+        Polls until a majority of all members names the same leader and that
+        leader answers for itself; raises RuntimeError after `timeout` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self._agreed_leader()
+            if found is not None:
+                return found
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"no etcd leader agreed on within {timeout:.1f} s")
+            time.sleep(POLL_INTERVAL_S)
+
+    def _agreed_leader(self) -> EtcdMember | None:
+        ids: dict[str, EtcdMember] = {}
+        votes: Counter[str] = Counter()
+        for member in self.members:
+            if not member.is_running():
+                continue
+            status = member_status(member.host, member.client_port, timeout=0.5)
+            if status is None:
+                continue
+            # uint64 ids come as decimal strings from the JSON gateway.
+            own = str(status.get("header", {}).get("member_id", ""))
+            ids[own] = member
+            leader_id = str(status.get("leader", "0"))
+            if leader_id != "0":
+                votes[leader_id] += 1
+        for leader_id, count in votes.most_common(1):
+            if count > len(self.members) // 2 and leader_id in ids:
+                return ids[leader_id]
+        return None
+
+    def __enter__(self) -> EtcdCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _stop_members(members: Sequence[EtcdMember]) -> None:
+    """Terminate every member, continuing past individual failures."""
+    for member in members:
+        try:
+            member.terminate()
+        except Exception:  # cleanup must reach every member, whatever one raised
+            member.kill()

@@ -1,0 +1,31 @@
+"""zope.interface contracts between the server and the processors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from zope.interface import Attribute, Interface
+
+
+class IProcessor(IService):
+    """Receives every session's transactions.
+
+    The bridge hands a processor the transactions of one session strictly in
+    order and never hands it the next one of that session before the Deferred
+    of the previous one has fired. Transactions of different sessions may
+    interleave. A failed Deferred aborts the session: the IOC connection is
+    closed so that it re-uploads later.
+    """
+
+    def commit(transaction: Any) -> Any:
+        """Store or act on one `bridge.model.Transaction`; return a Deferred[None]."""
+
+
+class IProcessorFactory(Interface):
+    """Builds a processor by name, as listed in ``[recceiver] procs``."""
+
+    name = Attribute("The name used in the procs list, e.g. 'etcd'.")
+
+    def build(instance: str, config: Any, reactor: Any) -> IProcessor:
+        """Return a new processor for config section `instance` (usually the name)."""

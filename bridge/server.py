@@ -1,0 +1,334 @@
+"""Twisted glue for the RecSync TCP port: framing, admission and commit pipelining.
+
+`RecSyncProtocol` only moves bytes: it feeds the `wire.Decoder`, hands messages
+to its `session.Session` and carries out the effects. Policy that spans
+connections (upload slots, connection limits, the allow-list, counters) lives in
+`BridgeFactory`.
+
+Backpressure: a session may have at most `MAX_INFLIGHT` transactions waiting
+for the processors. Beyond that the protocol stops reading from the IOC, so a
+slow or unreachable etcd holds the data in the IOC's socket, not in our memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from bridge import wire
+from bridge.errors import RemoteProtocolError
+from bridge.interfaces import IProcessor
+from bridge.model import Peer, Transaction
+from bridge.session import Close, Commit, Effect, Notice, Send, Session, SessionLimits
+
+#: Transactions of one session queued for the processors before reading pauses.
+MAX_INFLIGHT = 2
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class RecSyncProtocol(Protocol):
+    """One IOC connection."""
+
+    log = Logger()
+
+    def __init__(self, factory: BridgeFactory, session: Session) -> None:
+        self.factory = factory
+        self.session = session
+        self.decoder = wire.Decoder(factory.max_body_length)
+        self.holds_slot = False
+        self.bytes_received = 0
+        self._timer: IDelayedCall | None = None
+        self._chain: Deferred[None] = succeed(None)
+        self._inflight = 0
+        self._failed = False
+        self._paused = False
+        self._closing = False
+
+    @property
+    def _io(self) -> Any:
+        """The TCP transport (an ITCPTransport and IPushProducer once connected)."""
+        assert self.transport is not None
+        return self.transport
+
+    @property
+    def peer(self) -> Peer:
+        return self.session.peer
+
+    # -- Twisted hooks ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.factory.admit(self)
+
+    def wait_for_slot(self) -> None:
+        """Queued by the factory: read nothing and send nothing until `activate`."""
+        self._paused = True
+        self._io.pauseProducing()
+
+    def activate(self) -> None:
+        """Called by the factory when this connection gets an upload slot."""
+        self.holds_slot = True
+        effects = self.session.start(self.factory.now())
+        if self._paused:
+            self._paused = False
+            self._io.resumeProducing()
+        self._apply(effects)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.bytes_received += len(data)
+        try:
+            messages = self.decoder.feed(data)
+        except RemoteProtocolError as error:
+            self._drop(str(error))
+            return
+        self._apply(self.session.receive(messages, self.factory.now()))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_timer()
+        self._apply(self.session.connection_lost(reason.getErrorMessage()))
+        self._release_slot()
+        self.factory.forget(self)
+
+    # -- effects --------------------------------------------------------------------
+
+    def _apply(self, effects: Sequence[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Send):
+                if not self._closing:
+                    self._io.write(effect.data)
+            elif isinstance(effect, Commit):
+                self._commit(effect.transaction)
+            elif isinstance(effect, Notice):
+                self.factory.notice(self.peer, effect)
+            elif isinstance(effect, Close):
+                self._drop(effect.reason)
+        if not self.session.uploading and not self.session.upload_finished_at:
+            self._release_slot()
+        self._arm_timer()
+
+    def shutdown(self) -> None:
+        """Close this session because the bridge stops (its final commit still runs)."""
+        if self.holds_slot or self.session.upload_started_at is not None:
+            self._drop("bridge shutting down")
+        else:
+            self._closing = True
+            self._io.abortConnection()
+
+    def _drop(self, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self.log.warn("{peer} closing connection: {reason}", peer=self.peer, reason=reason)
+        self._io.loseConnection()
+
+    def _commit(self, txn: Transaction) -> None:
+        self._inflight += 1
+        self.factory.pending_commits += 1
+        if self._inflight >= MAX_INFLIGHT and not self._paused and txn.connected:
+            self._pause()
+        self._chain.addCallback(lambda _: self._run_commit(txn))
+
+    def _run_commit(self, txn: Transaction) -> Deferred[None]:
+        if self._failed and txn.connected:
+            # After a failed commit only the final (disconnect) transaction runs: a later
+            # batch must never let the IOC turn active with records missing.
+            self._committed(txn)
+            return succeed(None)
+        d: Deferred[None] = maybeDeferred(self.factory.processor.commit, txn)
+        d.addCallbacks(lambda _: self._committed(txn), lambda f: self._commit_failed(txn, f))
+        return d
+
+    def _committed(self, txn: Transaction) -> None:
+        self._inflight -= 1
+        self.factory.pending_commits -= 1
+        if self._paused and self._inflight < MAX_INFLIGHT and not self._closing:
+            self._resume()
+        if txn.upload_done:
+            self._log_upload()
+            self._release_slot()
+
+    def _commit_failed(self, txn: Transaction, failure: Failure) -> None:
+        self._failed = True
+        self.log.failure(
+            "{peer} could not store transaction {seq}", failure, peer=self.peer, seq=txn.seq
+        )
+        self._committed(txn)
+        self._drop("storing the upload failed; the IOC will re-upload when it reconnects")
+
+    def _pause(self) -> None:
+        self._paused = True
+        self._io.pauseProducing()
+        self.session.pause(self.factory.now())
+
+    def _resume(self) -> None:
+        self._paused = False
+        self._io.resumeProducing()
+        self.session.resume(self.factory.now())
+        self._arm_timer()
+
+    def _log_upload(self) -> None:
+        s = self.session
+        if s.upload_started_at is None or s.upload_finished_at is None:
+            return
+        took = max(self.factory.now() - s.upload_started_at, 1e-6)
+        self.log.info(
+            "{peer} uploaded {records} records, {kb:.1f} kB in {took:.3f} s",
+            peer=self.peer, records=s.records_total, kb=self.bytes_received / 1e3, took=took,
+        )
+
+    # -- slots and timers -------------------------------------------------------------
+
+    def _release_slot(self) -> None:
+        if self.holds_slot:
+            self.holds_slot = False
+            self.factory.release_slot()
+
+    def _arm_timer(self) -> None:
+        deadline = self.session.deadline
+        if deadline is None:
+            self._cancel_timer()
+            return
+        delay = max(0.0, deadline - self.factory.now())
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(delay)
+        else:
+            self._timer = self.factory.reactor.callLater(delay, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._apply(self.session.tick(self.factory.now()))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+class BridgeFactory(ServerFactory):
+    """Admission control and shared state for every IOC connection."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        processor: IProcessor,
+        reactor: IReactorTime,
+        limits: SessionLimits,
+        *,
+        max_active: int = 20,
+        max_body_length: int = wire.MAX_BODY_LENGTH,
+        max_connections: int = 5000,
+        max_connections_per_host: int = 100,
+        allow: Sequence[Network] = (),
+        nonce: Callable[[], int] | None = None,
+    ) -> None:
+        self.processor = processor
+        self.reactor = reactor
+        self.limits = limits
+        self.max_active = max_active
+        self.max_body_length = max_body_length
+        self.max_connections = max_connections
+        self.max_connections_per_host = max_connections_per_host
+        self.allow = tuple(allow)
+        rng = random.SystemRandom()
+        self.nonce: Callable[[], int] = nonce or (lambda: rng.getrandbits(32))
+        self._ids = itertools.count(1)
+        self.connections: set[RecSyncProtocol] = set()
+        self.per_host: collections.Counter[str] = collections.Counter()
+        self.active = 0
+        self.queue: collections.deque[RecSyncProtocol] = collections.deque()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.pending_commits = 0
+
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+    def buildProtocol(self, addr: IAddress | None) -> RecSyncProtocol | None:
+        peer = Peer(getattr(addr, "host", str(addr)), getattr(addr, "port", 0))
+        refusal = self._refusal(peer)
+        if refusal is not None:
+            self.counters[refusal[0]] += 1
+            self.log.warn("{peer} connection refused: {why}", peer=peer, why=refusal[1])
+            return None
+        session = Session(next(self._ids), peer, self.limits, self.nonce)
+        protocol = RecSyncProtocol(self, session)
+        self.connections.add(protocol)
+        self.per_host[peer.host] += 1
+        return protocol
+
+    def _refusal(self, peer: Peer) -> tuple[str, str] | None:
+        if self.allow and not _allowed(peer.host, self.allow):
+            return "allow", "address not in [recceiver] allow"
+        if len(self.connections) >= self.max_connections:
+            return "maxConnections", f"maxConnections={self.max_connections} reached"
+        if self.per_host[peer.host] >= self.max_connections_per_host:
+            limit = self.max_connections_per_host
+            return "maxConnectionsPerHost", f"maxConnectionsPerHost={limit} reached"
+        return None
+
+    def admit(self, protocol: RecSyncProtocol) -> None:
+        """Give the connection an upload slot now, or queue it unread and ungreeted."""
+        if self.active < self.max_active:
+            self.active += 1
+            protocol.activate()
+        else:
+            protocol.wait_for_slot()
+            self.queue.append(protocol)
+
+    def release_slot(self) -> None:
+        self.active -= 1
+        assert self.active >= 0, "upload slot released twice"
+        while self.queue and self.active < self.max_active:
+            protocol = self.queue.popleft()
+            if protocol in self.connections:
+                self.active += 1
+                protocol.activate()
+
+    def forget(self, protocol: RecSyncProtocol) -> None:
+        if protocol in self.connections:
+            self.connections.discard(protocol)
+            host = protocol.peer.host
+            self.per_host[host] -= 1
+            if self.per_host[host] <= 0:
+                del self.per_host[host]
+        if protocol in self.queue:
+            self.queue.remove(protocol)
+
+    def connections_or_commits(self) -> bool:
+        """True while any connection is open or any transaction awaits the processors."""
+        return bool(self.connections) or self.pending_commits > 0
+
+    def notice(self, peer: Peer, notice: Notice) -> None:
+        if notice.limit is not None:
+            self.counters[notice.limit] += 1
+        self.log.warn("{peer} {text}", peer=peer, text=notice.text)
+
+    def status(self) -> dict[str, Any]:
+        """Figures for the periodic status line."""
+        return {
+            "connections": len(self.connections),
+            "active": self.active,
+            "queued": len(self.queue),
+            "max_active": self.max_active,
+            **{f"limit_{k}": v for k, v in sorted(self.counters.items())},
+        }
+
+
+def _allowed(host: str, networks: Sequence[Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in net for net in networks)

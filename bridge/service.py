@@ -1,0 +1,216 @@
+"""The bridge as a Twisted service: etcd, processors, TCP listener and announcer.
+
+Start-up order matters and is kept here in one place:
+
+1. the embedded etcd, when no ``[etcd] endpoints`` are configured;
+2. the TCP listener (so the bound port and the default bridge id are known);
+3. the processors, and wait until the etcd processor holds its lease;
+4. only then the UDP announcer, so IOCs never connect to a bridge that cannot store.
+
+Shutdown runs the other way: stop announcing, stop listening, close every IOC
+session and let its final transaction commit (bounded wait), stop the processors,
+stop the embedded etcd.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from bridge.announce import AnnounceService
+from bridge.config import BridgeConfig
+from bridge.interfaces import IProcessor
+from bridge.logs import STARTUP_NAMESPACE, apply_log_level
+from bridge.processors import UNSUPPORTED, ProcessorChain
+from bridge.server import BridgeFactory
+from bridge.session import DEFAULT_BATCH_RECORDS, SessionLimits
+
+#: How long shutdown waits for the final commits of closing sessions.
+SHUTDOWN_COMMIT_WAIT = 10.0
+
+
+class BridgeService(MultiService):
+    """Everything one bridge process runs. Nothing happens before `startService`."""
+
+    log = Logger()
+    startup_log = Logger(namespace=STARTUP_NAMESPACE)
+
+    def __init__(self, config: BridgeConfig, reactor: Any) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.config = config
+        self.reactor = reactor
+        self.embedded: Any = None
+        self.processor: ProcessorChain | None = None
+        self.factory: BridgeFactory | None = None
+        self.port: IListeningPort | None = None
+        self.announcer: AnnounceService | None = None
+        self.bridge_id: str | None = None
+        self._status: LoopingCall | None = None
+        #: Fires with this service once it announces; errbacks if start-up failed.
+        self.ready: defer.Deferred[BridgeService] = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        apply_log_level(self.config.loglevel)
+        for name in self.config.unsupported_procs:
+            self.log.warn(
+                "procs: {name!r} ({what}) is not supported by recsync-bridge; PV metadata goes "
+                "to etcd instead (README: 'Moving from recceiver')",
+                name=name, what=UNSUPPORTED.get(name.partition(":")[0], "unknown"),
+            )
+        d = defer.ensureDeferred(self._start())
+        d.addCallbacks(self.ready.callback, self._start_failed)
+
+    async def _start(self) -> BridgeService:
+        endpoints_ready = None
+        if self.config.etcd.embedded:
+            endpoints_ready = self._start_embedded()
+        self.factory = BridgeFactory(
+            _Deferring(self), self.reactor, session_limits(self.config),
+            max_active=self.config.max_active,
+            max_body_length=self.config.limits.max_body_length,
+            max_connections=self.config.limits.max_connections,
+            max_connections_per_host=self.config.limits.max_connections_per_host,
+            allow=self.config.limits.allow,
+        )
+        self.port = await self._listen()
+        tcp_port = self.port.getHost().port
+        self.bridge_id = self.config.bridge_id or f"{socket.gethostname()}:{tcp_port}"
+        self.processor = self._build_processors(endpoints_ready, tcp_port)
+        self.processor.startService()
+        for child in self.processor.processors:
+            when_ready = getattr(child, "whenReady", None)
+            if when_ready is not None:
+                await when_ready()
+        self.startup_log.info(
+            "recsync-bridge {id} listening on TCP port {port}, etcd {etcd}",
+            id=self.bridge_id, port=tcp_port, etcd=self._etcd_description(),
+        )
+        self.announcer = AnnounceService(
+            self.reactor, tcp_port, self.config.addrlist, self.config.announce_interval,
+            bind_host=self.config.bind_host,
+        )
+        self.announcer.startService()
+        self._start_status()
+        return self
+
+    def _etcd_description(self) -> str:
+        if self.embedded is not None:
+            return "embedded at " + ", ".join(self.embedded.endpoints)
+        return ", ".join(self.config.etcd.endpoints)
+
+    def _start_embedded(self) -> Any:
+        from bridge.embedded import EmbeddedEtcdService
+
+        self.embedded = EmbeddedEtcdService(self.config.etcd.data_dir, self.reactor)
+        self.embedded.startService()
+        return self.embedded.whenReady
+
+    async def _listen(self) -> IListeningPort:
+        assert self.factory is not None
+        host = self.config.bind_host or "0.0.0.0"
+        endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
+        endpoint = endpoint_type(self.reactor, self.config.bind_port, interface=host)
+        port: IListeningPort = await endpoint.listen(self.factory)
+        return port
+
+    def _build_processors(self, endpoints_ready: Any, tcp_port: int) -> ProcessorChain:
+        assert self.bridge_id is not None
+        processors: list[IProcessor] = []
+        for name in self.config.procs:
+            kind = name.partition(":")[0]
+            if kind == "etcd":
+                from bridge.processors.etcd import EtcdProcessor
+
+                etcd = EtcdProcessor(
+                    self.config.etcd, self.bridge_id, self.reactor,
+                    endpoints_ready=endpoints_ready,
+                )
+                etcd.tcp_port = tcp_port
+                processors.append(etcd)
+            elif kind == "show":
+                from bridge.processors.show import ShowProcessor
+
+                processors.append(ShowProcessor())
+        return ProcessorChain(processors)
+
+    def _start_failed(self, failure: Failure) -> None:
+        self.log.failure("recsync-bridge could not start", failure)
+        self.ready.errback(failure)
+        if getattr(self.reactor, "running", False):
+            self.reactor.stop()
+
+    def _start_status(self) -> None:
+        if self.config.status_interval <= 0:
+            return
+        self._status = LoopingCall(self._log_status)
+        self._status.clock = self.reactor
+        self._status.start(self.config.status_interval, now=False)
+
+    def _log_status(self) -> None:
+        if self.factory is not None:
+            status = self.factory.status()
+            text = ", ".join(f"{k}={v}" for k, v in status.items())
+            self.log.info("status: {text}", text=text, **status)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self._status is not None and self._status.running:
+            self._status.stop()
+        if self.announcer is not None:
+            await defer.maybeDeferred(self.announcer.stopService)
+        if self.port is not None:
+            await defer.maybeDeferred(self.port.stopListening)
+        await self._close_sessions()
+        if self.processor is not None:
+            await defer.maybeDeferred(self.processor.stopService)
+        if self.embedded is not None:
+            await defer.maybeDeferred(self.embedded.stopService)
+
+    async def _close_sessions(self) -> None:
+        if self.factory is None:
+            return
+        for protocol in list(self.factory.connections):
+            protocol.shutdown()
+        waited = 0.0
+        while self.factory.connections_or_commits() and waited < SHUTDOWN_COMMIT_WAIT:
+            await deferLater(self.reactor, 0.05, lambda: None)
+            waited += 0.05
+
+
+class _Deferring:
+    """Stands in for the processor chain until it exists (the chain needs the bound port)."""
+
+    def __init__(self, service: BridgeService) -> None:
+        self.service = service
+
+    def commit(self, transaction: Any) -> Any:
+        processor = self.service.processor
+        if processor is None:
+            return defer.fail(RuntimeError("processors are not running yet"))
+        return processor.commit(transaction)
+
+
+def session_limits(config: BridgeConfig) -> SessionLimits:
+    """Per-session limits and timers from the configuration."""
+    batch = config.commit_size_limit or DEFAULT_BATCH_RECORDS
+    return SessionLimits(
+        tcptimeout=config.tcptimeout,
+        greeting_timeout=config.limits.greeting_timeout,
+        upload_timeout=config.limits.upload_timeout,
+        batch_records=batch,
+        commit_interval=config.commit_interval,
+        max_records=config.limits.max_records,
+        max_infos=config.limits.max_infos,
+    )

@@ -1,0 +1,396 @@
+"""The per-connection RecSync session: a state machine free of I/O.
+
+The server feeds it decoded messages and clock ticks; it answers with effects
+(`Send`, `Commit`, `Close`, `Notice`) that the server carries out. Time comes in
+as ``now`` arguments (seconds), randomness through an injected nonce source.
+
+States (shared reference recsync-protocol.md §2.3-2.5)::
+
+    GREETING --ClientGreet--> UPLOADING --UploadDone--> LIVE
+        \\                         |                      |
+         +-------------------------+----------------------+--> CLOSED
+           (greeting/upload deadline, missed Pong, bad Pong, protocol error, EOF)
+
+* GREETING: the ServerGreet is sent at once (pyreccaster waits for it); a
+  record or info before ClientGreet is a protocol error, a Pong is ignored.
+* UPLOADING: records are collected and cut into `Transaction` values at record
+  boundaries, so a record with its aliases and infos is never split.
+* LIVE: after UploadDone only Pongs matter; further uploads are not part of the
+  protocol and are skipped with one notice.
+* Keepalive: after ``tcptimeout`` seconds without any message a Ping is sent; if
+  the next ``tcptimeout`` passes with that Ping unanswered, the session closes.
+  A Ping also goes out right after UploadDone. While the server has paused
+  reading (backpressure) the silence timer does not run.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from bridge import wire
+from bridge.model import Peer, Record, Transaction
+
+
+class State(enum.Enum):
+    GREETING = "greeting"
+    UPLOADING = "uploading"
+    LIVE = "live"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write these bytes (exactly one frame) to the peer in one write."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Hand this transaction to the processors, after every earlier one of the session."""
+
+    transaction: Transaction
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Drop the connection; ``reason`` is logged once with the peer."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something worth one log line; ``limit`` names the limit hit, if any."""
+
+    text: str
+    limit: str | None = None
+
+
+Effect = Send | Commit | Close | Notice
+
+
+#: Records per transaction when ``commitSizeLimit`` is 0.
+DEFAULT_BATCH_RECORDS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """Timers and bounds of one session (from ``[recceiver]`` configuration)."""
+
+    tcptimeout: float = 15.0
+    greeting_timeout: float = 20.0
+    upload_timeout: float = 600.0
+    #: Records per transaction; bounds what one session holds before committing.
+    batch_records: int = DEFAULT_BATCH_RECORDS
+    #: Approximate text bytes per transaction (huge info tags cut batches early).
+    batch_bytes: int = 1 << 20
+    #: Age after which a non-empty batch is cut at the next record boundary.
+    commit_interval: float = 5.0
+    max_records: int = 200_000
+    max_infos: int = 1000
+
+
+class Session:
+    """One IOC connection's protocol state. Not thread safe; owned by its protocol."""
+
+    def __init__(
+        self,
+        session_id: int,
+        peer: Peer,
+        limits: SessionLimits,
+        nonce: Callable[[], int],
+    ) -> None:
+        self.session_id = session_id
+        self.peer = peer
+        self.limits = limits
+        self._nonce = nonce
+        self.state = State.GREETING
+        self.client_infos: dict[str, str] = {}
+        self.records_total = 0
+        self.started_at = 0.0
+        self.upload_started_at: float | None = None
+        self.upload_finished_at: float | None = None
+        self._seq = 0
+        self._pending: list[Record] = []
+        self._pending_bytes = 0
+        self._pending_since: float | None = None
+        self._by_rid: dict[int, Record] = {}
+        self._committed_names: dict[int, str] = {}
+        self._removed: list[str] = []
+        self._last_heard = 0.0
+        self._ping_nonce: int | None = None
+        self._paused_at: float | None = None
+        self._paused_total = 0.0
+        self._noticed: set[str] = set()
+        self._handlers: dict[type, Callable[[wire.Decoded, float], list[Effect]]] = {
+            wire.ClientGreet: self._on_client_greet,
+            wire.Pong: self._on_pong,
+            wire.AddRecord: self._on_add_record,
+            wire.AddInfo: self._on_add_info,
+            wire.DelRecord: self._on_del_record,
+            wire.UploadDone: self._on_upload_done,
+            wire.Skipped: self._on_skipped,
+            wire.ServerGreet: self._on_server_message,
+            wire.Ping: self._on_server_message,
+        }
+
+    # -- inputs ---------------------------------------------------------------
+
+    def start(self, now: float) -> list[Effect]:
+        """The connection is accepted and this session may upload: greet at once."""
+        self.started_at = now
+        self._last_heard = now
+        return [Send(wire.ServerGreet(0).encode())]
+
+    def receive(self, messages: Iterable[wire.Decoded], now: float) -> list[Effect]:
+        """Handle messages decoded from the peer, in order."""
+        effects: list[Effect] = []
+        for message in messages:
+            if self.state is State.CLOSED:
+                break
+            self._last_heard = now
+            effects += self._handlers[type(message)](message, now)
+        return effects
+
+    def tick(self, now: float) -> list[Effect]:
+        """Run the timers; call at or after `deadline`."""
+        if self.state is State.CLOSED:
+            return []
+        if self.state is State.GREETING and now >= self.started_at + self.limits.greeting_timeout:
+            return self._close(f"no ClientGreet within {self.limits.greeting_timeout:g} s")
+        if self.state is State.UPLOADING and now >= self._upload_deadline():
+            return self._close(f"upload not finished within {self.limits.upload_timeout:g} s")
+        if self._paused_at is not None or now < self._last_heard + self.limits.tcptimeout:
+            return []
+        if self._ping_nonce is not None:
+            return self._close(f"no Pong within {self.limits.tcptimeout:g} s")
+        self._last_heard = now
+        return [self._ping()]
+
+    def pause(self, now: float) -> None:
+        """The server stopped reading from the peer (backpressure): stop the silence timer."""
+        if self._paused_at is None:
+            self._paused_at = now
+
+    def resume(self, now: float) -> None:
+        if self._paused_at is not None:
+            self._paused_total += now - self._paused_at
+            self._paused_at = None
+            self._last_heard = now
+
+    def connection_lost(self, reason: str) -> list[Effect]:
+        """The transport is gone. Returns the final `Commit` if anything was committed."""
+        self.state = State.CLOSED
+        self._pending = []
+        self._by_rid = {}
+        return self._final(reason)
+
+    # -- queries ----------------------------------------------------------------
+
+    @property
+    def deadline(self) -> float | None:
+        """The next time `tick` has something to do, or None."""
+        if self.state is State.CLOSED:
+            return None
+        silence = None
+        if self._paused_at is None:
+            silence = self._last_heard + self.limits.tcptimeout
+        if self.state is State.GREETING:
+            bound = self.started_at + self.limits.greeting_timeout
+        elif self.state is State.UPLOADING:
+            bound = self._upload_deadline()
+        else:
+            return silence
+        return bound if silence is None else min(bound, silence)
+
+    @property
+    def uploading(self) -> bool:
+        """True while the session holds an upload slot (greeting or uploading)."""
+        return self.state in (State.GREETING, State.UPLOADING)
+
+    # -- handlers ---------------------------------------------------------------
+
+    def _on_client_greet(self, message: wire.Decoded, now: float) -> list[Effect]:
+        if self.state is not State.GREETING:
+            return self._notice_once("greet", "second ClientGreet ignored")
+        self.state = State.UPLOADING
+        self.upload_started_at = now
+        return []
+
+    def _on_pong(self, message: wire.Decoded, now: float) -> list[Effect]:
+        assert isinstance(message, wire.Pong)
+        if self._ping_nonce is None:
+            return []
+        if message.nonce != self._ping_nonce:
+            return self._close(
+                f"Pong nonce 0x{message.nonce:08x} does not match Ping 0x{self._ping_nonce:08x}"
+            )
+        self._ping_nonce = None
+        return []
+
+    def _on_add_record(self, message: wire.Decoded, now: float) -> list[Effect]:
+        assert isinstance(message, wire.AddRecord)
+        if self.state is not State.UPLOADING:
+            return self._refused("AddRecord")
+        if message.is_alias:
+            return self._add_alias(message)
+        effects = self._cut(now) if self._batch_full(now) else []
+        if self.records_total >= self.limits.max_records:
+            return effects + self._close(
+                f"upload exceeds maxRecords={self.limits.max_records}", limit="maxRecords"
+            )
+        record = Record(message.rid, message.name, message.rtype)
+        self.records_total += 1
+        self._pending.append(record)
+        self._by_rid[message.rid] = record
+        self._pending_bytes += len(message.name) + len(message.rtype)
+        if self._pending_since is None:
+            self._pending_since = now
+        return effects
+
+    def _add_alias(self, message: wire.AddRecord) -> list[Effect]:
+        record = self._by_rid.get(message.rid)
+        if record is None:
+            return self._notice_once("alias-rid", f"alias for unknown record id {message.rid}")
+        record.add_alias(message.name)
+        self._pending_bytes += len(message.name)
+        return []
+
+    def _on_add_info(self, message: wire.Decoded, now: float) -> list[Effect]:
+        assert isinstance(message, wire.AddInfo)
+        if self.state is not State.UPLOADING:
+            return self._refused("AddInfo")
+        if message.rid == 0:
+            return self._client_info(message)
+        record = self._by_rid.get(message.rid)
+        if record is None:
+            return self._notice_once("info-rid", f"info for unknown record id {message.rid}")
+        if message.key not in record.infos and len(record.infos) >= self.limits.max_infos:
+            return self._notice_once(
+                "maxInfos-record", f"record {record.name!r} exceeds maxInfos", limit="maxInfos"
+            )
+        record.add_info(message.key, message.value)
+        self._pending_bytes += len(message.key) + len(message.value)
+        return []
+
+    def _client_info(self, message: wire.AddInfo) -> list[Effect]:
+        infos = self.client_infos
+        if message.key not in infos and len(infos) >= self.limits.max_infos:
+            return self._notice_once(
+                "maxInfos-client", "client-wide infos exceed maxInfos", limit="maxInfos"
+            )
+        infos[message.key] = message.value
+        return []
+
+    def _on_del_record(self, message: wire.Decoded, now: float) -> list[Effect]:
+        assert isinstance(message, wire.DelRecord)
+        if self.state is not State.UPLOADING:
+            return self._refused("DelRecord")
+        record = self._by_rid.pop(message.rid, None)
+        if record is not None:
+            self._pending.remove(record)
+            return []
+        name = self._committed_names.pop(message.rid, None)
+        if name is None:
+            return self._notice_once("del-rid", f"DelRecord for unknown record id {message.rid}")
+        self._removed.append(name)
+        return []
+
+    def _on_upload_done(self, message: wire.Decoded, now: float) -> list[Effect]:
+        if self.state is not State.UPLOADING:
+            return self._refused("UploadDone")
+        effects = self._cut(now, upload_done=True)
+        self.state = State.LIVE
+        self.upload_finished_at = now
+        self._committed_names.clear()
+        if self._ping_nonce is None:
+            # Pinging at once keeps clients with a short reccastTimeout alive (§2.5).
+            effects.append(self._ping())
+        return effects
+
+    def _on_skipped(self, message: wire.Decoded, now: float) -> list[Effect]:
+        assert isinstance(message, wire.Skipped)
+        return self._notice_once(f"skip-{message.msgid}", f"skipped message: {message.reason}")
+
+    def _on_server_message(self, message: wire.Decoded, now: float) -> list[Effect]:
+        return self._close(f"peer sent a server-to-client message 0x{message.msgid:04x}")
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _refused(self, what: str) -> list[Effect]:
+        if self.state is State.GREETING:
+            return self._close(f"{what} before ClientGreet")
+        return self._notice_once(f"late-{what}", f"{what} after UploadDone ignored")
+
+    def _batch_full(self, now: float) -> bool:
+        if not self._pending:
+            return False
+        limits = self.limits
+        if len(self._pending) >= limits.batch_records or self._pending_bytes >= limits.batch_bytes:
+            return True
+        assert self._pending_since is not None
+        return now - self._pending_since >= limits.commit_interval
+
+    def _cut(self, now: float, upload_done: bool = False) -> list[Effect]:
+        records = self._pending
+        for record in records:
+            self._committed_names[record.rid] = record.name
+        txn = Transaction(
+            session_id=self.session_id,
+            peer=self.peer,
+            seq=self._seq,
+            client_infos=dict(self.client_infos),
+            records=tuple(records),
+            removed=tuple(self._removed),
+            upload_done=upload_done,
+        )
+        self._seq += 1
+        self._pending = []
+        self._pending_bytes = 0
+        self._pending_since = None
+        self._by_rid = {}
+        self._removed = []
+        return [Commit(txn)]
+
+    def _final(self, reason: str) -> list[Effect]:
+        if self._seq <= 0:
+            # Nothing was ever committed (or the final went out already): nothing to end.
+            self._seq = -1
+            return []
+        txn = Transaction(
+            session_id=self.session_id,
+            peer=self.peer,
+            seq=self._seq,
+            client_infos=dict(self.client_infos),
+            connected=False,
+            reason=reason,
+        )
+        self._seq = -1
+        return [Commit(txn)]
+
+    def _close(self, reason: str, limit: str | None = None) -> list[Effect]:
+        self.state = State.CLOSED
+        effects: list[Effect] = [Close(reason)]
+        if limit is not None:
+            effects.insert(0, Notice(reason, limit))
+        return effects + self._final(reason)
+
+    def _notice_once(self, kind: str, text: str, limit: str | None = None) -> list[Effect]:
+        if kind in self._noticed:
+            return []
+        self._noticed.add(kind)
+        return [Notice(text, limit)]
+
+    def _ping(self) -> Send:
+        self._ping_nonce = self._nonce() & 0xFFFFFFFF
+        return Send(wire.Ping(self._ping_nonce).encode())
+
+    def _upload_deadline(self) -> float:
+        assert self.upload_started_at is not None
+        paused = self._paused_total
+        if self._paused_at is not None:
+            return float("inf")
+        return self.upload_started_at + self.limits.upload_timeout + paused

@@ -1,0 +1,345 @@
+"""RecSync wire codec: the UDP announcement and the eight TCP messages.
+
+Pure and I/O free. Layouts follow shared reference recsync-protocol.md §1.1 and
+§2.1-2.2; everything is big-endian. Encoding is strict; decoding is liberal
+where the protocol says "ignore": unknown message ids are skipped, extra body
+bytes are ignored, reserved bytes are never checked, aliases may carry a record
+type, and text that is not valid UTF-8 is decoded as Latin-1 instead of failing.
+
+The `Decoder` takes bytes in any chunking and returns whole messages. It checks
+each declared body length against a limit *before* buffering the body, so a peer
+can never make it hold more than ``8 + max_body_length`` bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import ClassVar
+
+from bridge.errors import LocalProtocolError, RemoteProtocolError
+
+PROTO_ID = 0x5243  # "RC"
+ANNOUNCE_PORT = 5049
+#: SERV ADDR meaning "connect to the UDP source address of this datagram".
+ANNOUNCE_ADDR_SOURCE = 0xFFFFFFFF
+ANNOUNCE_SIZE = 16
+
+HEADER = struct.Struct(">HHI")
+HEADER_SIZE = HEADER.size
+
+#: The longest legitimate body: AddInfo with an 8-byte fixed part, a 255-byte key and
+#: a 65535-byte value (§2.7). The reference server had no limit at all.
+MAX_BODY_LENGTH = 8 + 255 + 65535
+
+MSG_SERVER_GREET = 0x8001
+MSG_PING = 0x8002
+MSG_CLIENT_GREET = 0x0001
+MSG_PONG = 0x0002
+MSG_ADD_RECORD = 0x0003
+MSG_DEL_RECORD = 0x0004
+MSG_UPLOAD_DONE = 0x0005
+MSG_ADD_INFO = 0x0006
+
+ATYPE_RECORD = 0
+ATYPE_ALIAS = 1
+
+_U8 = struct.Struct(">B")
+_U32 = struct.Struct(">I")
+_CLIENT_GREET = struct.Struct(">BBxxI")
+_ADD_RECORD = struct.Struct(">IBBH")
+_ADD_INFO = struct.Struct(">IBxH")
+_ANNOUNCE = struct.Struct(">HBxIHxxI")
+assert _ANNOUNCE.size == ANNOUNCE_SIZE
+assert _ADD_RECORD.size == _ADD_INFO.size == _CLIENT_GREET.size == 8
+
+
+def decode_text(raw: bytes) -> str:
+    """UTF-8, or Latin-1 when the bytes are not valid UTF-8 (never fails).
+
+    Old IOC databases carry Latin-1 text (a ``°`` in a DESC); the reference server
+    crashed the session on it. Latin-1 maps every byte, so the text is kept.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _frame(msgid: int, body: bytes) -> bytes:
+    return HEADER.pack(PROTO_ID, msgid, len(body)) + body
+
+
+def _encode_text(text: str, limit: int, what: str) -> bytes:
+    raw = text.encode("utf-8")
+    if len(raw) > limit:
+        raise LocalProtocolError(f"{what} is {len(raw)} bytes, the field holds {limit}")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class ServerGreet:
+    """0x8001 S→C, body ``VERSION u8``. Must be the server's first message."""
+
+    version: int = 0
+    msgid: ClassVar[int] = MSG_SERVER_GREET
+
+    def encode(self) -> bytes:
+        return _frame(self.msgid, _U8.pack(self.version))
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """0x8002 S→C, body ``NONCE u32``; the client echoes the nonce in a Pong."""
+
+    nonce: int
+    msgid: ClassVar[int] = MSG_PING
+
+    def encode(self) -> bytes:
+        return _frame(self.msgid, _U32.pack(self.nonce))
+
+
+@dataclass(frozen=True, slots=True)
+class ClientGreet:
+    """0x0001 C→S, body ``VERSION u8, TYPE u8, reserved u8[2], SERVKEY u32``."""
+
+    version: int = 0
+    client_type: int = 0
+    key: int = 0
+    msgid: ClassVar[int] = MSG_CLIENT_GREET
+
+    def encode(self) -> bytes:
+        return _frame(self.msgid, _CLIENT_GREET.pack(self.version, self.client_type, self.key))
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """0x0002 C→S, body ``NONCE u32`` echoing a Ping."""
+
+    nonce: int
+    msgid: ClassVar[int] = MSG_PONG
+
+    def encode(self) -> bytes:
+        return _frame(self.msgid, _U32.pack(self.nonce))
+
+
+@dataclass(frozen=True, slots=True)
+class AddRecord:
+    """0x0003 C→S, body ``RECID u32, ATYPE u8, RTLEN u8, RNLEN u16, RTYPE, RNAME``.
+
+    ATYPE 0 adds a record; ATYPE 1 adds an alias of record RECID. The C client
+    sends aliases with an empty type, pyreccaster with the record's type.
+    """
+
+    rid: int
+    atype: int
+    rtype: str
+    name: str
+    msgid: ClassVar[int] = MSG_ADD_RECORD
+
+    @property
+    def is_alias(self) -> bool:
+        return self.atype == ATYPE_ALIAS
+
+    def encode(self) -> bytes:
+        rtype = _encode_text(self.rtype, 0xFF, "record type")
+        name = _encode_text(self.name, 0xFFFF, "record name")
+        fixed = _ADD_RECORD.pack(self.rid, self.atype, len(rtype), len(name))
+        return _frame(self.msgid, fixed + rtype + name)
+
+
+@dataclass(frozen=True, slots=True)
+class DelRecord:
+    """0x0004 C→S, body ``RECID u32``. No known client sends it."""
+
+    rid: int
+    msgid: ClassVar[int] = MSG_DEL_RECORD
+
+    def encode(self) -> bytes:
+        return _frame(self.msgid, _U32.pack(self.rid))
+
+
+@dataclass(frozen=True, slots=True)
+class UploadDone:
+    """0x0005 C→S, body 4 bytes (always 0, ignored)."""
+
+    msgid: ClassVar[int] = MSG_UPLOAD_DONE
+
+    def encode(self) -> bytes:
+        return _frame(self.msgid, bytes(4))
+
+
+@dataclass(frozen=True, slots=True)
+class AddInfo:
+    """0x0006 C→S, body ``RECID u32, KEYLEN u8, reserved u8, VALEN u16, KEY, VALUE``.
+
+    RECID 0 is a client-wide info (the IOC's environment).
+    """
+
+    rid: int
+    key: str
+    value: str
+    msgid: ClassVar[int] = MSG_ADD_INFO
+
+    def encode(self) -> bytes:
+        key = _encode_text(self.key, 0xFF, "info key")
+        value = _encode_text(self.value, 0xFFFF, "info value")
+        return _frame(self.msgid, _ADD_INFO.pack(self.rid, len(key), len(value)) + key + value)
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A frame the decoder passed over: unknown id, or a body the protocol says to skip.
+
+    Not a wire message of its own; it lets the caller log what was ignored.
+    """
+
+    msgid: int
+    length: int
+    reason: str
+
+
+Message = ServerGreet | Ping | ClientGreet | Pong | AddRecord | DelRecord | UploadDone | AddInfo
+Decoded = Message | Skipped
+
+
+def _decode_server_greet(body: bytes) -> Decoded:
+    return ServerGreet(body[0])
+
+
+def _decode_ping(body: bytes) -> Decoded:
+    return Ping(_U32.unpack_from(body)[0])
+
+
+def _decode_client_greet(body: bytes) -> Decoded:
+    version, client_type, key = _CLIENT_GREET.unpack_from(body)
+    return ClientGreet(version, client_type, key)
+
+
+def _decode_pong(body: bytes) -> Decoded:
+    return Pong(_U32.unpack_from(body)[0])
+
+
+def _decode_add_record(body: bytes) -> Decoded:
+    rid, atype, rtlen, rnlen = _ADD_RECORD.unpack_from(body)
+    end = 8 + rtlen + rnlen
+    if len(body) < end:
+        return Skipped(MSG_ADD_RECORD, len(body), "AddRecord strings overrun the body")
+    if rnlen == 0 or atype not in (ATYPE_RECORD, ATYPE_ALIAS):
+        return Skipped(MSG_ADD_RECORD, len(body), "AddRecord with no name or unknown kind")
+    if atype == ATYPE_RECORD and rtlen == 0:
+        return Skipped(MSG_ADD_RECORD, len(body), "AddRecord of a record without a type")
+    rtype = decode_text(body[8 : 8 + rtlen])
+    return AddRecord(rid, atype, rtype, decode_text(body[8 + rtlen : end]))
+
+
+def _decode_del_record(body: bytes) -> Decoded:
+    return DelRecord(_U32.unpack_from(body)[0])
+
+
+def _decode_upload_done(body: bytes) -> Decoded:
+    return UploadDone()
+
+
+def _decode_add_info(body: bytes) -> Decoded:
+    rid, keylen, valen = _ADD_INFO.unpack_from(body)
+    end = 8 + keylen + valen
+    if len(body) < end:
+        return Skipped(MSG_ADD_INFO, len(body), "AddInfo strings overrun the body")
+    if keylen == 0:
+        return Skipped(MSG_ADD_INFO, len(body), "AddInfo with an empty key")
+    key = decode_text(body[8 : 8 + keylen])
+    return AddInfo(rid, key, decode_text(body[8 + keylen : end]))
+
+
+# msgid -> (minimum body length, decoder). Bodies shorter than the minimum are
+# skipped as the reference server does (§2.5 "Known MSGID with LEN < fixed size").
+_DECODERS = {
+    MSG_SERVER_GREET: (1, _decode_server_greet),
+    MSG_PING: (4, _decode_ping),
+    MSG_CLIENT_GREET: (8, _decode_client_greet),
+    MSG_PONG: (4, _decode_pong),
+    MSG_ADD_RECORD: (8, _decode_add_record),
+    MSG_DEL_RECORD: (4, _decode_del_record),
+    MSG_UPLOAD_DONE: (4, _decode_upload_done),
+    MSG_ADD_INFO: (8, _decode_add_info),
+}
+
+
+def decode_body(msgid: int, body: bytes) -> Decoded:
+    """Decode one message body, or say why it is skipped. Never raises for any bytes."""
+    entry = _DECODERS.get(msgid)
+    if entry is None:
+        return Skipped(msgid, len(body), f"unknown message id 0x{msgid:04x}")
+    minimum, decode = entry
+    if len(body) < minimum:
+        return Skipped(msgid, len(body), f"body of {len(body)} bytes, at least {minimum} needed")
+    return decode(body)
+
+
+class Decoder:
+    """Incremental frame decoder for one byte stream.
+
+    ``feed(data)`` accepts any chunking and returns the messages completed by it,
+    in order. A wrong magic or a declared body longer than `max_body_length`
+    raises `RemoteProtocolError`; after that the decoder must not be fed again.
+    """
+
+    def __init__(self, max_body_length: int = MAX_BODY_LENGTH) -> None:
+        self.max_body_length = max_body_length
+        self._buffer = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held while waiting for the rest of a frame (≤ 8 + max_body_length)."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Decoded]:
+        buf = self._buffer
+        buf += data
+        out: list[Decoded] = []
+        offset = 0
+        end = len(buf)
+        while end - offset >= HEADER_SIZE:
+            magic, msgid, length = HEADER.unpack_from(buf, offset)
+            if magic != PROTO_ID:
+                raise RemoteProtocolError(f"bad magic 0x{magic:04x}, expected 0x{PROTO_ID:04x}")
+            if length > self.max_body_length:
+                raise RemoteProtocolError(
+                    f"message 0x{msgid:04x} declares a {length}-byte body, "
+                    f"the limit is {self.max_body_length}"
+                )
+            start = offset + HEADER_SIZE
+            if end - start < length:
+                break
+            offset = start + length
+            if length == 0:
+                # The reference server ignores zero-length messages entirely (§2.5).
+                out.append(Skipped(msgid, 0, "empty body"))
+                continue
+            out.append(decode_body(msgid, bytes(buf[start:offset])))
+        if offset:
+            del buf[:offset]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """The 16-byte UDP announcement a server sends to port 5049 (§1.1)."""
+
+    port: int
+    key: int
+    addr: int = ANNOUNCE_ADDR_SOURCE
+
+    def encode(self) -> bytes:
+        return _ANNOUNCE.pack(PROTO_ID, 0, self.addr, self.port, self.key)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Announce:
+        """Parse a datagram as a client does; raise RemoteProtocolError if it is not one."""
+        if len(data) < ANNOUNCE_SIZE:
+            raise RemoteProtocolError(f"announcement of {len(data)} bytes, 16 needed")
+        magic, version, addr, port, key = _ANNOUNCE.unpack_from(data)
+        if magic != PROTO_ID or version != 0:
+            raise RemoteProtocolError("not a RecSync version 0 announcement")
+        return cls(port=port, key=key, addr=addr)

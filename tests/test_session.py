@@ -1,0 +1,306 @@
+"""The session state machine, on a fake clock and with no I/O."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from bridge import wire
+from bridge.model import Peer, Transaction
+from bridge.session import Close, Commit, Effect, Notice, Send, Session, SessionLimits, State
+
+PEER = Peer("10.0.0.5", 40000)
+
+
+def make_session(**limits: object) -> Session:
+    nonces = itertools.count(0x1000)
+    return Session(7, PEER, SessionLimits(**limits), lambda: next(nonces))  # type: ignore[arg-type]
+
+
+def commits(effects: list[Effect]) -> list[Transaction]:
+    return [e.transaction for e in effects if isinstance(e, Commit)]
+
+
+def sent(effects: list[Effect]) -> list[wire.Decoded]:
+    decoder = wire.Decoder()
+    return [m for e in effects if isinstance(e, Send) for m in decoder.feed(e.data)]
+
+
+def closes(effects: list[Effect]) -> list[str]:
+    return [e.reason for e in effects if isinstance(e, Close)]
+
+
+def greeted(**limits: object) -> Session:
+    session = make_session(**limits)
+    session.start(0.0)
+    session.receive([wire.ClientGreet(0, 0, 0xCAFEF00D)], 0.0)
+    return session
+
+
+def test_start_sends_exactly_one_server_greeting() -> None:
+    session = make_session()
+    effects = session.start(0.0)
+    assert effects == [Send(bytes.fromhex("524380010000000100"))]
+    assert session.state is State.GREETING
+
+
+def test_client_greet_starts_the_upload() -> None:
+    session = greeted()
+    assert session.state is State.UPLOADING
+
+
+def test_record_before_greeting_closes() -> None:
+    session = make_session()
+    session.start(0.0)
+    effects = session.receive([wire.AddRecord(1, 0, "ai", "X")], 1.0)
+    assert closes(effects) == ["AddRecord before ClientGreet"]
+    assert session.state is State.CLOSED
+
+
+def test_pong_before_greeting_is_ignored() -> None:
+    session = make_session()
+    session.start(0.0)
+    assert session.receive([wire.Pong(5)], 1.0) == []
+    assert session.state is State.GREETING
+
+
+def test_c_client_upload_becomes_one_transaction_with_everything() -> None:
+    session = greeted()
+    effects = session.receive(
+        [
+            wire.AddInfo(0, "EPICS_VERSION", "EPICS 7.0.8"),
+            wire.AddInfo(0, "IOCNAME", "IOC-1"),
+            wire.AddRecord(1, 0, "ai", "A"),
+            wire.AddRecord(1, 1, "", "A:alias"),
+            wire.AddInfo(1, "archive", "Monitor 1"),
+            wire.AddInfo(1, "recordDesc", "Beam current"),
+            wire.AddRecord(2, 0, "bo", "B"),
+            wire.UploadDone(),
+        ],
+        2.0,
+    )
+    (txn,) = commits(effects)
+    assert txn.seq == 0 and txn.upload_done and txn.connected
+    assert txn.client_infos == {"EPICS_VERSION": "EPICS 7.0.8", "IOCNAME": "IOC-1"}
+    a, b = txn.records
+    assert (a.name, a.rtype, a.aliases, a.infos, a.desc) == (
+        "A", "ai", ["A:alias"], {"archive": "Monitor 1"}, "Beam current",
+    )
+    assert (b.name, b.rtype, b.aliases, b.infos, b.desc) == ("B", "bo", [], {}, None)
+    assert session.state is State.LIVE
+
+
+def test_upload_done_is_followed_by_a_ping_at_once() -> None:
+    session = greeted()
+    effects = session.receive([wire.UploadDone()], 1.0)
+    assert sent(effects) == [wire.Ping(0x1000)]
+
+
+def test_pyreccaster_style_repeated_client_infos_last_value_wins() -> None:
+    session = greeted()
+    effects = session.receive(
+        [
+            wire.AddRecord(100, 0, "ai", "A"),
+            wire.AddRecord(100, 1, "ai", "A:al"),  # typed alias
+            wire.AddInfo(0, "ENGINEER", "x"),
+            wire.AddRecord(101, 0, "ai", "B"),
+            wire.AddInfo(0, "ENGINEER", "y"),
+            wire.UploadDone(),
+        ],
+        1.0,
+    )
+    (txn,) = commits(effects)
+    assert txn.client_infos == {"ENGINEER": "y"}
+    assert txn.records[0].aliases == ["A:al"]
+
+
+def test_transactions_are_cut_at_record_boundaries_by_size() -> None:
+    session = greeted(batch_records=2)
+    messages: list[wire.Decoded] = []
+    for rid in range(1, 6):
+        messages += [wire.AddRecord(rid, 0, "ai", f"R{rid}"), wire.AddInfo(rid, "k", str(rid))]
+    effects = session.receive([*messages, wire.UploadDone()], 1.0)
+    txns = commits(effects)
+    assert [t.seq for t in txns] == [0, 1, 2]
+    assert [[r.name for r in t.records] for t in txns] == [["R1", "R2"], ["R3", "R4"], ["R5"]]
+    assert all(r.infos == {"k": r.name[1:]} for t in txns for r in t.records)
+    assert [t.upload_done for t in txns] == [False, False, True]
+
+
+def test_transactions_are_cut_by_age_at_the_next_record() -> None:
+    session = greeted(commit_interval=5.0)
+    assert commits(session.receive([wire.AddRecord(1, 0, "ai", "A")], 1.0)) == []
+    (txn,) = commits(session.receive([wire.AddRecord(2, 0, "ai", "B")], 6.5))
+    assert [r.name for r in txn.records] == ["A"]
+
+
+def test_colliding_record_ids_keep_both_records() -> None:
+    # Pre-1.4 C clients reuse ids above 65535 records; infos follow their record.
+    session = greeted()
+    effects = session.receive(
+        [
+            wire.AddRecord(1 << 16, 0, "ai", "A"),
+            wire.AddInfo(1 << 16, "k", "a"),
+            wire.AddRecord(1 << 16, 0, "ai", "B"),
+            wire.AddInfo(1 << 16, "k", "b"),
+            wire.UploadDone(),
+        ],
+        1.0,
+    )
+    (txn,) = commits(effects)
+    assert [(r.name, r.infos) for r in txn.records] == [("A", {"k": "a"}), ("B", {"k": "b"})]
+
+
+def test_del_record_removes_pending_and_reports_committed() -> None:
+    session = greeted(batch_records=1)
+    effects = session.receive(
+        [
+            wire.AddRecord(1, 0, "ai", "A"),
+            wire.AddRecord(2, 0, "ai", "B"),  # cuts A
+            wire.AddRecord(3, 0, "ai", "C"),  # cuts B
+            wire.DelRecord(1),
+            wire.DelRecord(3),
+            wire.UploadDone(),
+        ],
+        1.0,
+    )
+    last = commits(effects)[-1]
+    assert last.removed == ("A",)
+    assert [r.name for r in last.records] == []
+
+
+def test_messages_after_upload_done_are_skipped_with_one_notice() -> None:
+    session = greeted()
+    session.receive([wire.UploadDone()], 1.0)
+    effects = session.receive(
+        [wire.AddRecord(9, 0, "ai", "Z"), wire.AddRecord(10, 0, "ai", "Y")], 2.0
+    )
+    assert effects == [Notice("AddRecord after UploadDone ignored")]
+    assert session.state is State.LIVE
+
+
+def test_silence_sends_ping_then_closes_on_missed_pong() -> None:
+    session = greeted(tcptimeout=15.0)
+    session.receive([wire.UploadDone()], 0.0)  # ping 0x1000 at once
+    session.receive([wire.Pong(0x1000)], 1.0)
+    assert session.deadline == 16.0
+    assert session.tick(15.9) == []
+    assert sent(session.tick(16.0)) == [wire.Ping(0x1001)]
+    assert session.deadline == 31.0
+    effects = session.tick(31.0)
+    assert closes(effects) == ["no Pong within 15 s"]
+
+
+def test_matching_pong_keeps_the_session_alive() -> None:
+    session = greeted(tcptimeout=15.0)
+    session.receive([wire.UploadDone()], 0.0)
+    now = 0.0
+    for step in range(1, 10):
+        session.receive([wire.Pong(0x1000 + step - 1)], now + 1)
+        now = session.deadline or 0.0
+        assert sent(session.tick(now)) == [wire.Ping(0x1000 + step)]
+    assert session.state is State.LIVE
+
+
+def test_wrong_pong_nonce_closes() -> None:
+    session = greeted()
+    session.receive([wire.UploadDone()], 0.0)
+    assert closes(session.receive([wire.Pong(0xDEAD)], 1.0)) == [
+        "Pong nonce 0x0000dead does not match Ping 0x00001000"
+    ]
+
+
+def test_greeting_deadline_closes_a_silent_peer() -> None:
+    session = make_session(greeting_timeout=20.0, tcptimeout=15.0)
+    session.start(0.0)
+    # A dribble of Pongs resets the silence timer but not the greeting deadline.
+    session.receive([wire.Pong(1)], 10.0)
+    assert session.deadline == 20.0
+    assert closes(session.tick(20.0)) == ["no ClientGreet within 20 s"]
+
+
+def test_upload_deadline_closes_an_endless_upload() -> None:
+    session = greeted(upload_timeout=60.0, tcptimeout=15.0)
+    for t in range(1, 60, 5):
+        session.receive([wire.AddRecord(t, 0, "ai", f"R{t}")], float(t))
+    assert closes(session.tick(60.0)) == ["upload not finished within 60 s"]
+
+
+def test_paused_session_does_not_time_out_for_silence() -> None:
+    session = greeted(tcptimeout=15.0)
+    session.pause(1.0)
+    assert session.deadline == float("inf") or session.deadline is None
+    assert session.tick(100.0) == []
+    session.resume(100.0)
+    assert session.deadline == 115.0
+
+
+def test_connection_lost_mid_upload_emits_final_after_committed_work() -> None:
+    session = greeted(batch_records=1)
+    session.receive([wire.AddRecord(1, 0, "ai", "A"), wire.AddRecord(2, 0, "ai", "B")], 1.0)
+    (final,) = commits(session.connection_lost("connection reset"))
+    assert not final.connected and final.reason == "connection reset" and final.seq == 1
+    assert session.connection_lost("again") == []
+
+
+def test_connection_lost_before_any_commit_emits_nothing() -> None:
+    session = greeted()
+    session.receive([wire.AddRecord(1, 0, "ai", "A")], 1.0)
+    assert session.connection_lost("gone") == []
+
+
+def test_close_emits_final_once() -> None:
+    session = greeted()
+    session.receive([wire.UploadDone()], 0.0)
+    effects = session.receive([wire.Pong(0xBAD)], 1.0)
+    assert len(commits(effects)) == 1
+    assert session.connection_lost("closed") == []
+
+
+def test_max_records_closes_with_a_counted_notice() -> None:
+    session = greeted(max_records=2)
+    effects = session.receive([wire.AddRecord(i, 0, "ai", f"R{i}") for i in (1, 2, 3)], 1.0)
+    assert Notice("upload exceeds maxRecords=2", "maxRecords") in effects
+    assert closes(effects) == ["upload exceeds maxRecords=2"]
+
+
+@pytest.mark.parametrize("rid", [0, 1])
+def test_max_infos_skips_extra_infos_with_one_notice(rid: int) -> None:
+    session = greeted(max_infos=2)
+    messages: list[wire.Decoded] = [wire.AddRecord(1, 0, "ai", "A")]
+    messages += [wire.AddInfo(rid, f"k{i}", "v") for i in range(5)]
+    effects = session.receive([*messages, wire.UploadDone()], 1.0)
+    notices = [e for e in effects if isinstance(e, Notice)]
+    assert len(notices) == 1 and notices[0].limit == "maxInfos"
+    (txn,) = commits(effects)
+    infos = txn.client_infos if rid == 0 else txn.records[0].infos
+    assert infos == {"k0": "v", "k1": "v"}
+
+
+def test_server_message_from_the_peer_closes() -> None:
+    session = greeted()
+    assert closes(session.receive([wire.Ping(1)], 1.0)) == [
+        "peer sent a server-to-client message 0x8002"
+    ]
+
+
+def test_unknown_message_gives_one_notice_and_the_upload_continues() -> None:
+    session = greeted()
+    skipped = wire.Skipped(0x77, 3, "unknown message id 0x0077")
+    effects = session.receive([skipped, skipped, wire.AddRecord(1, 0, "ai", "A")], 1.0)
+    assert effects == [Notice("skipped message: unknown message id 0x0077")]
+    assert session.state is State.UPLOADING
+
+
+def test_core_modules_do_not_import_twisted() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bridge.wire, bridge.session, bridge.model, bridge.keys; "
+        "bad = [m for m in sys.modules if m.startswith(('twisted', 'socket', 'pyetcd'))]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
