@@ -1,0 +1,214 @@
+"""The Twisted glue: admission, framing, pings, backpressure, commit ordering."""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from bridge import wire
+from bridge.interfaces import IProcessor
+from bridge.model import Transaction
+from bridge.processors import ProcessorChain
+from bridge.processors.show import ShowProcessor
+from bridge.server import MAX_INFLIGHT, BridgeFactory, RecSyncProtocol
+from bridge.session import SessionLimits
+
+
+@implementer(IProcessor)
+class RecordingProcessor:
+    """Keeps every transaction; commits complete when the test says so."""
+
+    def __init__(self, manual: bool = False) -> None:
+        self.manual = manual
+        self.transactions: list[Transaction] = []
+        self.pending: list[Deferred[None]] = []
+
+    def commit(self, transaction: Transaction) -> Deferred[None]:
+        self.transactions.append(transaction)
+        if not self.manual:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self.pending.append(d)
+        return d
+
+    # IService, unused here
+    name = None
+    parent = None
+    running = 0
+
+    def setName(self, name: str) -> None: ...
+    def setServiceParent(self, parent: object) -> None: ...
+    def disownServiceParent(self) -> None: ...
+    def privilegedStartService(self) -> None: ...
+    def startService(self) -> None: ...
+    def stopService(self) -> None: ...
+
+
+def upload(*records: str) -> bytes:
+    frames = [wire.ClientGreet(0, 0, 1).encode(), wire.AddInfo(0, "IOCNAME", "ioc").encode()]
+    for rid, name in enumerate(records, 1):
+        frames.append(wire.AddRecord(rid, 0, "ai", name).encode())
+    return b"".join(frames)
+
+
+class ServerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.processor = RecordingProcessor()
+        self.port = 40000
+
+    def factory(self, **kw: object) -> BridgeFactory:
+        limits = kw.pop("limits", SessionLimits(tcptimeout=15.0))
+        return BridgeFactory(
+            self.processor, self.clock, limits, nonce=lambda: 0xABCD, **kw  # type: ignore[arg-type]
+        )
+
+    def connect(self, factory: BridgeFactory, host: str = "127.0.0.1") -> tuple[
+        RecSyncProtocol, StringTransport
+    ]:
+        self.port += 1
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, self.port))
+        assert protocol is not None
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def lose(self, protocol: RecSyncProtocol) -> None:
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+    def frames(self, transport: StringTransport) -> list[wire.Decoded]:
+        return wire.Decoder().feed(transport.value())
+
+    def test_processor_interfaces_hold(self) -> None:
+        verifyObject(IProcessor, ShowProcessor())
+        verifyObject(IProcessor, ProcessorChain([ShowProcessor()]))
+
+    def test_greets_on_accept_without_waiting(self) -> None:
+        _, transport = self.connect(self.factory())
+        self.assertEqual(transport.value(), bytes.fromhex("524380010000000100"))
+
+    def test_upload_byte_by_byte_commits_and_pings_after_upload_done(self) -> None:
+        protocol, transport = self.connect(self.factory())
+        for byte in upload("A", "B") + wire.UploadDone().encode():
+            protocol.dataReceived(bytes([byte]))
+        (txn,) = self.processor.transactions
+        self.assertEqual([r.name for r in txn.records], ["A", "B"])
+        self.assertTrue(txn.upload_done)
+        self.assertEqual(self.frames(transport), [wire.ServerGreet(0), wire.Ping(0xABCD)])
+
+    def test_each_frame_is_one_write(self) -> None:
+        protocol, transport = self.connect(self.factory())
+        writes: list[bytes] = []
+        transport.write = writes.append  # type: ignore[method-assign]
+        protocol.dataReceived(upload("A") + wire.UploadDone().encode())
+        self.assertEqual(writes, [wire.Ping(0xABCD).encode()])
+
+    def test_missed_pong_closes_and_commits_disconnect(self) -> None:
+        protocol, transport = self.connect(self.factory())
+        protocol.dataReceived(upload("A") + wire.UploadDone().encode())
+        self.clock.advance(15.0)
+        self.assertTrue(transport.disconnecting)
+        self.lose(protocol)
+        final = self.processor.transactions[-1]
+        self.assertFalse(final.connected)
+
+    def test_silent_connection_is_pinged_after_tcptimeout(self) -> None:
+        protocol, transport = self.connect(self.factory())
+        protocol.dataReceived(upload("A") + wire.UploadDone().encode())
+        protocol.dataReceived(wire.Pong(0xABCD).encode())
+        transport.clear()
+        self.clock.advance(14.9)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(0.1)
+        self.assertEqual(self.frames(transport), [wire.Ping(0xABCD)])
+        self.assertFalse(transport.disconnecting)
+
+    def test_bad_magic_closes_with_the_peer_in_the_log(self) -> None:
+        protocol, transport = self.connect(self.factory())
+        with capturedLogs() as events:
+            protocol.dataReceived(b"XXXXXXXXXXXX")
+        self.assertTrue(transport.disconnecting)
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len(lines), 1)
+        self.assertIn("127.0.0.1", lines[0])
+        self.assertIn("bad magic", lines[0])
+
+    def test_oversize_length_closes_before_buffering(self) -> None:
+        protocol, transport = self.connect(self.factory(max_body_length=1024))
+        protocol.dataReceived(wire.ClientGreet().encode() + bytes.fromhex("524300060000ffff"))
+        self.assertTrue(transport.disconnecting)
+        self.assertLessEqual(protocol.decoder.buffered, 8 + 1024)
+
+    def test_max_active_queues_without_greeting_and_releases_once(self) -> None:
+        factory = self.factory(max_active=1)
+        first, t1 = self.connect(factory)
+        second, t2 = self.connect(factory)
+        self.assertEqual(t2.value(), b"")
+        self.assertEqual(t2.producerState, "paused")
+        self.assertEqual((factory.active, len(factory.queue)), (1, 1))
+        first.dataReceived(upload("A") + wire.UploadDone().encode())
+        # Slot released once the upload's last commit completed: the second is greeted.
+        self.assertEqual(self.frames(t2), [wire.ServerGreet(0)])
+        self.assertEqual(t2.producerState, "producing")
+        self.lose(first)
+        self.assertEqual(factory.active, 1)
+        self.lose(second)
+        self.assertEqual(factory.active, 0)
+
+    def test_queued_connection_that_goes_away_frees_its_place(self) -> None:
+        factory = self.factory(max_active=1)
+        first, _ = self.connect(factory)
+        second, _ = self.connect(factory)
+        self.lose(second)
+        self.assertEqual(len(factory.queue), 0)
+        self.lose(first)
+        self.assertEqual(factory.active, 0)
+
+    def test_backpressure_pauses_reading_until_commits_complete(self) -> None:
+        self.processor = RecordingProcessor(manual=True)
+        limits = SessionLimits(batch_records=1)
+        protocol, transport = self.connect(self.factory(limits=limits))
+        protocol.dataReceived(upload(*[f"R{i}" for i in range(MAX_INFLIGHT + 2)]))
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(len(self.processor.transactions), 1)  # chained: one at a time
+        while self.processor.pending:
+            self.processor.pending.pop(0).callback(None)
+        self.assertEqual(transport.producerState, "producing")
+        seqs = [t.seq for t in self.processor.transactions]
+        self.assertEqual(seqs, list(range(MAX_INFLIGHT + 1)))
+
+    def test_failed_commit_closes_and_skips_later_batches_but_not_the_final(self) -> None:
+        self.processor = RecordingProcessor(manual=True)
+        protocol, transport = self.connect(self.factory(limits=SessionLimits(batch_records=1)))
+        protocol.dataReceived(upload("A", "B", "C"))
+        self.processor.pending.pop(0).errback(RuntimeError("etcd down"))
+        self.flushLoggedErrors(RuntimeError)
+        self.assertTrue(transport.disconnecting)
+        self.lose(protocol)
+        while self.processor.pending:
+            self.processor.pending.pop(0).callback(None)
+        committed = [(t.seq, t.connected) for t in self.processor.transactions]
+        self.assertEqual(committed, [(0, True), (2, False)])
+
+    def test_allow_list_refuses_other_networks(self) -> None:
+        import ipaddress
+
+        factory = self.factory(allow=[ipaddress.ip_network("10.1.0.0/16")])
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "10.2.0.1", 1)))
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "10.1.2.3", 1)))
+        self.assertEqual(factory.counters["allow"], 1)
+
+    def test_per_host_connection_limit(self) -> None:
+        factory = self.factory(max_connections_per_host=2)
+        self.connect(factory)
+        self.connect(factory)
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9)))
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 9)))
+        self.assertEqual(factory.counters["maxConnectionsPerHost"], 1)
