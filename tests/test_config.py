@@ -1,0 +1,469 @@
+"""bridge.config: defaults, parsing of every key, overrides and error messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from bridge.config import (
+    KNOWN_KEYS,
+    BridgeConfig,
+    EtcdConfig,
+    Limits,
+    default_data_dir,
+    example_config,
+    load_config,
+)
+from bridge.errors import ConfigError
+
+SECRET = "s3cr%t-Pa55"
+
+
+def load(tmp_path: Path, text: str, environ: Mapping[str, str] | None = None) -> BridgeConfig:
+    path = tmp_path / "recceiver.conf"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return load_config(str(path), {} if environ is None else environ)
+
+
+def load_error(tmp_path: Path, text: str, environ: Mapping[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text, environ)
+    return str(info.value)
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> dict[str, str]:
+    files = {}
+    for name in ("ca", "cert", "key"):
+        path = tmp_path / f"{name}.pem"
+        path.write_text("-----BEGIN NOTHING-----\n")
+        files[name] = str(path)
+    return files
+
+
+# --- defaults ---
+
+
+def test_no_file_gives_the_documented_defaults() -> None:
+    cfg = load_config(None, {"HOME": "/home/op"})
+    assert (cfg.bind_host, cfg.bind_port) == ("0.0.0.0", 0)
+    assert cfg.addrlist == (("255.255.255.255", 5049),)
+    assert (cfg.announce_interval, cfg.tcptimeout, cfg.commit_interval) == (15.0, 15.0, 5.0)
+    assert (cfg.commit_size_limit, cfg.max_active) == (0, 20)
+    assert (cfg.procs, cfg.unsupported_procs) == (("etcd",), ())
+    assert (cfg.loglevel, cfg.status_interval, cfg.bridge_id) == ("WARNING", 60.0, None)
+    assert cfg.limits == Limits(65798, 200000, 1000, 5000, 100, 20.0, 600.0, ())
+    assert cfg.etcd == EtcdConfig(
+        endpoints=(),
+        prefix="/recsync",
+        lease_ttl=10.0,
+        timeout=2.0,
+        data_dir="/home/op/.local/state/recsync-bridge/etcd",
+        max_outage=60.0,
+        grace=5.0,
+    )
+    assert cfg.etcd.embedded
+    assert cfg.ignored_keys == ()
+
+
+def test_dataclass_defaults_equal_loaded_defaults() -> None:
+    environ = {"XDG_STATE_HOME": "/state"}
+    expected = BridgeConfig(etcd=EtcdConfig(data_dir=default_data_dir(environ)))
+    assert load_config(None, environ) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"XDG_STATE_HOME": "/var/state", "HOME": "/h"}, "/var/state/recsync-bridge/etcd"),
+        ({"HOME": "/h"}, "/h/.local/state/recsync-bridge/etcd"),
+        ({"XDG_STATE_HOME": "relative", "HOME": "/h"}, "/h/.local/state/recsync-bridge/etcd"),
+        ({"XDG_STATE_HOME": "", "HOME": "/h"}, "/h/.local/state/recsync-bridge/etcd"),
+    ],
+)
+def test_data_dir_default_follows_xdg_state_home(environ: dict[str, str], expected: str) -> None:
+    assert load_config(None, environ).etcd.data_dir == expected
+
+
+def test_config_objects_are_frozen() -> None:
+    cfg = load_config(None, {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.max_active = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.etcd.prefix = "/x"  # type: ignore[misc]
+
+
+def test_replace_returns_a_changed_copy() -> None:
+    cfg = load_config(None, {})
+    changed = cfg.replace(max_active=3)
+    assert (changed.max_active, cfg.max_active) == (3, 20)
+    assert changed.etcd is cfg.etcd
+
+
+# --- every key ---
+
+
+def test_every_key_is_parsed(tmp_path: Path, tls_files: dict[str, str]) -> None:
+    cfg = load(
+        tmp_path,
+        f"""
+        [recceiver]
+        bind = 127.0.0.1:5050
+        addrlist = 10.0.0.255, <broadcast>:6000
+        announceInterval = 2.5
+        tcptimeout = 7
+        commitInterval = 0
+        commitSizeLimit = 5000
+        maxActive = 3
+        procs = etcd, show:debug
+        loglevel = debug
+        statusInterval = 0
+        bridgeId = bridge-a
+        maxBodyLength = 1024
+        maxRecords = 10
+        maxInfos = 11
+        maxConnections = 12
+        maxConnectionsPerHost = 13
+        greetingTimeout = 1.5
+        uploadTimeout = 30
+        allow = 10.1.2.3/8, 2001:db8::/32
+        [etcd]
+        endpoints = etcd1:2379, https://[2001:db8::1]:2379
+        prefix = /site/recsync/
+        lease_ttl = 2
+        timeout = 0.5
+        data_dir = /srv/etcd
+        username = bridge
+        password = {SECRET}
+        ca = {tls_files["ca"]}
+        cert = {tls_files["cert"]}
+        key = {tls_files["key"]}
+        max_outage = 0
+        grace = 1.25
+    """,
+    )
+    assert (cfg.bind_host, cfg.bind_port) == ("127.0.0.1", 5050)
+    assert cfg.addrlist == (("10.0.0.255", 5049), ("255.255.255.255", 6000))
+    assert (cfg.announce_interval, cfg.tcptimeout, cfg.commit_interval) == (2.5, 7.0, 0.0)
+    assert (cfg.commit_size_limit, cfg.max_active) == (5000, 3)
+    assert (cfg.procs, cfg.unsupported_procs) == (("etcd", "show:debug"), ())
+    assert (cfg.loglevel, cfg.status_interval, cfg.bridge_id) == ("DEBUG", 0.0, "bridge-a")
+    assert cfg.limits == Limits(
+        1024,
+        10,
+        11,
+        12,
+        13,
+        1.5,
+        30.0,
+        (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32")),
+    )
+    assert cfg.etcd == EtcdConfig(
+        endpoints=("etcd1:2379", "https://[2001:db8::1]:2379"),
+        prefix="/site/recsync",
+        lease_ttl=2.0,
+        timeout=0.5,
+        data_dir="/srv/etcd",
+        username="bridge",
+        password=SECRET,
+        ca=tls_files["ca"],
+        cert=tls_files["cert"],
+        key=tls_files["key"],
+        max_outage=0.0,
+        grace=1.25,
+    )
+    assert not cfg.etcd.embedded
+    assert cfg.ignored_keys == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "host", "port"),
+    [
+        ("", "0.0.0.0", 0),
+        (":5050", "0.0.0.0", 5050),
+        ("10.0.0.1", "10.0.0.1", 0),
+        ("localhost:0", "localhost", 0),
+        ("[::1]:5050", "::1", 5050),
+        ("[::]", "::", 0),
+        ("::", "::", 0),
+    ],
+)
+def test_bind_forms(tmp_path: Path, value: str, host: str, port: int) -> None:
+    cfg = load(tmp_path, f"[recceiver]\nbind = {value}\n")
+    assert (cfg.bind_host, cfg.bind_port) == (host, port)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("<broadcast>", (("255.255.255.255", 5049),)),
+        ("", (("255.255.255.255", 5049),)),
+        ("127.255.255.255:5049, 127.255.255.255", (("127.255.255.255", 5049),)),
+        ("10.0.0.255:1, ,10.1.255.255:65535", (("10.0.0.255", 1), ("10.1.255.255", 65535))),
+    ],
+)
+def test_addrlist_forms(tmp_path: Path, value: str, expected: object) -> None:
+    assert load(tmp_path, f"[recceiver]\naddrlist = {value}\n").addrlist == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("/recsync", "/recsync"), ("/a/b///", "/a/b"), ("/", "/"), ("///", "/")],
+)
+def test_prefix_trailing_slashes_are_removed(tmp_path: Path, value: str, expected: str) -> None:
+    assert load(tmp_path, f"[etcd]\nprefix = {value}\n").etcd.prefix == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("WARN", "WARNING"),
+        ("warning", "WARNING"),
+        ("Info", "INFO"),
+        ("error", "ERROR"),
+        ("CRITICAL", "CRITICAL"),
+        ("fatal", "CRITICAL"),
+    ],
+)
+def test_loglevel_is_canonical_python_name(tmp_path: Path, value: str, expected: str) -> None:
+    assert load(tmp_path, f"[recceiver]\nloglevel = {value}\n").loglevel == expected
+
+
+def test_endpoint_host_names_may_contain_underscores(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "[etcd]\nendpoints = demo_etcd_1:2379, http://etcd-2.lan:2379\n")
+    assert cfg.etcd.endpoints == ("demo_etcd_1:2379", "http://etcd-2.lan:2379")
+
+
+def test_data_dir_expands_home(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "[etcd]\ndata_dir = ~/etcd-data\n")
+    assert cfg.etcd.data_dir == os.path.expanduser("~/etcd-data")
+
+
+def test_percent_signs_are_literal(tmp_path: Path) -> None:
+    cfg = load(tmp_path, f"[etcd]\nendpoints = e:2379\nusername = u\npassword = {SECRET}\n")
+    assert cfg.etcd.password == SECRET
+
+
+# --- processors ---
+
+
+def test_unsupported_procs_are_dropped_and_listed(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "[recceiver]\nprocs = show, cf\n")
+    assert (cfg.procs, cfg.unsupported_procs) == (("show",), ("cf",))
+
+
+@pytest.mark.parametrize("value", ["cf", "cf, db:lite", "db", ""])
+def test_etcd_is_used_when_no_supported_proc_remains(tmp_path: Path, value: str) -> None:
+    cfg = load(tmp_path, f"[recceiver]\nprocs = {value}\n")
+    assert cfg.procs == ("etcd",)
+    assert cfg.unsupported_procs == tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def test_proc_names_are_case_insensitive(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "[recceiver]\nprocs = ETCD, Show:Inst\n")
+    assert cfg.procs == ("etcd", "show:Inst")
+
+
+# --- precedence and case ---
+
+
+def test_environment_beats_file(tmp_path: Path) -> None:
+    environ = {
+        "RECCEIVER_RECCEIVER_MAXACTIVE": "7",
+        "RECCEIVER_ETCD_ENDPOINTS": "etcd9:2379",
+        "RECCEIVER_ETCD_LEASE_TTL": "30",
+    }
+    cfg = load(tmp_path, "[recceiver]\nmaxActive = 3\n[etcd]\nendpoints = etcd1:2379\n", environ)
+    assert (cfg.max_active, cfg.etcd.endpoints, cfg.etcd.lease_ttl) == (7, ("etcd9:2379",), 30.0)
+
+
+def test_environment_names_are_case_insensitive() -> None:
+    cfg = load_config(None, {"recceiver_Recceiver_maxActive": "4", "RECCEIVER_ETCD_Prefix": "/p"})
+    assert (cfg.max_active, cfg.etcd.prefix) == (4, "/p")
+
+
+def test_environment_for_other_sections_is_ignored() -> None:
+    cfg = load_config(None, {"RECCEIVER_CF_BASEURL": "http://cf", "RECCEIVER_X": "1"})
+    assert cfg == load_config(None, {})
+
+
+def test_overrides_beat_environment(tmp_path: Path) -> None:
+    path = tmp_path / "r.conf"
+    path.write_text("[recceiver]\nbind = :1\n")
+    cfg = load_config(
+        str(path), {"RECCEIVER_RECCEIVER_BIND": ":2"}, overrides={("RECCEIVER", "Bind"): ":3"}
+    )
+    assert cfg.bind_port == 3
+
+
+def test_section_and_key_names_are_case_insensitive(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "[RECCEIVER]\nMAXACTIVE = 5\n[Etcd]\nLease_TTL = 3\n")
+    assert (cfg.max_active, cfg.etcd.lease_ttl) == (5, 3.0)
+
+
+def test_default_section_applies_to_both_sections(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "[DEFAULT]\ntimeout = 3\n[recceiver]\n[etcd]\n")
+    assert cfg.etcd.timeout == 3.0
+    assert cfg.ignored_keys == ()
+
+
+def test_unknown_keys_are_reported_not_fatal(tmp_path: Path) -> None:
+    cfg = load(
+        tmp_path,
+        "[recceiver]\nmetricsPort = 9000\nlogformat = %(message)s\n[etcd]\nendpoint = x\n"
+        "[cf]\nbaseurl = http://cf\n",
+        {"RECCEIVER_RECCEIVER_BOGUS": "1"},
+    )
+    assert cfg.ignored_keys == (
+        "[etcd] endpoint",
+        "[recceiver] bogus",
+        "[recceiver] logformat",
+        "[recceiver] metricsport",
+    )
+
+
+# --- errors ---
+
+
+def test_missing_file_names_it(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.conf")
+    with pytest.raises(ConfigError, match=re.escape(missing)):
+        load_config(missing, {})
+
+
+def test_unparsable_file_is_a_config_error(tmp_path: Path) -> None:
+    message = load_error(tmp_path, f"[etcd]\n{SECRET}\n")
+    assert "line 2" in message
+    assert SECRET not in message
+
+
+def test_file_without_section_is_a_config_error(tmp_path: Path) -> None:
+    assert "line 1" in load_error(tmp_path, "maxActive = 3\n")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("recceiver", "bind", "10.0.0.1:99999"),
+        ("recceiver", "bind", "host name:1"),
+        ("recceiver", "bind", "[::1"),
+        ("recceiver", "bind", "1234"),
+        ("recceiver", "addrlist", "10.0.0.255:0"),
+        ("recceiver", "addrlist", "10.0.0.255:x"),
+        ("recceiver", "addrlist", "[ff02::1]:5049"),
+        ("recceiver", "addrlist", "iocs.example.org"),
+        ("recceiver", "announceInterval", "0"),
+        ("recceiver", "announceInterval", "inf"),
+        ("recceiver", "tcptimeout", "-1"),
+        ("recceiver", "tcptimeout", "soon"),
+        ("recceiver", "commitInterval", "-0.5"),
+        ("recceiver", "commitSizeLimit", "-1"),
+        ("recceiver", "commitSizeLimit", "1.5"),
+        ("recceiver", "maxActive", "0"),
+        ("recceiver", "procs", "etcd, frob"),
+        ("recceiver", "procs", "show, show"),
+        ("recceiver", "procs", "etcd, etcd:other"),
+        ("recceiver", "procs", "show:"),
+        ("recceiver", "loglevel", "LOUD"),
+        ("recceiver", "loglevel", "NOTSET"),
+        ("recceiver", "statusInterval", "nan"),
+        ("recceiver", "bridgeId", "a\x01b"),
+        ("recceiver", "maxBodyLength", "1023"),
+        ("recceiver", "maxBodyLength", str(2**32)),
+        ("recceiver", "maxRecords", "0"),
+        ("recceiver", "maxInfos", "0"),
+        ("recceiver", "maxConnections", "0"),
+        ("recceiver", "maxConnectionsPerHost", "zero"),
+        ("recceiver", "greetingTimeout", "0"),
+        ("recceiver", "uploadTimeout", "-5"),
+        ("recceiver", "allow", "10.0.0.0/33"),
+        ("etcd", "endpoints", "etcd1"),
+        ("etcd", "endpoints", "ftp://etcd1:2379"),
+        ("etcd", "endpoints", "http://etcd1:2379/v3"),
+        ("etcd", "endpoints", "http://a:1, https://b:2"),
+        ("etcd", "endpoints", "etcd1:99999"),
+        ("etcd", "prefix", "recsync"),
+        ("etcd", "prefix", "/a//b"),
+        ("etcd", "lease_ttl", "1.5"),
+        ("etcd", "timeout", "0"),
+        ("etcd", "ca", "/nonexistent/ca.pem"),
+        ("etcd", "max_outage", "-1"),
+        ("etcd", "grace", "later"),
+    ],
+)
+def test_invalid_value_names_key_and_value(
+    tmp_path: Path, section: str, key: str, value: str
+) -> None:
+    message = load_error(tmp_path, "", {f"RECCEIVER_{section}_{key}".upper(): value})
+    assert f"[{section}] {key}" in message
+    assert repr(value) in message
+    assert f"RECCEIVER_{section}_{key}".upper() in message
+
+
+def test_invalid_value_in_file_names_the_file(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[recceiver]\nmaxactive = many\n")
+    assert "[recceiver] maxActive = 'many'" in message
+    assert "recceiver.conf" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[etcd]\nendpoints = e:1\nusername = u\n", "username and password"),
+        (f"[etcd]\nendpoints = e:1\npassword = {SECRET}\n", "username and password"),
+        ("[etcd]\nendpoints = e:1\ncert = {cert}\n", "cert and key"),
+        ("[etcd]\nendpoints = e:1\nkey = {key}\n", "cert and key"),
+        (f"[etcd]\nusername = u\npassword = {SECRET}\n", "need [etcd] endpoints"),
+        ("[etcd]\nca = {ca}\n", "need [etcd] endpoints"),
+    ],
+)
+def test_etcd_pairs_are_checked(
+    tmp_path: Path, tls_files: dict[str, str], text: str, fragment: str
+) -> None:
+    message = load_error(
+        tmp_path,
+        text.replace("{cert}", tls_files["cert"])
+        .replace("{key}", tls_files["key"])
+        .replace("{ca}", tls_files["ca"]),
+    )
+    assert fragment in message
+    assert SECRET not in message
+
+
+def test_password_never_in_repr_or_str(tmp_path: Path) -> None:
+    cfg = load(tmp_path, f"[etcd]\nendpoints = e:1\nusername = u\npassword = {SECRET}\n")
+    assert cfg.etcd.password == SECRET
+    for text in (repr(cfg), str(cfg), repr(cfg.etcd), str(cfg.etcd)):
+        assert SECRET not in text
+        assert "password" not in text
+
+
+def test_password_value_is_never_echoed_in_errors(tmp_path: Path) -> None:
+    # No password value is invalid on its own; the pairing rule must not echo it either.
+    message = load_error(tmp_path, "", {"RECCEIVER_ETCD_PASSWORD": SECRET})
+    assert "[etcd] username and password" in message
+    assert SECRET not in message
+
+
+# --- the example file ---
+
+
+def test_example_config_loads_to_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "example.conf"
+    path.write_text(example_config(), encoding="utf-8")
+    environ = {"HOME": "/home/op"}
+    assert load_config(str(path), environ) == load_config(None, environ)
+
+
+def test_example_config_mentions_every_key() -> None:
+    text = example_config()
+    for section, key in KNOWN_KEYS:
+        assert f"[{section}]" in text
+        assert re.search(rf"^(# )?{key} =", text, re.MULTILINE), key
