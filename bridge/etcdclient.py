@@ -49,6 +49,14 @@ _RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADL
 # etcd messages that mean a leader election or a stall, retryable whatever the code.
 _TRANSIENT_DETAILS = ("leader changed", "no leader", "proposal dropped", "timed out")
 _FAILED_NODE_MESSAGE = "Trying to use a failed node"
+# How etcd answers a bad user name or password.
+_AUTH_REFUSED_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
 
 _log = Logger()
 
@@ -149,15 +157,28 @@ def make_client(
     def attempt() -> pyetcd.MultiEndpointEtcd3Client:
         eps = _endpoints(endpoints, ca, cert, key)
         try:
-            return pyetcd.MultiEndpointEtcd3Client(
+            client = pyetcd.MultiEndpointEtcd3Client(
                 eps, timeout=timeout, user=username, password=password, failover=True
             )
         except BaseException:
             for ep in eps:
                 ep.close()
             raise
+        if not eps[0].secure:
+            # gRPC refuses call credentials on a plaintext channel (UNAUTHENTICATED
+            # "insufficient security level"); the token also travels as call
+            # metadata, which is all etcd reads, so drop the call credentials.
+            client.call_credentials = None
+        return client
 
-    return call_with_retry(attempt, deadline_s=AUTH_DEADLINE_S)
+    try:
+        return call_with_retry(attempt, deadline_s=AUTH_DEADLINE_S)
+    except grpc.RpcError as exc:
+        if exc.code() in _AUTH_REFUSED_CODES:
+            raise ConfigError(
+                f"[etcd] authentication as {username!r} refused by etcd: {exc.details()}"
+            ) from None
+        raise
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -12,13 +12,13 @@ etcd servers behind.
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -126,6 +126,15 @@ def member_command(
     ]  # fmt: skip
 
 
+def etcd_environment() -> dict[str, str]:
+    """This process's environment without ``ETCD_*`` variables.
+
+    etcd reads ``ETCD_<FLAG>`` variables and refuses to start when one shadows a
+    command-line flag, so a stray variable in the caller's shell must not leak in.
+    """
+    return {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
+
+
 def check_health(host: str, port: int, timeout: float = 1.0) -> bool:
     """True when ``http://host:port/health`` answers ``{"health": "true"}``."""
     try:
@@ -206,6 +215,7 @@ class EtcdMember:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=etcd_environment(),
                 start_new_session=True,
             )
 
@@ -276,27 +286,19 @@ class EtcdMember:
         self.wait_healthy(timeout)
 
 
-# Clusters not yet stopped; stopped at interpreter exit in case a caller forgot.
-_LIVE: weakref.WeakSet[EtcdCluster] = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for cluster in list(_LIVE):
-        cluster.stop()
-
-
 class EtcdCluster:
     """`size` etcd members on loopback, each with its own free ports and data dir.
 
-    ``EtcdCluster(1, base)`` is a single node. As a context manager it starts on
-    entry (waiting until every member is healthy) and stops on exit.
+    ``EtcdCluster(1, base)`` is a single node. Member i's data (and ``etcd.log``)
+    is in ``base_dir/m<i>``; without `base_dir` a temporary directory is used and
+    removed by `stop`. As a context manager it starts on entry (waiting until every
+    member is healthy) and stops on exit.
     """
 
     def __init__(
         self,
         size: int = 3,
-        base_dir: str | os.PathLike[str] = ".",
+        base_dir: str | os.PathLike[str] | None = None,
         *,
         binary: str | None = None,
         host: str = "127.0.0.1",
@@ -304,7 +306,10 @@ class EtcdCluster:
         if size < 1:
             raise ValueError("an etcd cluster needs at least one member")
         binary = binary or find_etcd_binary()
-        base = Path(base_dir)
+        # Each instance preallocates about 120 MB of WAL, so never default to the cwd.
+        self._own_dir = base_dir is None
+        base = Path(tempfile.mkdtemp(prefix="etcd-cluster-") if base_dir is None else base_dir)
+        self.base_dir = base
         token = f"recsync-{uuid.uuid4().hex}"
         ports = free_ports(2 * size, host)
         names = [f"m{i + 1}" for i in range(size)]
@@ -317,8 +322,9 @@ class EtcdCluster:
             )
             for i, name in enumerate(names)
         ]
-        # Kill processes even when the object is garbage-collected without stop().
-        self._finalizer = weakref.finalize(self, _stop_members, list(self.members))
+        # Stops the members even if stop() is never called: on garbage collection, or
+        # at interpreter exit (weakref.finalize registers itself with atexit).
+        weakref.finalize(self, _cleanup, list(self.members), base if self._own_dir else None)
 
     @property
     def endpoints(self) -> list[str]:
@@ -327,7 +333,6 @@ class EtcdCluster:
 
     def start(self, timeout: float = 60.0) -> None:
         """Start every member, then wait until each is healthy; on failure stop all."""
-        _LIVE.add(self)
         try:
             for member in self.members:
                 member.start()
@@ -340,8 +345,7 @@ class EtcdCluster:
 
     def stop(self) -> None:
         """Thaw and terminate every member. Idempotent; never leaves a process behind."""
-        _stop_members(self.members)
-        _LIVE.discard(self)
+        _cleanup(self.members, self.base_dir if self._own_dir else None)
 
     def member(self, endpoint: str) -> EtcdMember:
         """The member whose client endpoint is `endpoint` (``host:port``)."""
@@ -398,10 +402,12 @@ class EtcdCluster:
         self.stop()
 
 
-def _stop_members(members: Sequence[EtcdMember]) -> None:
-    """Terminate every member, continuing past individual failures."""
+def _cleanup(members: Sequence[EtcdMember], scratch: Path | None) -> None:
+    """Terminate every member, continuing past individual failures; remove `scratch`."""
     for member in members:
         try:
             member.terminate()
         except Exception:  # cleanup must reach every member, whatever one raised
             member.kill()
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)

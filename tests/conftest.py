@@ -34,6 +34,7 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluste
     binary = _etcd_binary_or_skip()
     with EtcdCluster(1, tmp_path_factory.mktemp("etcd-server"), binary=binary) as server:
         yield server
+    _assert_stopped(server)
 
 
 @pytest.fixture
@@ -60,3 +61,9 @@ def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
     binary = _etcd_binary_or_skip()
     with EtcdCluster(3, tmp_path / "cluster", binary=binary) as cluster:
         yield cluster
+    _assert_stopped(cluster)
+
+
+def _assert_stopped(cluster: EtcdCluster) -> None:
+    left = [member.pid for member in cluster.members if member.is_running()]
+    assert not left, f"etcd processes left running: {left}"
