@@ -1,0 +1,141 @@
+"""Demo: a bridge on its embedded etcd, a few simulated IOCs, and what landed.
+
+    python demo/run.py [--iocs N] [--records N] [--keep]
+
+Starts ``twistd -n recsync-bridge`` with no etcd configured (so it runs its own
+etcd on loopback), starts N fake C-style IOCs and one pyreccaster IOC that find
+the bridge through UDP announcements on 127.0.0.1, waits until every IOC is
+active, prints ``recsync iocs``, a ``recsync pv`` lookup and one IOC's records,
+then disconnects one IOC to show it turn inactive, and stops everything.
+Nothing is sent outside 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bridge import cli  # noqa: E402
+from bridge.etcdproc import free_port  # noqa: E402
+from bridge.fakeioc import FakeIOC, find_bridge, make_ioc  # noqa: E402
+from bridge.harness import BridgeProcess  # noqa: E402
+
+PYRECCASTER_PORT = 5049  # fixed in pyreccaster
+
+
+def recsync(config: Path, *args: str) -> str:
+    out = io.StringIO()
+    cli.main(["-f", str(config), *args], out=out)
+    return out.getvalue()
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"demo: timed out waiting for {what}")
+
+
+def start_pyreccaster(stop: threading.Event) -> threading.Thread | None:
+    try:
+        import pyreccaster
+    except ImportError:
+        print("(pyreccaster not installed: skipping the Rust IOC)")
+        return None
+
+    async def run() -> None:
+        records = [
+            pyreccaster.PyRecord("DEMO:RUST:TEMP", "ai", "DEMO:RUST:T", {"archive": "Monitor"}),
+            pyreccaster.PyRecord("DEMO:RUST:ONOFF", "bo", None, {}),
+        ]
+        caster = await pyreccaster.PyReccaster.setup(
+            records, {"IOCNAME": "RUST-IOC", "HOSTNAME": "demo-host"}
+        )
+        task = asyncio.ensure_future(caster.run())
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        task.cancel()
+
+    def main() -> None:
+        try:
+            asyncio.run(run())
+        except (asyncio.CancelledError, RuntimeError) as error:
+            if not isinstance(error, asyncio.CancelledError):
+                print(f"(pyreccaster could not start: {error})")
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    return thread
+
+
+def statuses(config: Path) -> dict[str, str]:
+    lines = recsync(config, "iocs").splitlines()[1:]
+    return {line.split()[0]: line.split()[1] for line in lines if line.strip()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iocs", type=int, default=3)
+    parser.add_argument("--records", type=int, default=20)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="recsync-demo-"))
+    udp_port = free_port()
+    bridge = BridgeProcess(
+        workdir, endpoints=None,
+        announce_to=[f"127.0.0.1:{udp_port}", f"127.0.0.1:{PYRECCASTER_PORT}"],
+        recceiver={"announceInterval": 1.0}, name="demo-bridge",
+    )
+    print(f"starting the bridge with an embedded etcd (state in {workdir}) ...")
+    bridge.start()
+    stop = threading.Event()
+    iocs: list[FakeIOC] = []
+    try:
+        bridge.wait_ready(60)
+        host, port, key = find_bridge(udp_port, timeout=10)
+        print(f"heard the announcement: bridge at {host}:{port}")
+        for i in range(args.iocs):
+            ioc = FakeIOC(make_ioc(f"DEMO-IOC-{i + 1}", args.records, hostname="demo-host"))
+            ioc.connect(host, port, key)
+            iocs.append(ioc)
+        rust = start_pyreccaster(stop)
+        expected = args.iocs + (1 if rust is not None else 0)
+        wait_for(
+            lambda: list(statuses(bridge.config).values()).count("active") >= expected,
+            60, "every IOC to be active",
+        )
+        print("\n$ recsync iocs\n" + recsync(bridge.config, "iocs"))
+        names = ["DEMO-IOC-1:PV000000", "DEMO-IOC-1:PV000000:ALIAS", "DEMO:RUST:T"]
+        print("$ recsync pv " + " ".join(names) + "\n" + recsync(bridge.config, "pv", *names))
+        print("$ recsync records demo-host:DEMO-IOC-1 (first lines)")
+        records = recsync(bridge.config, "records", "demo-host:DEMO-IOC-1")
+        print("\n".join(records.splitlines()[:5]))
+        print("\ndisconnecting DEMO-IOC-1 ...")
+        iocs[0].close()
+        wait_for(lambda: statuses(bridge.config).get("demo-host:DEMO-IOC-1") == "inactive",
+                 30, "DEMO-IOC-1 to turn inactive")
+        print("$ recsync iocs\n" + recsync(bridge.config, "iocs"))
+        endpoint = (workdir / "etcd" / cli.ENDPOINT_FILE).read_text().strip()
+        print(json.dumps({"etcd": endpoint, "bridge_log": str(bridge.log_path)}))
+        return 0
+    finally:
+        stop.set()
+        for ioc in iocs:
+            ioc.close()
+        bridge.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
