@@ -26,6 +26,7 @@ from bridge.embedded import ENDPOINT_FILE
 from bridge.errors import BridgeError
 from bridge.etcdclient import call_with_retry, make_client
 
+
 def embedded_endpoint(data_dir: str) -> str | None:
     path = Path(data_dir) / ENDPOINT_FILE
     try:

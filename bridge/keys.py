@@ -160,6 +160,11 @@ def alive_document(bridge_id: str, since: str) -> dict[str, Any]:
     return {"bridge": bridge_id, "since": since}
 
 
+def bridge_document(host: str, port: int | None, version: str, started: str) -> dict[str, Any]:
+    """The bridge document (``P/bridges/<bridge id>``); `port` is None until known."""
+    return {"host": host, "port": port, "version": version, "started": started}
+
+
 def _port(value: str | None) -> int | None:
     if value is None:
         return None

@@ -16,6 +16,7 @@ import collections
 import ipaddress
 import itertools
 import random
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,7 +28,6 @@ from twisted.python.failure import Failure
 
 from bridge import wire
 from bridge.errors import RemoteProtocolError
-from bridge.interfaces import IProcessor
 from bridge.model import Peer, Transaction
 from bridge.session import Close, Commit, Effect, Notice, Send, Session, SessionLimits
 
@@ -35,6 +35,12 @@ from bridge.session import Close, Commit, Effect, Notice, Send, Session, Session
 MAX_INFLIGHT = 2
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Committer(typing.Protocol):
+    """What the server needs of the processors (see `bridge.interfaces.IProcessor`)."""
+
+    def commit(self, transaction: Transaction) -> Any: ...
 
 
 class RecSyncProtocol(Protocol):
@@ -223,7 +229,7 @@ class BridgeFactory(ServerFactory):
 
     def __init__(
         self,
-        processor: IProcessor,
+        processor: Committer,
         reactor: IReactorTime,
         limits: SessionLimits,
         *,

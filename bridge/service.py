@@ -58,7 +58,7 @@ class BridgeService(MultiService):
         self.ready: defer.Deferred[BridgeService] = defer.Deferred()
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         apply_log_level(self.config.loglevel)
         for name in self.config.unsupported_procs:
             self.log.warn(
@@ -82,10 +82,10 @@ class BridgeService(MultiService):
             allow=self.config.limits.allow,
         )
         self.port = await self._listen()
-        tcp_port = self.port.getHost().port
+        tcp_port: int = self.port.getHost().port  # type: ignore[attr-defined]
         self.bridge_id = self.config.bridge_id or f"{socket.gethostname()}:{tcp_port}"
         self.processor = self._build_processors(endpoints_ready, tcp_port)
-        self.processor.startService()
+        self.processor.startService()  # type: ignore[no-untyped-call]
         for child in self.processor.processors:
             when_ready = getattr(child, "whenReady", None)
             if when_ready is not None:
@@ -119,7 +119,7 @@ class BridgeService(MultiService):
         host = self.config.bind_host or "0.0.0.0"
         endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
         endpoint = endpoint_type(self.reactor, self.config.bind_port, interface=host)
-        port: IListeningPort = await endpoint.listen(self.factory)
+        port: IListeningPort = await endpoint.listen(self.factory)  # type: ignore[no-untyped-call]
         return port
 
     def _build_processors(self, endpoints_ready: Any, tcp_port: int) -> ProcessorChain:
@@ -162,7 +162,7 @@ class BridgeService(MultiService):
             self.log.info("status: {text}", text=text, **status)
 
     def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
