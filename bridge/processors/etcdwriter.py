@@ -1,0 +1,378 @@
+"""`EtcdWriter`: stores each session's transactions in etcd as data model v1 lays out.
+
+The synchronous core of the etcd processor. `EtcdWriter.apply` blocks on etcd and is
+called from worker threads, one transaction of a session at a time, with different
+sessions in parallel; state shared between sessions sits behind one lock.
+
+Per session it keeps only what an incremental upload needs: for every record the IOC
+had stored when the session began, an 8-byte fingerprint of the stored value and the
+alias names (to find its name-index entries again), plus 8-byte hashes of the names
+claimed so far in this upload. Both go away when the upload is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pyetcd import transactions as tx
+from twisted.logger import Logger
+
+from bridge import keys as k
+from bridge.errors import StoreError
+from bridge.model import (
+    IOCIdentity,
+    Peer,
+    Record,
+    Transaction,
+    derive_identity,
+    fallback_iocid,
+    iso_time,
+)
+from bridge.processors.etcdstore import Store
+from bridge.processors.nameindex import Claim, NameIndex, record_names
+
+#: Largest record document stored as sent. Bigger ones get their longest info values
+#: cut (see `fit_record`), so one huge info tag cannot wedge an IOC's upload forever.
+MAX_RECORD_BYTES = 1 << 20
+#: Appended to an info value that was cut to fit `MAX_RECORD_BYTES`.
+TRUNCATED_MARK = "...[truncated by recsync-bridge]"
+#: Stale records deleted (and unclaimed) per step at the end of an upload.
+DELETE_STEP = 1000
+
+#: (fingerprint of the stored value, alias names) of one record stored before the upload.
+Stored = tuple[bytes, tuple[str, ...]]
+
+
+def fingerprint(value: bytes) -> bytes:
+    """8 bytes that tell an unchanged stored record from a changed one."""
+    return hashlib.blake2b(value, digest_size=8).digest()
+
+
+def name_hash(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def fit_record(record: Record, iocid: str, limit: int = MAX_RECORD_BYTES) -> Record | None:
+    """`record` with info values cut until its document fits `limit` bytes.
+
+    Every info value longer than a cap is cut to the cap plus `TRUNCATED_MARK`; the cap
+    halves until the document fits. Deterministic, so an unchanged re-upload stays
+    unchanged. None if even tiny infos leave it too big (huge aliases or DESC).
+    """
+    longest = max((len(v) for v in record.infos.values()), default=0)
+    cap = longest
+    while True:
+        infos = {key: v if len(v) <= cap else v[:cap] + TRUNCATED_MARK
+                 for key, v in record.infos.items()}
+        trial = replace(record, infos=infos)
+        if len(k.record_value(trial, iocid)) <= limit:
+            return trial
+        if cap == 0:
+            return None
+        cap //= 2
+
+
+@dataclass(eq=False, slots=True)
+class _Session:
+    session_id: int
+    peer: Peer
+    identity: IOCIdentity
+    #: Serialises this session's IOC-document writes with `EtcdWriter.reassert`.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    alive: bytes = b""
+    connected: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    doc: dict[str, Any] = field(default_factory=dict)
+    existing: dict[str, Stored] = field(default_factory=dict)
+    claimed: set[int] = field(default_factory=set)
+    begun: bool = False
+    ended: bool = False
+    records: int = 0
+    aliases: int = 0
+    written: int = 0
+
+    @property
+    def iocid(self) -> str:
+        return self.identity.iocid
+
+
+class EtcdWriter:
+    """Applies `Transaction`s to etcd. See the module docstring for threading.
+
+    Args:
+        client: a pyetcd client (`bridge.etcdclient.make_client`).
+        keys: the key layout for the configured prefix.
+        bridge_id: this bridge's id, written into alive keys and IOC documents.
+        lease: returns the bridge's current lease (object or id) for alive keys.
+        now: seconds since the epoch.
+        deadline_s: retry deadline of every etcd call (`call_with_retry`).
+    """
+
+    log = Logger()
+
+    def __init__(self, client: Any, keys: k.Keys, bridge_id: str, lease: Callable[[], Any],
+                 now: Callable[[], float], deadline_s: float) -> None:
+        self.store = Store(client, deadline_s)
+        self.keys = keys
+        self.index = NameIndex(self.store, keys)
+        self.bridge_id = bridge_id
+        self._lease = lease
+        self._now = now
+        self._lock = threading.Lock()
+        self._sessions: dict[int, _Session] = {}
+        self._by_iocid: dict[str, int] = {}
+        #: iocid -> session whose disconnect could not be written yet (etcd outage).
+        self._unfinished: dict[str, _Session] = {}
+
+    # -- public ----------------------------------------------------------------------------
+
+    def apply(self, txn: Transaction) -> None:
+        """Store one transaction. Raises `StoreError` if etcd could not be updated."""
+        if not txn.connected:
+            session = self._sessions.get(txn.session_id)
+            if session is not None:
+                self._end(session)
+            return
+        session = self._session(txn)
+        if not session.begun:
+            self._begin(session, txn.client_infos)
+        if txn.removed:
+            self._withdraw(session, txn.removed)
+        if txn.records:
+            self._store(session, txn.records)
+        if txn.upload_done:
+            self._finish(session, txn.client_infos)
+
+    def serves(self, iocid: str) -> bool:
+        """True while one of this writer's sessions (or an unwritten disconnect) has `iocid`."""
+        with self._lock:
+            return iocid in self._by_iocid or iocid in self._unfinished
+
+    def reassert(self) -> None:
+        """After a new lease: put back every live session's alive key and IOC document."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            if session.begun:
+                self._put_ioc(session, alive_too=True)
+
+    def retry_unfinished(self) -> None:
+        """Write the disconnects that failed during an etcd outage."""
+        with self._lock:
+            pending = list(self._unfinished.values())
+        for session in pending:
+            self._end(session)
+
+    # -- session bookkeeping ---------------------------------------------------------------
+
+    def _session(self, txn: Transaction) -> _Session:
+        with self._lock:
+            session = self._sessions.get(txn.session_id)
+            if session is not None:
+                return session
+            identity = derive_identity(txn.client_infos, txn.peer)
+            holder = self._sessions.get(self._by_iocid.get(identity.iocid, -1))
+            if holder is not None:
+                identity = replace(identity, iocid=fallback_iocid(txn.peer), stable=False)
+            session = _Session(txn.session_id, txn.peer, identity)
+            self._sessions[txn.session_id] = session
+            self._by_iocid[identity.iocid] = txn.session_id
+        if holder is not None:
+            self.log.warn(
+                "{peer} and {other} both identify as IOC {wanted}; keeping them apart: "
+                "{peer} is stored as {iocid}",
+                peer=txn.peer, other=holder.peer, wanted=holder.iocid, iocid=identity.iocid,
+            )
+        elif not identity.stable:
+            self.log.warn(
+                "{peer} sent neither IOCNAME nor IOC: stored as {iocid}, which changes on "
+                "every reconnect", peer=txn.peer, iocid=identity.iocid,
+            )
+        return session
+
+    def _forget(self, session: _Session, unfinished: bool = False) -> None:
+        with self._lock:
+            self._sessions.pop(session.session_id, None)
+            if self._by_iocid.get(session.iocid) == session.session_id:
+                del self._by_iocid[session.iocid]
+            if unfinished:
+                self._unfinished[session.iocid] = session
+            elif self._unfinished.get(session.iocid) is session:
+                del self._unfinished[session.iocid]
+
+    def _document(self, session: _Session, status: str,
+                  uploaded: str | None = None) -> dict[str, Any]:
+        """The IOC document from what the session knows (``disconnected`` null)."""
+        ident = session.identity
+        return k.ioc_document(
+            iocid=ident.iocid, status=status, hostname=ident.hostname, iocname=ident.iocname,
+            ip=session.peer.host, port=session.peer.port, env=session.env,
+            bridge_id=self.bridge_id, connected=session.connected, uploaded=uploaded,
+            disconnected=None, records=session.records, aliases=session.aliases,
+        )
+
+    # -- the upload ------------------------------------------------------------------------
+
+    def _begin(self, session: _Session, env: Mapping[str, str]) -> None:
+        """Remember what the IOC has stored, then mark it uploading with our alive key."""
+        session.existing = self._load(session.iocid)
+        session.connected = iso_time(self._now())
+        session.env = dict(env)
+        session.alive = k.dumps(k.alive_document(self.bridge_id, session.connected))
+        session.doc = self._document(session, k.STATUS_UPLOADING)
+        with session.lock:
+            self.store.txn([], [
+                tx.Put(self.keys.ioc(session.iocid), k.dumps(session.doc)),
+                tx.Put(self.keys.alive(session.iocid), session.alive, lease=self._lease()),
+            ])
+            session.begun = True
+        self.log.info("{peer} upload of IOC {iocid} started ({n} records stored before)",
+                      peer=session.peer, iocid=session.iocid, n=len(session.existing))
+
+    def _load(self, iocid: str) -> dict[str, Stored]:
+        existing: dict[str, Stored] = {}
+        for page in self.store.scan(self.keys.records_prefix(iocid)):
+            for raw in page.entries:
+                parts = self.keys.split(raw.key)
+                if len(parts) == 3:
+                    names = record_names(raw.value)
+                    existing[parts[2]] = (fingerprint(raw.value), tuple(names[1:]))
+        return existing
+
+    def _store(self, session: _Session, records: Sequence[Record]) -> None:
+        """Write new and changed records, then their claims in the name index."""
+        puts: list[Any] = []
+        claims: list[Claim] = []
+        dropped: list[str] = []
+        for record in records:
+            value = self._encode(session, record)
+            old = session.existing.pop(record.name, None)
+            changed = old is None or old[0] != fingerprint(value)
+            if changed:
+                puts.append(tx.Put(self.keys.record(session.iocid, record.name), value))
+            if old is not None:
+                dropped.extend(a for a in old[1] if a not in record.aliases)
+            session.records += 1
+            session.aliases += len(record.aliases)
+            for name, is_alias in k.pv_names(record):
+                session.claimed.add(name_hash(name))
+                claims.append(Claim(name, record.name, record.rtype, is_alias, changed))
+        # Records before claims: an index entry never points at a record not yet stored.
+        self.store.write(puts)
+        session.written += len(puts)
+        self.index.claim(session.iocid, claims)
+        self._unclaim(session, dropped)
+
+    def _encode(self, session: _Session, record: Record) -> bytes:
+        value = k.record_value(record, session.iocid)
+        if len(value) <= MAX_RECORD_BYTES:
+            return value
+        fitted = fit_record(record, session.iocid)
+        if fitted is None:
+            raise StoreError(f"record {record.name!r} of IOC {session.iocid!r} is "
+                             f"{len(value)} bytes, too big for etcd even without its infos")
+        self.log.warn("{peer} IOC {iocid}: record {record} is {size} bytes; info values "
+                      "were cut to fit etcd's request limit", peer=session.peer,
+                      iocid=session.iocid, record=record.name, size=len(value))
+        return k.record_value(fitted, session.iocid)
+
+    def _unclaim(self, session: _Session, names: Iterable[str]) -> None:
+        """Unclaim names, except those another record of this upload claims."""
+        gone = [n for n in names if name_hash(n) not in session.claimed]
+        if gone:
+            self.index.unclaim(session.iocid, gone)
+
+    def _withdraw(self, session: _Session, removed: Sequence[str]) -> None:
+        """Delete records withdrawn by DelRecord (earlier in this upload) and their claims."""
+        keys = [self.keys.record(session.iocid, name) for name in removed]
+        found = self.store.get_many(keys)
+        names: list[str] = []
+        for name, key in zip(removed, keys, strict=True):
+            session.existing.pop(name, None)
+            raw = found.get(key)
+            held = [name, *record_names(raw.value)[1:]] if raw is not None else [name]
+            if raw is not None:
+                session.records = max(0, session.records - 1)
+                session.aliases = max(0, session.aliases - (len(held) - 1))
+            session.claimed.difference_update(name_hash(n) for n in held)
+            names.extend(held)
+        self.store.write(tx.Delete(key) for key in keys)
+        self.index.unclaim(session.iocid, names)
+
+    def _finish(self, session: _Session, env: Mapping[str, str]) -> None:
+        """Delete what the IOC no longer has, then mark it active."""
+        stale, session.existing = session.existing, {}
+        names = list(stale)
+        for start in range(0, len(names), DELETE_STEP):
+            step = names[start : start + DELETE_STEP]
+            self.store.write(tx.Delete(self.keys.record(session.iocid, n)) for n in step)
+            self._unclaim(session, [x for n in step for x in (n, *stale[n][1])])
+        session.claimed = set()
+        session.env = dict(env)
+        session.doc = self._document(session, k.STATUS_ACTIVE, uploaded=iso_time(self._now()))
+        self._put_ioc(session, alive_too=False)
+        self.log.info(
+            "{peer} IOC {iocid} active: {records} records, {aliases} aliases; "
+            "{written} written, {deleted} deleted", peer=session.peer, iocid=session.iocid,
+            records=session.records, aliases=session.aliases, written=session.written,
+            deleted=len(stale),
+        )
+        session.written = 0
+
+    # -- the IOC document and the alive key ------------------------------------------------
+
+    def _put_ioc(self, session: _Session, alive_too: bool) -> bool:
+        """Write the session's IOC document while the alive key is ours (or absent).
+
+        Absent: our lease expired during an outage, yet our session lives, so we put the
+        alive key back. Held by someone else: another bridge (or a newer session) owns
+        the IOC now; leave its documents alone.
+        """
+        ioc_key, alive_key = self.keys.ioc(session.iocid), self.keys.alive(session.iocid)
+        with session.lock:
+            if session.ended:
+                return False
+            doc = tx.Put(ioc_key, k.dumps(session.doc))
+            alive = tx.Put(alive_key, session.alive, lease=self._lease())
+            ours = tx.Value(alive_key) == session.alive
+            ok, resp = self.store.txn([ours], [doc, alive] if alive_too else [doc],
+                                      [tx.Get(alive_key)])
+            if not ok and not resp[0]:
+                ok, _ = self.store.txn([tx.Version(alive_key) == 0], [doc, alive])
+        if not ok:
+            self.log.warn("{peer} IOC {iocid} is now served elsewhere; its IOC document is "
+                          "left alone", peer=session.peer, iocid=session.iocid)
+        return ok
+
+    def _end(self, session: _Session) -> None:
+        """The session ended: inactive + alive key gone in one transaction, if still ours."""
+        with session.lock:
+            session.ended = True
+            try:
+                ok = bool(session.alive) and self._write_end(session)
+            except StoreError:
+                # Our lease still holds the alive key: retry later (`retry_unfinished`),
+                # or the IOC would look alive for as long as this bridge lives.
+                self._forget(session, unfinished=True)
+                raise
+        self._forget(session)
+        if ok:
+            self.log.info("{peer} IOC {iocid} inactive", peer=session.peer, iocid=session.iocid)
+            self.index.hand_over(session.iocid)
+        else:
+            self.log.info("{peer} IOC {iocid}: session ended; the IOC is served elsewhere now "
+                          "or was never stored", peer=session.peer, iocid=session.iocid)
+
+    def _write_end(self, session: _Session) -> bool:
+        alive_key = self.keys.alive(session.iocid)
+        doc = {**session.doc, "status": k.STATUS_INACTIVE,
+               "disconnected": iso_time(self._now())}
+        ok, _ = self.store.txn(
+            [tx.Value(alive_key) == session.alive],
+            [tx.Delete(alive_key), tx.Put(self.keys.ioc(session.iocid), k.dumps(doc))],
+        )
+        return ok

@@ -1,0 +1,102 @@
+"""Dead-bridge sweep (data model § Liveness): IOCs whose bridge died turn inactive.
+
+When a bridge dies its lease expires and its alive keys vanish, but its IOC documents
+still say ``active`` or ``uploading``. A surviving bridge marks such an IOC inactive,
+in a transaction that holds only if the alive key is still absent and the IOC document
+is unchanged since it was read, so a bridge that took the IOC over meanwhile (or
+another sweeping bridge) always wins. Then the name index is handed over as on a
+clean disconnect.
+
+Synchronous and blocking (worker threads only); the processor decides when to call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pyetcd import transactions as tx
+from twisted.logger import Logger
+
+from bridge import keys as k
+from bridge.model import iso_time
+from bridge.processors.etcdstore import Store
+from bridge.processors.nameindex import LIVE_STATUSES, NameIndex
+
+
+class Sweeper:
+    """Marks IOCs inactive whose alive key is gone.
+
+    Args:
+        store, keys, index: etcd access for the configured prefix.
+        now: seconds since the epoch.
+        is_local: True for iocids this process serves itself; never swept (if our own
+            lease lapsed, the writer puts the alive keys back).
+    """
+
+    log = Logger()
+
+    def __init__(self, store: Store, keys: k.Keys, index: NameIndex, now: Callable[[], float],
+                 is_local: Callable[[str], bool]) -> None:
+        self.store = store
+        self.keys = keys
+        self.index = index
+        self._now = now
+        self._is_local = is_local
+
+    def mark_dead(self, iocid: str) -> bool:
+        """Mark `iocid` inactive if it has no alive key and still claims to be live.
+
+        Returns True if this call changed it.
+        """
+        if self._is_local(iocid):
+            return False
+        ioc_key, alive_key = self.keys.ioc(iocid), self.keys.alive(iocid)
+        found = self.store.get_many([alive_key, ioc_key])
+        raw = found.get(ioc_key)
+        if alive_key in found or raw is None:
+            return False
+        doc = _document(raw.value)
+        if doc is None or doc.get("status") not in LIVE_STATUSES:
+            return False
+        doc.update(status=k.STATUS_INACTIVE, disconnected=iso_time(self._now()))
+        ok, _ = self.store.txn(
+            [tx.Version(alive_key) == 0, tx.Mod(ioc_key) == raw.mod_revision],
+            [tx.Put(ioc_key, k.dumps(doc))],
+        )
+        if ok:
+            self.log.info("IOC {iocid} inactive: its bridge {bridge} is gone", iocid=iocid,
+                          bridge=doc.get("bridge"))
+            self.index.hand_over(iocid)
+        return bool(ok)
+
+    def resync(self) -> int:
+        """Sweep every live-looking IOC without an alive key.
+
+        Returns the store revision at which the alive keys were listed: a watch on
+        them from that revision + 1 misses nothing that this sweep did not see.
+        """
+        alive: set[str] = set()
+        revision = 0
+        for page in self.store.scan(self.keys.alive_prefix(), keys_only=True):
+            revision = revision or page.revision
+            alive.update(self.keys.split(raw.key)[-1] for raw in page.entries)
+        suspects = []
+        for page in self.store.scan(self.keys.iocs_prefix()):
+            for raw in page.entries:
+                iocid = self.keys.split(raw.key)[-1]
+                doc = _document(raw.value)
+                if iocid not in alive and doc and doc.get("status") in LIVE_STATUSES:
+                    suspects.append(iocid)
+        swept = sum(self.mark_dead(iocid) for iocid in suspects)
+        if swept:
+            self.log.info("resync: {n} IOCs of dead bridges marked inactive", n=swept)
+        return revision
+
+
+def _document(value: bytes) -> dict[str, Any] | None:
+    try:
+        doc = k.loads(value)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
