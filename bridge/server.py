@@ -27,7 +27,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from bridge import wire
-from bridge.errors import RemoteProtocolError
 from bridge.model import Peer, Transaction
 from bridge.session import Close, Commit, Effect, Notice, Send, Session, SessionLimits
 
@@ -96,7 +95,8 @@ class RecSyncProtocol(Protocol):
         self.bytes_received += len(data)
         try:
             messages = self.decoder.feed(data)
-        except RemoteProtocolError as error:
+        except wire.FramingError as error:
+            self._apply(self.session.receive(error.decoded, self.factory.now()))
             self._drop(str(error))
             return
         self._apply(self.session.receive(messages, self.factory.now()))

@@ -14,6 +14,7 @@ can never make it hold more than ``8 + max_body_length`` bytes.
 from __future__ import annotations
 
 import struct
+import typing
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -70,8 +71,19 @@ def _frame(msgid: int, body: bytes) -> bytes:
     return HEADER.pack(PROTO_ID, msgid, len(body)) + body
 
 
+def _pack(layout: struct.Struct, *values: int) -> bytes:
+    """Pack fixed fields; a number that does not fit its field is our bug."""
+    try:
+        return layout.pack(*values)
+    except struct.error as error:
+        raise LocalProtocolError(f"field out of range in {values}: {error}") from error
+
+
 def _encode_text(text: str, limit: int, what: str) -> bytes:
-    raw = text.encode("utf-8")
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise LocalProtocolError(f"{what} is not encodable as UTF-8: {error}") from error
     if len(raw) > limit:
         raise LocalProtocolError(f"{what} is {len(raw)} bytes, the field holds {limit}")
     return raw
@@ -85,7 +97,7 @@ class ServerGreet:
     msgid: ClassVar[int] = MSG_SERVER_GREET
 
     def encode(self) -> bytes:
-        return _frame(self.msgid, _U8.pack(self.version))
+        return _frame(self.msgid, _pack(_U8, self.version))
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +108,7 @@ class Ping:
     msgid: ClassVar[int] = MSG_PING
 
     def encode(self) -> bytes:
-        return _frame(self.msgid, _U32.pack(self.nonce))
+        return _frame(self.msgid, _pack(_U32, self.nonce))
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +121,7 @@ class ClientGreet:
     msgid: ClassVar[int] = MSG_CLIENT_GREET
 
     def encode(self) -> bytes:
-        return _frame(self.msgid, _CLIENT_GREET.pack(self.version, self.client_type, self.key))
+        return _frame(self.msgid, _pack(_CLIENT_GREET, self.version, self.client_type, self.key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +132,7 @@ class Pong:
     msgid: ClassVar[int] = MSG_PONG
 
     def encode(self) -> bytes:
-        return _frame(self.msgid, _U32.pack(self.nonce))
+        return _frame(self.msgid, _pack(_U32, self.nonce))
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +156,7 @@ class AddRecord:
     def encode(self) -> bytes:
         rtype = _encode_text(self.rtype, 0xFF, "record type")
         name = _encode_text(self.name, 0xFFFF, "record name")
-        fixed = _ADD_RECORD.pack(self.rid, self.atype, len(rtype), len(name))
+        fixed = _pack(_ADD_RECORD, self.rid, self.atype, len(rtype), len(name))
         return _frame(self.msgid, fixed + rtype + name)
 
 
@@ -156,7 +168,7 @@ class DelRecord:
     msgid: ClassVar[int] = MSG_DEL_RECORD
 
     def encode(self) -> bytes:
-        return _frame(self.msgid, _U32.pack(self.rid))
+        return _frame(self.msgid, _pack(_U32, self.rid))
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +196,7 @@ class AddInfo:
     def encode(self) -> bytes:
         key = _encode_text(self.key, 0xFF, "info key")
         value = _encode_text(self.value, 0xFFFF, "info value")
-        return _frame(self.msgid, _ADD_INFO.pack(self.rid, len(key), len(value)) + key + value)
+        return _frame(self.msgid, _pack(_ADD_INFO, self.rid, len(key), len(value)) + key + value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,12 +289,25 @@ def decode_body(msgid: int, body: bytes) -> Decoded:
     return decode(body)
 
 
+class FramingError(RemoteProtocolError):
+    """The stream is broken (bad magic or oversize length); nothing after it is usable.
+
+    ``decoded`` holds the messages completed in the same `Decoder.feed` call before
+    the broken frame, so the outcome does not depend on how TCP split the data.
+    """
+
+    def __init__(self, reason: str, decoded: list[Decoded]) -> None:
+        super().__init__(reason)
+        self.decoded = decoded
+
+
 class Decoder:
     """Incremental frame decoder for one byte stream.
 
     ``feed(data)`` accepts any chunking and returns the messages completed by it,
     in order. A wrong magic or a declared body longer than `max_body_length`
-    raises `RemoteProtocolError`; after that the decoder must not be fed again.
+    raises `FramingError` (a `RemoteProtocolError`) carrying the messages completed
+    before it; the buffer is emptied and the decoder must not be fed again.
     """
 
     def __init__(self, max_body_length: int = MAX_BODY_LENGTH) -> None:
@@ -294,6 +319,12 @@ class Decoder:
         """Bytes held while waiting for the rest of a frame (≤ 8 + max_body_length)."""
         return len(self._buffer)
 
+    def _fail(self, decoded: list[Decoded], reason: str) -> typing.NoReturn:
+        # Drop everything: the stream cannot be resynchronised, and holding the
+        # failing read would break the buffer bound.
+        self._buffer.clear()
+        raise FramingError(reason, decoded)
+
     def feed(self, data: bytes) -> list[Decoded]:
         buf = self._buffer
         buf += data
@@ -303,11 +334,12 @@ class Decoder:
         while end - offset >= HEADER_SIZE:
             magic, msgid, length = HEADER.unpack_from(buf, offset)
             if magic != PROTO_ID:
-                raise RemoteProtocolError(f"bad magic 0x{magic:04x}, expected 0x{PROTO_ID:04x}")
+                self._fail(out, f"bad magic 0x{magic:04x}, expected 0x{PROTO_ID:04x}")
             if length > self.max_body_length:
-                raise RemoteProtocolError(
+                self._fail(
+                    out,
                     f"message 0x{msgid:04x} declares a {length}-byte body, "
-                    f"the limit is {self.max_body_length}"
+                    f"the limit is {self.max_body_length}",
                 )
             start = offset + HEADER_SIZE
             if end - start < length:
@@ -332,7 +364,7 @@ class Announce:
     addr: int = ANNOUNCE_ADDR_SOURCE
 
     def encode(self) -> bytes:
-        return _ANNOUNCE.pack(PROTO_ID, 0, self.addr, self.port, self.key)
+        return _pack(_ANNOUNCE, PROTO_ID, 0, self.addr, self.port, self.key)
 
     @classmethod
     def decode(cls, data: bytes) -> Announce:
