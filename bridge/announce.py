@@ -19,12 +19,16 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from bridge import wire
+from bridge.logs import STARTUP_NAMESPACE
+
+_startup_log = Logger(namespace=STARTUP_NAMESPACE)
 
 
 class Announcer(DatagramProtocol):
     """Sends one announcement to each destination per `announce` call."""
 
     log = Logger()
+    noisy = False
 
     def __init__(self, message: bytes, destinations: Sequence[tuple[str, int]]) -> None:
         self.message = message
@@ -96,7 +100,7 @@ class AnnounceService(Service):
         loop.clock = clock
         loop.start(self.interval, now=True)
         self._loop = loop
-        self.log.info(
+        _startup_log.info(
             "announcing TCP port {port} every {interval:g} s to {destinations}",
             port=self.tcp_port, interval=self.interval,
             destinations=", ".join(f"{h}:{p}" for h, p in self.announcer.destinations),

@@ -226,6 +226,7 @@ class BridgeFactory(ServerFactory):
     """Admission control and shared state for every IOC connection."""
 
     log = Logger()
+    noisy = False  # one "listening" line comes from the service instead
 
     def __init__(
         self,

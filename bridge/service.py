@@ -33,6 +33,9 @@ from bridge.processors import UNSUPPORTED, ProcessorChain
 from bridge.server import BridgeFactory
 from bridge.session import DEFAULT_BATCH_RECORDS, SessionLimits
 
+# Module level on purpose: a Logger class attribute takes its class's namespace.
+_startup_log = Logger(namespace=STARTUP_NAMESPACE)
+
 #: How long shutdown waits for the final commits of closing sessions.
 SHUTDOWN_COMMIT_WAIT = 10.0
 
@@ -41,7 +44,6 @@ class BridgeService(MultiService):
     """Everything one bridge process runs. Nothing happens before `startService`."""
 
     log = Logger()
-    startup_log = Logger(namespace=STARTUP_NAMESPACE)
 
     def __init__(self, config: BridgeConfig, reactor: Any) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -90,7 +92,7 @@ class BridgeService(MultiService):
             when_ready = getattr(child, "whenReady", None)
             if when_ready is not None:
                 await when_ready()
-        self.startup_log.info(
+        _startup_log.info(
             "recsync-bridge {id} listening on TCP port {port}, etcd {etcd}",
             id=self.bridge_id, port=tcp_port, etcd=self._etcd_description(),
         )

@@ -6,7 +6,8 @@ Starts ``twistd -n recsync-bridge`` with no etcd configured (so it runs its own
 etcd on loopback), starts N fake C-style IOCs and one pyreccaster IOC that find
 the bridge through UDP announcements on 127.0.0.1, waits until every IOC is
 active, prints ``recsync iocs``, a ``recsync pv`` lookup and one IOC's records,
-then disconnects one IOC to show it turn inactive, and stops everything.
+then disconnects one IOC to show it turn inactive, and stops everything (the
+etcd data and logs are deleted unless ``--keep``).
 Nothing is sent outside 127.0.0.1.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -89,6 +90,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iocs", type=int, default=3)
     parser.add_argument("--records", type=int, default=20)
+    parser.add_argument("--keep", action="store_true", help="keep the etcd data and logs")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="recsync-demo-"))
@@ -127,14 +129,16 @@ def main() -> int:
         wait_for(lambda: statuses(bridge.config).get("demo-host:DEMO-IOC-1") == "inactive",
                  30, "DEMO-IOC-1 to turn inactive")
         print("$ recsync iocs\n" + recsync(bridge.config, "iocs"))
-        endpoint = (workdir / "etcd" / cli.ENDPOINT_FILE).read_text().strip()
-        print(json.dumps({"etcd": endpoint, "bridge_log": str(bridge.log_path)}))
         return 0
     finally:
         stop.set()
         for ioc in iocs:
             ioc.close()
         bridge.stop()
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
