@@ -27,5 +27,9 @@ class IProcessorFactory(Interface):
 
     name = Attribute("The name used in the procs list, e.g. 'etcd'.")
 
-    def build(instance: str, config: Any, reactor: Any) -> IProcessor:
-        """Return a new processor for config section `instance` (usually the name)."""
+    def build(instance: str, config: Any, reactor: Any, **context: Any) -> IProcessor:
+        """Return a new processor for ``procs`` entry `instance` (``name[:instance]``).
+
+        `context` carries what the service knows at build time: ``bridge_id``, and
+        ``endpoints_ready`` for processors that need etcd.
+        """

@@ -27,9 +27,8 @@ from twisted.python.failure import Failure
 
 from bridge.announce import AnnounceService
 from bridge.config import BridgeConfig
-from bridge.interfaces import IProcessor
 from bridge.logs import STARTUP_NAMESPACE, apply_log_level
-from bridge.processors import UNSUPPORTED, ProcessorChain
+from bridge.processors import BUILTIN, UNSUPPORTED, ProcessorChain
 from bridge.server import BridgeFactory
 from bridge.session import DEFAULT_BATCH_RECORDS, SessionLimits
 
@@ -125,23 +124,16 @@ class BridgeService(MultiService):
         return port
 
     def _build_processors(self, endpoints_ready: Any, tcp_port: int) -> ProcessorChain:
-        assert self.bridge_id is not None
-        processors: list[IProcessor] = []
-        for name in self.config.procs:
-            kind = name.partition(":")[0]
-            if kind == "etcd":
-                from bridge.processors.etcd import EtcdProcessor
-
-                etcd = EtcdProcessor(
-                    self.config.etcd, self.bridge_id, self.reactor,
-                    endpoints_ready=endpoints_ready,
-                )
-                etcd.tcp_port = tcp_port
-                processors.append(etcd)
-            elif kind == "show":
-                from bridge.processors.show import ShowProcessor
-
-                processors.append(ShowProcessor())
+        processors = []
+        for entry in self.config.procs:
+            factory = BUILTIN[entry.partition(":")[0]]
+            processor = factory.build(
+                entry, self.config, self.reactor,
+                bridge_id=self.bridge_id, endpoints_ready=endpoints_ready,
+            )
+            if hasattr(processor, "tcp_port"):
+                processor.tcp_port = tcp_port
+            processors.append(processor)
         return ProcessorChain(processors)
 
     def _start_failed(self, failure: Failure) -> None:

@@ -212,3 +212,16 @@ class ServerTests(SynchronousTestCase):
         self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9)))
         self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 9)))
         self.assertEqual(factory.counters["maxConnectionsPerHost"], 1)
+
+
+def test_builtin_processor_factories_provide_the_interface() -> None:
+    from zope.interface.verify import verifyObject
+
+    from bridge.interfaces import IProcessorFactory
+    from bridge.processors import BUILTIN
+
+    assert sorted(BUILTIN) == ["etcd", "show"]
+    for factory in BUILTIN.values():
+        verifyObject(IProcessorFactory, factory)
+    show = BUILTIN["show"].build("show", None, None, bridge_id="b")
+    verifyObject(IProcessor, show)

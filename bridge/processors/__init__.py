@@ -8,21 +8,43 @@ default, `bridge.processors.etcd`) and ``show`` (logs what arrives).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
-from bridge.interfaces import IProcessor
+from bridge.interfaces import IProcessor, IProcessorFactory
 from bridge.model import Transaction
 
-#: name -> "module:factory"; factories are imported only when used.
+
+@implementer(IProcessorFactory)
+class ProcessorFactory:
+    """Builds one kind of processor; the module is imported only when it is used."""
+
+    def __init__(self, name: str, target: str) -> None:
+        self.name = name
+        self.target = target  # "module:function"
+
+    def build(self, instance: str, config: Any, reactor: Any, **context: Any) -> IProcessor:
+        module_name, _, attr = self.target.partition(":")
+        build: Callable[..., Any] = getattr(importlib.import_module(module_name), attr)
+        processor = build(config, context.pop("bridge_id"), reactor, **context)
+        verifyObject(IProcessor, processor)
+        return cast(IProcessor, processor)
+
+
+#: The processors ``[recceiver] procs`` may name.
 BUILTIN = {
-    "etcd": "bridge.processors.etcd:build",
-    "show": "bridge.processors.show:build",
+    factory.name: factory
+    for factory in (
+        ProcessorFactory("etcd", "bridge.processors.etcd:build"),
+        ProcessorFactory("show", "bridge.processors.show:build"),
+    )
 }
 
 #: The reference RecCeiver's processors that a recceiver.conf may name.
@@ -30,14 +52,6 @@ UNSUPPORTED = {
     "cf": "ChannelFinder",
     "db": "SQL database",
 }
-
-
-def load_factory(name: str) -> Callable[..., Any]:
-    """The build function of a built-in processor; KeyError names the processor."""
-    module_name, _, attr = BUILTIN[name].partition(":")
-    module = __import__(module_name, fromlist=[attr])
-    factory: Callable[..., Any] = getattr(module, attr)
-    return factory
 
 
 @implementer(IProcessor)
