@@ -15,11 +15,11 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pyetcd.events import DeleteEvent
+from pyetcd.exceptions import RevisionCompactedError
+
 from bridge import keys
 from bridge.etcdclient import is_retryable
-
-#: etcd's WatchResponse event type for a deletion (mvccpb.Event.DELETE).
-_DELETE = 1
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,6 @@ class Change:
     key: str
     value: Any
     revision: int
-
-
-class _Compacted(Exception):
-    pass
 
 
 def watch_changes(
@@ -55,7 +51,7 @@ def watch_changes(
                 yield change
                 if stop():
                     return
-        except _Compacted:
+        except RevisionCompactedError:
             next_revision = None
         except Exception as error:
             if not is_retryable(error):
@@ -77,14 +73,11 @@ def _watch_once(client: Any, prefix: str, start_revision: int) -> Iterator[Chang
     responses, cancel = client.watch_prefix_response(prefix, start_revision=start_revision)
     try:
         for response in responses:
-            if response.compact_revision:
-                raise _Compacted()
             for event in response.events:
-                kind = "delete" if event.type == _DELETE else "put"
-                value = None if kind == "delete" else _value(event.kv.value)
+                kind = "delete" if isinstance(event, DeleteEvent) else "put"
+                value = None if kind == "delete" else _value(event.value)
                 yield Change(
-                    kind, event.kv.key.decode("utf-8", "replace"), value,
-                    int(event.kv.mod_revision),
+                    kind, event.key.decode("utf-8", "replace"), value, int(event.mod_revision)
                 )
     finally:
         cancel()
