@@ -114,7 +114,11 @@ def cmd_records(client: Any, k: keys.Keys, args: argparse.Namespace, out: TextIO
 def cmd_watch(client: Any, k: keys.Keys, args: argparse.Namespace, out: TextIO) -> int:
     from bridge.watching import watch_changes
 
-    for change in watch_changes(client, k.everything()):
+    # Start at the current revision: only what changes from now on is printed
+    # (after a compaction-forced resync, the current values are printed again).
+    head = call_with_retry(lambda: client.get_prefix_response(k.everything()), deadline_s=10)
+    start = int(head.header.revision) + 1
+    for change in watch_changes(client, k.everything(), start_revision=start):
         parts = k.split(change.key)
         if args.json:
             record = {"event": change.kind, "revision": change.revision, "key": list(parts),

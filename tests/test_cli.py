@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,3 +137,38 @@ def test_watch_resynchronises_after_compaction(etcd_client: Any, prefix: str) ->
     assert (second.kind, second.key, second.value) == (
         "put", prefix + "/iocs/y", {"status": "inactive"}
     )
+
+
+def test_watch_command_prints_readable_and_json_lines(
+    etcd_server: EtcdCluster, etcd_client: Any, prefix: str
+) -> None:
+    outputs: dict[str, io.StringIO] = {"text": io.StringIO(), "json": io.StringIO()}
+    threads = [
+        threading.Thread(target=run_watch, args=(etcd_server, prefix, out, mode == "json"),
+                         daemon=True)
+        for mode, out in outputs.items()
+    ]
+    for thread in threads:
+        thread.start()
+    doc = {"iocid": "h:W", "status": "active", "records": 3}
+
+    def both_printed() -> bool:
+        etcd_client.put(prefix + "/iocs/h:W", json.dumps(doc))
+        return all("h:W" in out.getvalue() for out in outputs.values())
+
+    deadline = time.monotonic() + 10
+    while not both_printed():
+        assert time.monotonic() < deadline, {k: v.getvalue() for k, v in outputs.items()}
+        time.sleep(0.1)
+    assert "ioc h:W active (3 records)" in outputs["text"].getvalue()
+    line = json.loads(outputs["json"].getvalue().splitlines()[0])
+    assert (line["event"], line["key"], line["value"]) == ("put", ["iocs", "h:W"], doc)
+
+
+def run_watch(etcd_server: EtcdCluster, prefix: str, out: io.StringIO, as_json: bool) -> None:
+    args = ["watch", "--json"] if as_json else ["watch"]
+    run_into(etcd_server, prefix, out, *args)
+
+
+def run_into(etcd_server: EtcdCluster, prefix: str, out: io.StringIO, *args: str) -> None:
+    cli.main(["--endpoints", etcd_server.endpoints[0], "--prefix", prefix, *args], out=out)
