@@ -11,15 +11,18 @@ All calls block; run them in a thread pool, never on the reactor thread.
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc  # type: ignore[import-untyped,unused-ignore]  # no stubs shipped
 import pyetcd
+from pyetcd import etcdrpc
 from pyetcd import exceptions as etcd_exc
+from pyetcd.client import EtcdTokenCallCredentials
 from twisted.logger import Logger
 
 from bridge.errors import ConfigError, StoreError
@@ -39,11 +42,18 @@ BACKOFF_MAX_S = 1.0
 # How long make_client keeps trying to authenticate when credentials are given.
 AUTH_DEADLINE_S = 10.0
 
+
+
+class TokenRenewed(Exception):
+    """etcd no longer knew the auth token; the client authenticated again: retry the call."""
+
+
 # Errors that always mean "this member is unreachable or hung: try again".
 RETRYABLE: tuple[type[BaseException], ...] = (
     etcd_exc.ConnectionFailedError,
     etcd_exc.ConnectionTimeoutError,
     etcd_exc.NoServerAvailableError,
+    TokenRenewed,
 )
 _RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 # etcd messages that mean a leader election or a stall, retryable whatever the code.
@@ -57,6 +67,16 @@ _AUTH_REFUSED_CODES = frozenset(
         grpc.StatusCode.PERMISSION_DENIED,
     }
 )
+
+# How etcd answers a token it does not know: expired (``--auth-token-ttl``, 300 s by
+# default, counted from the token's last use) or lost in an etcd restart.
+_INVALID_TOKEN = "invalid auth token"
+# What gRPC says when TLS fails, lower case: the server's certificate is not trusted,
+# or the server refused ours (it then aborts the connection right after the handshake).
+_TLS_SERVER_REFUSED = ("certificate_verify_failed", "peer name", "self signed", "self-signed")
+_TLS_CLIENT_REFUSED = ("tsi_data_corrupted", "bad_certificate", "certificate_required",
+                       "unknown_ca", "alert")
+_TLS_OTHER = ("handshake", "ssl", "tsi_", "tls")
 
 _log = Logger()
 
@@ -100,6 +120,33 @@ def _read(path: str | None) -> bytes | None:
         raise ConfigError(f"[etcd] cannot read TLS file {path}: {exc.strerror}") from None
 
 
+def tls_problem(exc: BaseException) -> str | None:
+    """What is wrong with TLS, if `exc` (or the gRPC error behind it) is a TLS failure.
+
+    Such errors never heal by retrying, unlike the "unavailable" they come wrapped in.
+    """
+    error = exc if isinstance(exc, grpc.RpcError) else exc.__context__
+    if not isinstance(error, grpc.RpcError):
+        return None
+    if getattr(error, "code", lambda: None)() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    details = str(getattr(error, "details", lambda: "")() or "")
+    text = details.lower()
+    if any(word in text for word in _TLS_SERVER_REFUSED):
+        return ("etcd's server certificate is not trusted (check [etcd] ca, and that the "
+                f"certificate names the endpoint's host): {details}")
+    if any(word in text for word in _TLS_CLIENT_REFUSED):
+        return ("etcd refused the TLS connection, most likely our client certificate "
+                f"(check [etcd] cert and key, and etcd's --trusted-ca-file): {details}")
+    if any(word in text for word in _TLS_OTHER):
+        return f"TLS handshake with etcd failed: {details}"
+    return None
+
+
+def _tls_failed(endpoints: Sequence[str], problem: str) -> NoReturn:
+    raise ConfigError(f"[etcd] endpoints {', '.join(endpoints)}: {problem}")
+
+
 def _credentials(ca: str | None, cert: str | None, key: str | None) -> grpc.ChannelCredentials:
     if (cert is None) != (key is None):
         raise ConfigError("[etcd] cert and key must be given together")
@@ -140,36 +187,38 @@ def make_client(
 ) -> pyetcd.MultiEndpointEtcd3Client:
     """A failover client over `endpoints` whose every RPC is bounded by `timeout` seconds.
 
-    Without credentials nothing is sent until the first call (channels are lazy).
+    Without credentials nothing is sent until the first call (channels are lazy),
+    except over TLS: one status request then checks the certificates, so a wrong CA
+    or client certificate is a `ConfigError` at start rather than endless retries
+    (an etcd that is merely down is not an error here; later calls retry).
     With `username`/`password` the library authenticates in its constructor; that
     is retried (a fresh client per attempt, so another endpoint may be chosen) for
-    up to `AUTH_DEADLINE_S`, then `StoreError`. The password is never logged.
-    Note: pyetcd does not renew the auth token when etcd expires it.
-    Raises `ConfigError` for bad endpoints, TLS files or half-given credentials.
+    up to `AUTH_DEADLINE_S`, then `StoreError`. When etcd later forgets the token
+    (it expired, or etcd restarted) the client authenticates again and the call is
+    retried (`AuthenticatedClient`). The password is never logged.
+    Raises `ConfigError` for bad endpoints, TLS files, half-given credentials,
+    refused credentials and TLS failures.
     """
     if (username is None) != (password is None):
         raise ConfigError("[etcd] username and password must be given together")
-    if username is None:
-        return pyetcd.MultiEndpointEtcd3Client(
-            _endpoints(endpoints, ca, cert, key), timeout=timeout, failover=True
-        )
+    if username is None or password is None:
+        eps = _endpoints(endpoints, ca, cert, key)
+        client = pyetcd.MultiEndpointEtcd3Client(eps, timeout=timeout, failover=True)
+        if eps[0].secure:
+            _check_tls(client, endpoints)
+        return client
 
-    def attempt() -> pyetcd.MultiEndpointEtcd3Client:
+    def attempt() -> AuthenticatedClient:
         eps = _endpoints(endpoints, ca, cert, key)
         try:
-            client = pyetcd.MultiEndpointEtcd3Client(
-                eps, timeout=timeout, user=username, password=password, failover=True
-            )
-        except BaseException:
+            return AuthenticatedClient(eps, timeout=timeout, user=username, password=password)
+        except BaseException as exc:
             for ep in eps:
                 ep.close()
+            problem = tls_problem(exc)
+            if problem is not None:
+                _tls_failed(endpoints, problem)
             raise
-        if not eps[0].secure:
-            # gRPC refuses call credentials on a plaintext channel (UNAUTHENTICATED
-            # "insufficient security level"); the token also travels as call
-            # metadata, which is all etcd reads, so drop the call credentials.
-            client.call_credentials = None
-        return client
 
     try:
         return call_with_retry(attempt, deadline_s=AUTH_DEADLINE_S)
@@ -179,6 +228,75 @@ def make_client(
                 f"[etcd] authentication as {username!r} refused by etcd: {exc.details()}"
             ) from None
         raise
+
+
+def _check_tls(client: pyetcd.MultiEndpointEtcd3Client, endpoints: Sequence[str]) -> None:
+    """One status request; a TLS failure becomes `ConfigError`, anything else is ignored."""
+    try:
+        client.maintenancestub.Status(
+            etcdrpc.StatusRequest(), client.timeout,
+            credentials=client.call_credentials, metadata=client.metadata,
+        )
+    except grpc.RpcError as exc:
+        problem = tls_problem(exc)
+        if problem is not None:
+            client.close()
+            _tls_failed(endpoints, problem)
+
+
+class AuthenticatedClient(pyetcd.MultiEndpointEtcd3Client):  # type: ignore[misc]
+    """A failover client with a user name that authenticates again when etcd forgets it.
+
+    pyetcd authenticates once, in the constructor, and keeps the token forever. etcd
+    forgets a token when it has not been used for ``--auth-token-ttl`` seconds (300 by
+    default) and on every etcd restart; every request then fails with "invalid auth
+    token". Here such a failure authenticates again and raises `TokenRenewed`, which
+    `call_with_retry` retries with the new token.
+    """
+
+    def __init__(self, endpoints: list[pyetcd.Endpoint], *, timeout: float, user: str,
+                 password: str) -> None:
+        super().__init__(endpoints, timeout=timeout, user=user, password=password,
+                         failover=True)
+        self._login = etcdrpc.AuthenticateRequest(name=user, password=password)
+        self._secure = bool(endpoints[0].secure)
+        self._auth_lock = threading.Lock()
+        #: How often the token was renewed (diagnostics, tests).
+        self.renewals = 0
+        self._use_token(self.metadata[0][1])
+
+    def _use_token(self, token: str) -> None:
+        self.metadata = (("token", token),)
+        # gRPC refuses call credentials on a plaintext channel (UNAUTHENTICATED
+        # "insufficient security level"); the token also travels as call metadata,
+        # which is all etcd reads, so plaintext channels go without.
+        self.call_credentials = (
+            grpc.metadata_call_credentials(EtcdTokenCallCredentials(token))
+            if self._secure else None
+        )
+        watcher: Any = self._stubs.get("watcher")
+        if watcher is not None:  # used when its stream is opened again
+            watcher._metadata = self.metadata
+            watcher._credentials = self.call_credentials
+
+    def authenticate(self) -> None:
+        """Get a new token (blocking). Raises the gRPC error if etcd refuses."""
+        with self._auth_lock:
+            response = self.authstub.Authenticate(self._login, self.timeout)
+            self._use_token(response.token)
+            self.renewals += 1
+
+    def _manage_grpc_errors(self, exc: grpc.RpcError) -> None:
+        if (exc.code() == grpc.StatusCode.UNAUTHENTICATED
+                and _INVALID_TOKEN in str(exc.details() or "")):
+            try:
+                self.authenticate()
+            except grpc.RpcError as again:
+                super()._manage_grpc_errors(again)
+                raise
+            _log.info("etcd had forgotten the bridge's auth token; authenticated again")
+            raise TokenRenewed("etcd auth token renewed") from exc
+        super()._manage_grpc_errors(exc)
 
 
 def is_retryable(exc: BaseException) -> bool:

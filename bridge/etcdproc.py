@@ -102,14 +102,18 @@ def member_command(
     initial_cluster: str,
     token: str,
     host: str = "127.0.0.1",
+    *,
+    client_scheme: str = "http",
+    extra_flags: Sequence[str] = (),
 ) -> list[str]:
     """The argv for one etcd member listening on `host` only (etcd.md section 7).
 
     `initial_cluster` is ``name=http://host:peer,...`` for every member. The
     ``new`` cluster state is ignored by etcd once the data dir holds a member, so the
-    same command also restarts the member.
+    same command also restarts the member. ``client_scheme="https"`` with TLS flags in
+    `extra_flags` (``--cert-file`` ...) gives a member that serves clients over TLS.
     """
-    client_url = f"http://{host}:{client_port}"
+    client_url = f"{client_scheme}://{host}:{client_port}"
     peer_url = f"http://{host}:{peer_port}"
     return [
         binary,
@@ -123,6 +127,7 @@ def member_command(
         "--initial-cluster-state", "new",
         "--initial-cluster-token", token,
         *COMMON_FLAGS,
+        *extra_flags,
     ]  # fmt: skip
 
 
@@ -175,21 +180,32 @@ class EtcdMember:
         initial_cluster: str,
         token: str,
         host: str = "127.0.0.1",
+        *,
+        client_scheme: str = "http",
+        extra_flags: Sequence[str] = (),
+        health_port: int | None = None,
     ) -> None:
+        """`health_port`: where plain-HTTP ``/health`` answers (``--listen-metrics-urls``
+        for a TLS member); default the client port."""
         self.name = name
         self.host = host
         self.client_port = client_port
+        self.client_scheme = client_scheme
+        self.health_port = client_port if health_port is None else health_port
         self.peer_port = peer_port
         self.data_dir = Path(data_dir)
         self.log_path = self.data_dir / LOG_NAME
         self.command = member_command(
-            binary, name, str(self.data_dir), client_port, peer_port, initial_cluster, token, host
+            binary, name, str(self.data_dir), client_port, peer_port, initial_cluster, token,
+            host, client_scheme=client_scheme, extra_flags=extra_flags,
         )
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        """``host:port`` of the client URL."""
+        """``host:port`` of the client URL (``https://host:port`` for a TLS member)."""
+        if self.client_scheme != "http":
+            return f"{self.client_scheme}://{self.host}:{self.client_port}"
         return f"{self.host}:{self.client_port}"
 
     @property
@@ -229,7 +245,7 @@ class EtcdMember:
         while True:
             if not self.is_running():
                 raise RuntimeError(f"etcd member {self.name} exited\n{self.log_tail()}")
-            if check_health(self.host, self.client_port, timeout=min(1.0, timeout)):
+            if check_health(self.host, self.health_port, timeout=min(1.0, timeout)):
                 return
             if time.monotonic() >= deadline:
                 raise RuntimeError(

@@ -91,6 +91,13 @@ class SessionLimits:
     commit_interval: float = 5.0
     max_records: int = 200_000
     max_infos: int = 1000
+    #: Aliases of one record; more are skipped (a real record has a handful).
+    max_aliases: int = 1000
+    #: Text held for one record (name, type, aliases, infos), and for the client-wide
+    #: infos together, counted in characters (at most the bytes received); more is
+    #: skipped. etcd could not store more anyway (etcdwriter.MAX_RECORD_BYTES), and it
+    #: bounds what a peer can make a session hold between two record boundaries.
+    max_record_bytes: int = 1 << 20
 
 
 class Session:
@@ -118,6 +125,9 @@ class Session:
         self._pending_bytes = 0
         self._pending_since: float | None = None
         self._by_rid: dict[int, Record] = {}
+        #: Text bytes held per record id in `_by_rid`, and for `client_infos`.
+        self._record_bytes: dict[int, int] = {}
+        self._client_bytes = 0
         self._committed_names: dict[int, str] = {}
         self._removed: list[str] = []
         self._last_heard = 0.0
@@ -160,13 +170,21 @@ class Session:
         if self.state is State.CLOSED:
             return []
         if self.state is State.GREETING and now >= self.started_at + self.limits.greeting_timeout:
-            return self._close(f"no ClientGreet within {self.limits.greeting_timeout:g} s")
+            return self._close(
+                f"no ClientGreet within {self.limits.greeting_timeout:g} s",
+                limit="greetingTimeout",
+            )
         if self.state is State.UPLOADING and now >= self._upload_deadline():
-            return self._close(f"upload not finished within {self.limits.upload_timeout:g} s")
+            return self._close(
+                f"upload not finished within {self.limits.upload_timeout:g} s",
+                limit="uploadTimeout",
+            )
         if self._paused_at is not None or now < self._last_heard + self.limits.tcptimeout:
             return []
         if self._ping_nonce is not None:
-            return self._close(f"no Pong within {self.limits.tcptimeout:g} s")
+            return self._close(
+                f"no Pong within {self.limits.tcptimeout:g} s", limit="tcptimeout"
+            )
         self._last_heard = now
         return [self._ping()]
 
@@ -186,6 +204,7 @@ class Session:
         self.state = State.CLOSED
         self._pending = []
         self._by_rid = {}
+        self._record_bytes = {}
         return self._final(reason)
 
     # -- queries ----------------------------------------------------------------
@@ -246,6 +265,7 @@ class Session:
         self.records_total += 1
         self._pending.append(record)
         self._by_rid[message.rid] = record
+        self._record_bytes[message.rid] = len(message.name) + len(message.rtype)
         self._pending_bytes += len(message.name) + len(message.rtype)
         if self._pending_since is None:
             self._pending_since = now
@@ -255,6 +275,15 @@ class Session:
         record = self._by_rid.get(message.rid)
         if record is None:
             return self._notice_once("alias-rid", f"alias for unknown record id {message.rid}")
+        if len(record.aliases) >= self.limits.max_aliases:
+            return self._notice_once(
+                "maxAliases",
+                f"record {_short(record.name)} exceeds maxAliases={self.limits.max_aliases}; "
+                "further aliases skipped",
+                limit="maxAliases",
+            )
+        if not self._record_fits(record, len(message.name)):
+            return self._record_too_big(record)
         record.add_alias(message.name)
         self._pending_bytes += len(message.name)
         return []
@@ -270,8 +299,13 @@ class Session:
             return self._notice_once("info-rid", f"info for unknown record id {message.rid}")
         if message.key not in record.infos and len(record.infos) >= self.limits.max_infos:
             return self._notice_once(
-                "maxInfos-record", f"record {record.name!r} exceeds maxInfos", limit="maxInfos"
+                "maxInfos-record",
+                f"record {_short(record.name)} exceeds maxInfos={self.limits.max_infos}; "
+                "further infos skipped",
+                limit="maxInfos",
             )
+        if not self._record_fits(record, len(message.key) + len(message.value)):
+            return self._record_too_big(record)
         record.add_info(message.key, message.value)
         self._pending_bytes += len(message.key) + len(message.value)
         return []
@@ -280,16 +314,43 @@ class Session:
         infos = self.client_infos
         if message.key not in infos and len(infos) >= self.limits.max_infos:
             return self._notice_once(
-                "maxInfos-client", "client-wide infos exceed maxInfos", limit="maxInfos"
+                "maxInfos-client",
+                f"client-wide infos exceed maxInfos={self.limits.max_infos}; further ones skipped",
+                limit="maxInfos",
             )
+        size = len(message.key) + len(message.value)
+        if self._client_bytes + size > self.limits.max_record_bytes:
+            return self._notice_once(
+                "maxRecordBytes-client",
+                f"client-wide infos exceed {self.limits.max_record_bytes} bytes; "
+                "further ones skipped",
+                limit="maxRecordBytes",
+            )
+        self._client_bytes += size
         infos[message.key] = message.value
         return []
+
+    def _record_fits(self, record: Record, size: int) -> bool:
+        held = self._record_bytes.get(record.rid, 0) + size
+        if held > self.limits.max_record_bytes:
+            return False
+        self._record_bytes[record.rid] = held
+        return True
+
+    def _record_too_big(self, record: Record) -> list[Effect]:
+        return self._notice_once(
+            "maxRecordBytes",
+            f"record {_short(record.name)} exceeds {self.limits.max_record_bytes} bytes; "
+            "further aliases and infos skipped",
+            limit="maxRecordBytes",
+        )
 
     def _on_del_record(self, message: wire.Decoded, now: float) -> list[Effect]:
         assert isinstance(message, wire.DelRecord)
         if self.state is not State.UPLOADING:
             return self._refused("DelRecord")
         record = self._by_rid.pop(message.rid, None)
+        self._record_bytes.pop(message.rid, None)
         if record is not None:
             self._pending.remove(record)
             return []
@@ -352,6 +413,7 @@ class Session:
         self._pending_bytes = 0
         self._pending_since = None
         self._by_rid = {}
+        self._record_bytes = {}
         self._removed = []
         return [Commit(txn)]
 
@@ -394,3 +456,9 @@ class Session:
         if self._paused_at is not None:
             return float("inf")
         return self.upload_started_at + self.limits.upload_timeout + paused
+
+
+def _short(name: str, limit: int = 80) -> str:
+    """A record name for a log line: repr (control characters escaped), cut to `limit`."""
+    text = repr(name)
+    return text if len(text) <= limit else f"{text[: limit - 4]}...{text[-1]} ({len(name)} chars)"

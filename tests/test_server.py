@@ -146,19 +146,27 @@ class ServerTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertLessEqual(protocol.decoder.buffered, 8 + 1024)
 
-    def test_max_active_queues_without_greeting_and_releases_once(self) -> None:
+    def test_max_active_queues_greeted_uploads_and_releases_once(self) -> None:
         factory = self.factory(max_active=1)
         first, t1 = self.connect(factory)
         second, t2 = self.connect(factory)
-        self.assertEqual(t2.value(), b"")
+        # Everyone is greeted at once; the slot is taken by the first ClientGreet.
+        self.assertEqual(self.frames(t2), [wire.ServerGreet(0)])
+        self.assertEqual((factory.active, len(factory.queue)), (0, 0))
+        first.dataReceived(upload("A"))
+        second.dataReceived(upload("B") + wire.UploadDone().encode())
         self.assertEqual(t2.producerState, "paused")
         self.assertEqual((factory.active, len(factory.queue)), (1, 1))
-        first.dataReceived(upload("A") + wire.UploadDone().encode())
-        # Slot released once the upload's last commit completed: the second is greeted.
-        self.assertEqual(self.frames(t2), [wire.ServerGreet(0)])
+        self.assertEqual([t.session_id for t in self.processor.transactions], [])
+        first.dataReceived(wire.UploadDone().encode())
+        # Slot released once the upload's last commit completed: the second uploads
+        # what it sent while it waited.
         self.assertEqual(t2.producerState, "producing")
+        self.assertEqual(
+            [[r.name for r in t.records] for t in self.processor.transactions], [["A"], ["B"]]
+        )
+        self.assertEqual((factory.active, len(factory.queue)), (0, 0))
         self.lose(first)
-        self.assertEqual(factory.active, 1)
         self.lose(second)
         self.assertEqual(factory.active, 0)
 
