@@ -600,7 +600,7 @@ tcptimeout = {c.tcptimeout}
 commitInterval = {c.commit_interval}
 # Write a batch once it holds this many changes (0: no limit).
 commitSizeLimit = {c.commit_size_limit}
-# IOCs that may upload at the same time; the others wait their turn.
+# IOCs that may upload at the same time; the others are greeted and wait, unread.
 maxActive = {c.max_active}
 # Processors, comma list of name[:instance]: etcd (stores PV metadata) and show
 # (logs it). The reference's cf and db are accepted but ignored, with a warning.
