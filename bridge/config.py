@@ -62,6 +62,8 @@ class Limits:
         max_body_length: largest accepted message body, bytes (``maxBodyLength``).
         max_records: records per upload (``maxRecords``).
         max_infos: client-wide infos, and infos per record (``maxInfos``).
+        max_aliases: aliases per record (``maxAliases``).
+        max_record_bytes: text of one record, and of the client-wide infos (``maxRecordBytes``).
         max_connections: open IOC connections in total (``maxConnections``).
         max_connections_per_host: open connections from one address (``maxConnectionsPerHost``).
         greeting_timeout: seconds a new connection may take to greet (``greetingTimeout``).
@@ -72,6 +74,8 @@ class Limits:
     max_body_length: int = wire.MAX_BODY_LENGTH
     max_records: int = 200_000
     max_infos: int = 1000
+    max_aliases: int = 1000
+    max_record_bytes: int = 1 << 20
     max_connections: int = 5000
     max_connections_per_host: int = 100
     greeting_timeout: float = 20.0
@@ -407,6 +411,9 @@ _KEYS: tuple[_Key, ...] = (
     ),
     _Key("recceiver", "maxRecords", _set("limits.max_records", _integer(1))),
     _Key("recceiver", "maxInfos", _set("limits.max_infos", _integer(1))),
+    _Key("recceiver", "maxAliases", _set("limits.max_aliases", _integer(1))),
+    # Below 64 KiB a single legal info value could no longer be stored.
+    _Key("recceiver", "maxRecordBytes", _set("limits.max_record_bytes", _integer(1 << 16))),
     _Key("recceiver", "maxConnections", _set("limits.max_connections", _integer(1))),
     _Key(
         "recceiver", "maxConnectionsPerHost", _set("limits.max_connections_per_host", _integer(1))
@@ -619,6 +626,9 @@ maxBodyLength = {lim.max_body_length}
 maxRecords = {lim.max_records}
 # Client-wide infos, and infos per record.
 maxInfos = {lim.max_infos}
+# Aliases per record, and bytes of text per record (and of the client-wide infos).
+maxAliases = {lim.max_aliases}
+maxRecordBytes = {lim.max_record_bytes}
 # Open IOC connections, in total and from one address.
 maxConnections = {lim.max_connections}
 maxConnectionsPerHost = {lim.max_connections_per_host}

@@ -59,7 +59,7 @@ def test_no_file_gives_the_documented_defaults() -> None:
     assert (cfg.commit_size_limit, cfg.max_active) == (0, 20)
     assert (cfg.procs, cfg.unsupported_procs) == (("etcd",), ())
     assert (cfg.loglevel, cfg.status_interval, cfg.bridge_id) == ("WARNING", 60.0, None)
-    assert cfg.limits == Limits(65798, 200000, 1000, 5000, 100, 20.0, 600.0, ())
+    assert cfg.limits == Limits(65798, 200000, 1000, 1000, 1 << 20, 5000, 100, 20.0, 600.0, ())
     assert cfg.etcd == EtcdConfig(
         endpoints=(),
         prefix="/recsync",
@@ -129,6 +129,8 @@ def test_every_key_is_parsed(tmp_path: Path, tls_files: dict[str, str]) -> None:
         maxBodyLength = 1024
         maxRecords = 10
         maxInfos = 11
+        maxAliases = 7
+        maxRecordBytes = 70000
         maxConnections = 12
         maxConnectionsPerHost = 13
         greetingTimeout = 1.5
@@ -159,6 +161,8 @@ def test_every_key_is_parsed(tmp_path: Path, tls_files: dict[str, str]) -> None:
         1024,
         10,
         11,
+        7,
+        70000,
         12,
         13,
         1.5,
@@ -467,3 +471,13 @@ def test_example_config_mentions_every_key() -> None:
     for section, key in KNOWN_KEYS:
         assert f"[{section}]" in text
         assert re.search(rf"^(# )?{key} =", text, re.MULTILINE), key
+
+
+def test_alias_and_record_size_limits_are_configurable(tmp_path: Path) -> None:
+    conf = tmp_path / "limits.conf"
+    conf.write_text("[recceiver]\nmaxAliases = 5\nmaxRecordBytes = 100000\n")
+    limits = load_config(str(conf), environ={}).limits
+    assert (limits.max_aliases, limits.max_record_bytes) == (5, 100000)
+    conf.write_text("[recceiver]\nmaxRecordBytes = 100\n")
+    with pytest.raises(ConfigError, match=r"\[recceiver\] maxRecordBytes"):
+        load_config(str(conf), environ={})
