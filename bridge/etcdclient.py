@@ -32,10 +32,16 @@ T = TypeVar("T")
 # Seconds an endpoint that failed is skipped before the client tries it again.
 ENDPOINT_TIME_RETRY_S = 2.0
 # etcd answers pings more frequent than every 5 s with GOAWAY too_many_pings.
+# gRPC's reconnect back-off grows to 120 s by default: after a 30-s outage of the
+# whole cluster the first call succeeded only 12 s after etcd was healthy again
+# (long enough for every lease to expire); capped at 1 s it is immediate.
 GRPC_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_time_ms", 5000),
     ("grpc.keepalive_timeout_ms", 2000),
     ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 1.0
@@ -57,7 +63,11 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 )
 _RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 # etcd messages that mean a leader election or a stall, retryable whatever the code.
-_TRANSIENT_DETAILS = ("leader changed", "no leader", "proposal dropped", "timed out")
+# "context deadline exceeded": etcd's own deadline, e.g. a follower forwarding to a
+# leader that was just killed.
+_TRANSIENT_DETAILS = (
+    "leader changed", "no leader", "proposal dropped", "timed out", "context deadline exceeded",
+)
 _FAILED_NODE_MESSAGE = "Trying to use a failed node"
 # How etcd answers a bad user name or password.
 _AUTH_REFUSED_CODES = frozenset(

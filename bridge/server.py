@@ -5,9 +5,20 @@ to its `session.Session` and carries out the effects. Policy that spans
 connections (upload slots, connection limits, the allow-list, counters) lives in
 `BridgeFactory`.
 
+Admission: every accepted connection is greeted at once; an upload slot
+(``maxActive``) is taken only when the ClientGreet arrives. A connection that
+greets while every slot is busy waits, unread, in a FIFO queue. So connections
+that never say anything cannot keep honest IOCs from uploading: they hold no
+slot and are closed by ``greetingTimeout``. (The reference RecCeiver took the
+slot at accept and left queued connections ungreeted; a few hundred idle
+connections then starved every IOC.)
+
 Backpressure: a session may have at most `MAX_INFLIGHT` transactions waiting
 for the processors. Beyond that the protocol stops reading from the IOC, so a
 slow or unreachable etcd holds the data in the IOC's socket, not in our memory.
+
+Every connection a limit or a protocol error ends gives one log line naming the
+peer and increments one of `BridgeFactory.counters` (shown in the status line).
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import itertools
+import math
 import random
 import typing
 from collections.abc import Callable, Sequence
@@ -27,11 +39,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from bridge import wire
+from bridge.errors import StoreError
 from bridge.model import Peer, Transaction
-from bridge.session import Close, Commit, Effect, Notice, Send, Session, SessionLimits
+from bridge.session import Close, Commit, Effect, Notice, Send, Session, SessionLimits, State
 
 #: Transactions of one session queued for the processors before reading pauses.
 MAX_INFLIGHT = 2
+#: Counter for connections closed because the peer broke the protocol.
+PROTOCOL_ERROR = "protocolError"
+#: Seconds during which further refusals of the same host for the same reason are
+#: counted but not logged (a connect flood must not flood the log).
+REFUSAL_LOG_INTERVAL = 60.0
+#: Hosts remembered for that purpose; beyond this the memory is simply cleared.
+REFUSAL_LOG_HOSTS = 10_000
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -59,6 +79,8 @@ class RecSyncProtocol(Protocol):
         self._failed = False
         self._paused = False
         self._closing = False
+        #: Messages decoded after the ClientGreet while waiting for an upload slot.
+        self._held: list[wire.Decoded] | None = None
 
     @property
     def _io(self) -> Any:
@@ -73,21 +95,27 @@ class RecSyncProtocol(Protocol):
     # -- Twisted hooks ------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.factory.admit(self)
+        # Greet at once (pyreccaster waits for it); the upload slot comes with ClientGreet.
+        self._apply(self.session.start(self.factory.now()))
 
-    def wait_for_slot(self) -> None:
-        """Queued by the factory: read nothing and send nothing until `activate`."""
+    def wait_for_slot(self, held: list[wire.Decoded]) -> None:
+        """Queued by the factory: read nothing more until `activate`; keep `held`."""
+        self._held = held
         self._paused = True
         self._io.pauseProducing()
+        self.session.pause(self.factory.now())
+        self._cancel_timer()  # no deadline runs while waiting; `activate` re-arms
 
     def activate(self) -> None:
         """Called by the factory when this connection gets an upload slot."""
         self.holds_slot = True
-        effects = self.session.start(self.factory.now())
-        if self._paused:
-            self._paused = False
-            self._io.resumeProducing()
-        self._apply(effects)
+        held, self._held = self._held, None
+        if held is None or self._closing:
+            return
+        self._paused = False
+        self._io.resumeProducing()
+        self.session.resume(self.factory.now())
+        self._deliver(held)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -96,9 +124,25 @@ class RecSyncProtocol(Protocol):
         try:
             messages = self.decoder.feed(data)
         except wire.FramingError as error:
-            self._apply(self.session.receive(error.decoded, self.factory.now()))
-            self._drop(str(error))
+            self._deliver(error.decoded)
+            limit = "maxBodyLength" if "the limit is" in str(error) else PROTOCOL_ERROR
+            self._drop(str(error), limit)
             return
+        self._deliver(messages)
+
+    def _deliver(self, messages: list[wire.Decoded]) -> None:
+        """Hand messages to the session; the first ClientGreet needs an upload slot."""
+        if self._held is not None:
+            self._held.extend(messages)  # only bytes already read before the pause
+            return
+        if not self.holds_slot and self.session.state is State.GREETING:
+            for i, message in enumerate(messages):
+                if isinstance(message, wire.ClientGreet):
+                    self._apply(self.session.receive(messages[: i + 1], self.factory.now()))
+                    messages = messages[i + 1 :]
+                    if self._greeted() and not self.factory.acquire(self, messages):
+                        return
+                    break
         self._apply(self.session.receive(messages, self.factory.now()))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -109,6 +153,10 @@ class RecSyncProtocol(Protocol):
 
     # -- effects --------------------------------------------------------------------
 
+    def _greeted(self) -> bool:
+        """True when the session has just accepted a ClientGreet (and is not closing)."""
+        return self.session.state is State.UPLOADING and not self._closing
+
     def _apply(self, effects: Sequence[Effect]) -> None:
         for effect in effects:
             if isinstance(effect, Send):
@@ -117,9 +165,13 @@ class RecSyncProtocol(Protocol):
             elif isinstance(effect, Commit):
                 self._commit(effect.transaction)
             elif isinstance(effect, Notice):
-                self.factory.notice(self.peer, effect)
+                # A limit that closes the connection is logged once, by the Close.
+                closing = any(isinstance(e, Close) and e.reason == effect.text for e in effects)
+                self.factory.notice(self.peer, effect, log=not closing)
             elif isinstance(effect, Close):
-                self._drop(effect.reason)
+                limited = any(isinstance(e, Notice) and e.limit and e.text == effect.reason
+                              for e in effects)
+                self._drop(effect.reason, None if limited else PROTOCOL_ERROR)
         if not self.session.uploading and not self.session.upload_finished_at:
             self._release_slot()
         self._arm_timer()
@@ -132,10 +184,13 @@ class RecSyncProtocol(Protocol):
             self._closing = True
             self._io.abortConnection()
 
-    def _drop(self, reason: str) -> None:
+    def _drop(self, reason: str, counter: str | None = None) -> None:
         if self._closing:
             return
         self._closing = True
+        self._cancel_timer()
+        if counter is not None:
+            self.factory.counters[counter] += 1
         self.log.warn("{peer} closing connection: {reason}", peer=self.peer, reason=reason)
         self._io.loseConnection()
 
@@ -159,7 +214,8 @@ class RecSyncProtocol(Protocol):
     def _committed(self, txn: Transaction) -> None:
         self._inflight -= 1
         self.factory.pending_commits -= 1
-        if self._paused and self._inflight < MAX_INFLIGHT and not self._closing:
+        if (self._paused and self._inflight < MAX_INFLIGHT and not self._closing
+                and self._held is None):
             self._resume()
         if txn.upload_done:
             self._log_upload()
@@ -167,9 +223,13 @@ class RecSyncProtocol(Protocol):
 
     def _commit_failed(self, txn: Transaction, failure: Failure) -> None:
         self._failed = True
-        self.log.failure(
-            "{peer} could not store transaction {seq}", failure, peer=self.peer, seq=txn.seq
-        )
+        if isinstance(failure.value, StoreError):  # etcd away longer than max_outage
+            self.log.warn("{peer} could not store transaction {seq}: {error}", peer=self.peer,
+                          seq=txn.seq, error=failure.getErrorMessage())
+        else:
+            self.log.failure(
+                "{peer} could not store transaction {seq}", failure, peer=self.peer, seq=txn.seq
+            )
         self._committed(txn)
         self._drop("storing the upload failed; the IOC will re-upload when it reconnects")
 
@@ -203,7 +263,8 @@ class RecSyncProtocol(Protocol):
 
     def _arm_timer(self) -> None:
         deadline = self.session.deadline
-        if deadline is None:
+        if deadline is None or math.isinf(deadline) or self._closing:
+            # Paused (backpressure, or waiting for a slot): `_resume`/`activate` re-arm.
             self._cancel_timer()
             return
         delay = max(0.0, deadline - self.factory.now())
@@ -258,6 +319,9 @@ class BridgeFactory(ServerFactory):
         self.queue: collections.deque[RecSyncProtocol] = collections.deque()
         self.counters: collections.Counter[str] = collections.Counter()
         self.pending_commits = 0
+        self._granting = False
+        #: (host, counter) -> [time of the last logged refusal, refusals not logged since].
+        self._refusals: dict[tuple[str, str], list[float]] = {}
 
     def now(self) -> float:
         return self.reactor.seconds()
@@ -267,7 +331,7 @@ class BridgeFactory(ServerFactory):
         refusal = self._refusal(peer)
         if refusal is not None:
             self.counters[refusal[0]] += 1
-            self.log.warn("{peer} connection refused: {why}", peer=peer, why=refusal[1])
+            self._log_refusal(peer, *refusal)
             return None
         session = Session(next(self._ids), peer, self.limits, self.nonce)
         protocol = RecSyncProtocol(self, session)
@@ -285,23 +349,49 @@ class BridgeFactory(ServerFactory):
             return "maxConnectionsPerHost", f"maxConnectionsPerHost={limit} reached"
         return None
 
-    def admit(self, protocol: RecSyncProtocol) -> None:
-        """Give the connection an upload slot now, or queue it unread and ungreeted."""
-        if self.active < self.max_active:
+    def _log_refusal(self, peer: Peer, counter: str, why: str) -> None:
+        """One line per refusal, but at most one per host and reason per interval."""
+        now = self.now()
+        entry = self._refusals.get((peer.host, counter))
+        if entry is not None and now - entry[0] < REFUSAL_LOG_INTERVAL:
+            entry[1] += 1
+            return
+        if len(self._refusals) >= REFUSAL_LOG_HOSTS:
+            self._refusals.clear()
+        more = int(entry[1]) if entry is not None else 0
+        self._refusals[(peer.host, counter)] = [now, 0]
+        if more:
+            why += f" ({more} more from {peer.host} not logged)"
+        self.log.warn("{peer} connection refused: {why}", peer=peer, why=why)
+
+    def acquire(self, protocol: RecSyncProtocol, held: list[wire.Decoded]) -> bool:
+        """An upload slot for a connection that just greeted: True if it has one now.
+
+        Otherwise it waits, unread, in the FIFO queue with `held` (the messages that
+        came in the same read after its ClientGreet) until `release_slot` activates it.
+        """
+        if self.active < self.max_active and not self.queue:
             self.active += 1
             protocol.activate()
-        else:
-            protocol.wait_for_slot()
-            self.queue.append(protocol)
+            return True
+        protocol.wait_for_slot(held)
+        self.queue.append(protocol)
+        return False
 
     def release_slot(self) -> None:
         self.active -= 1
         assert self.active >= 0, "upload slot released twice"
-        while self.queue and self.active < self.max_active:
-            protocol = self.queue.popleft()
-            if protocol in self.connections:
-                self.active += 1
-                protocol.activate()
+        if self._granting:
+            return  # the loop below, further up the stack, hands the slot on
+        self._granting = True
+        try:
+            while self.queue and self.active < self.max_active:
+                protocol = self.queue.popleft()
+                if protocol in self.connections:
+                    self.active += 1
+                    protocol.activate()
+        finally:
+            self._granting = False
 
     def forget(self, protocol: RecSyncProtocol) -> None:
         if protocol in self.connections:
@@ -317,10 +407,11 @@ class BridgeFactory(ServerFactory):
         """True while any connection is open or any transaction awaits the processors."""
         return bool(self.connections) or self.pending_commits > 0
 
-    def notice(self, peer: Peer, notice: Notice) -> None:
+    def notice(self, peer: Peer, notice: Notice, log: bool = True) -> None:
         if notice.limit is not None:
             self.counters[notice.limit] += 1
-        self.log.warn("{peer} {text}", peer=peer, text=notice.text)
+        if log:
+            self.log.warn("{peer} {text}", peer=peer, text=notice.text)
 
     def status(self) -> dict[str, Any]:
         """Figures for the periodic status line."""

@@ -7,13 +7,15 @@ Start-up order matters and is kept here in one place:
 3. the processors, and wait until the etcd processor holds its lease;
 4. only then the UDP announcer, so IOCs never connect to a bridge that cannot store.
 
-Shutdown runs the other way: stop announcing, stop listening, close every IOC
-session and let its final transaction commit (bounded wait), stop the processors,
-stop the embedded etcd.
+Shutdown runs the other way: stop announcing, stop listening, let the processors
+prepare (the etcd processor decides whether this bridge hands its IOCs over to the
+other bridges or marks them inactive), close every IOC session and let its final
+transaction commit (bounded wait), stop the processors, stop the embedded etcd.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -27,6 +29,7 @@ from twisted.python.failure import Failure
 
 from bridge.announce import AnnounceService
 from bridge.config import BridgeConfig
+from bridge.errors import ConfigError, StoreError
 from bridge.logs import STARTUP_NAMESPACE, apply_log_level
 from bridge.processors import BUILTIN, UNSUPPORTED, ProcessorChain
 from bridge.server import BridgeFactory
@@ -60,6 +63,10 @@ class BridgeService(MultiService):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        # gRPC's C core would print its own lines for every failed TLS handshake or
+        # reconnect attempt; the bridge reports those errors itself. Must be set before
+        # the etcd processor imports gRPC; GRPC_VERBOSITY=ERROR brings them back.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         apply_log_level(self.config.loglevel)
         for name in self.config.unsupported_procs:
             self.log.warn(
@@ -137,8 +144,15 @@ class BridgeService(MultiService):
         return ProcessorChain(processors)
 
     def _start_failed(self, failure: Failure) -> None:
-        self.log.failure("recsync-bridge could not start", failure)
+        if isinstance(failure.value, ConfigError | StoreError):
+            # A setting, credentials, certificates, or etcd unreachable: say which, in
+            # one line; a traceback would only hide it.
+            _startup_log.critical("recsync-bridge could not start: {error}",
+                                      error=failure.getErrorMessage())
+        else:
+            self.log.failure("recsync-bridge could not start", failure)
         self.ready.errback(failure)
+        self.ready.addErrback(lambda _: None)  # reported above, once
         if getattr(self.reactor, "running", False):
             self.reactor.stop()
 
@@ -166,11 +180,21 @@ class BridgeService(MultiService):
             await defer.maybeDeferred(self.announcer.stopService)
         if self.port is not None:
             await defer.maybeDeferred(self.port.stopListening)
+        await self._prepare_processors_stop()
         await self._close_sessions()
         if self.processor is not None:
             await defer.maybeDeferred(self.processor.stopService)
         if self.embedded is not None:
             await defer.maybeDeferred(self.embedded.stopService)
+
+    async def _prepare_processors_stop(self) -> None:
+        """Let processors decide what closing the sessions means (etcd: handover or not)."""
+        if self.processor is None:
+            return
+        for child in self.processor.processors:
+            prepare = getattr(child, "prepare_stop", None)
+            if prepare is not None:
+                await prepare()
 
     async def _close_sessions(self) -> None:
         if self.factory is None:
@@ -207,4 +231,6 @@ def session_limits(config: BridgeConfig) -> SessionLimits:
         commit_interval=config.commit_interval,
         max_records=config.limits.max_records,
         max_infos=config.limits.max_infos,
+        max_aliases=config.limits.max_aliases,
+        max_record_bytes=config.limits.max_record_bytes,
     )

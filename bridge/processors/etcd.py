@@ -1,26 +1,47 @@
 """The ``etcd`` processor: stores every session's transactions in etcd (data model v1).
 
 `EtcdProcessor` is the Twisted side of `EtcdWriter` (bridge/processors/etcdwriter.py):
-it owns a dedicated thread pool (the blocking client must never run on the reactor
+it owns dedicated thread pools (the blocking client must never run on the reactor
 thread), the client (created in `startService`, after twistd forks, as the shared etcd
-reference section 6 requires), the bridge's one lease and its refresh, and the watch on
-alive keys that drives the dead-bridge sweep (bridge/processors/sweep.py).
+reference section 6 requires), the bridge's one lease and its refresh, the watch on
+alive keys that drives the dead-bridge sweep (bridge/processors/sweep.py), and the
+shutdown handover.
+
+Two pools: commits and sweeps share the big one, while the lease refresh and the watch
+have a small one of their own, so uploads stuck in an etcd outage can never starve the
+lease keep-alive.
+
+The watch follows the client: a watch stream on a hung (SIGSTOPped) member stays silent
+without any error, so after every lease refresh the processor checks which member the
+client uses now and, when it has failed over, moves the watch there (from the last
+revision seen + 1; events of the old stream are ignored from then on).
+
+Shutdown (`prepare_stop`, called by the service before it closes the sessions): if
+another bridge is registered, this bridge unregisters and *hands its IOCs over*: their
+sessions end without writing anything, the alive keys expire with the lease, and a
+surviving bridge marks an IOC inactive ``grace`` seconds later unless it reconnected
+elsewhere first, so a consumer never sees inactive-then-active for an IOC that moves.
+The last bridge marks its IOCs inactive at once, also those other stopped bridges
+handed over (`Sweeper.sweep_orphans`), and revokes its lease.
 """
 
 from __future__ import annotations
 
 import math
 import socket
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+from pyetcd import transactions as tx
 from pyetcd.events import DeleteEvent
 from pyetcd.exceptions import RevisionCompactedError
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -29,7 +50,7 @@ from zope.interface import implementer
 
 import bridge
 from bridge import keys as k
-from bridge.errors import StoreError
+from bridge.errors import ConfigError, StoreError
 from bridge.etcdclient import make_client
 from bridge.interfaces import IProcessor
 from bridge.model import Transaction, iso_time
@@ -42,6 +63,15 @@ __all__ = ["EtcdProcessor", "EtcdWriter", "build"]
 #: section 6 measured no gain beyond 8-16) and how many calls an outage can hold.
 POOL_SIZE = 16
 POOL_NAME = "recsync-etcd"
+#: Lease refresh, watch, resync and shutdown calls: never queued behind commits.
+CONTROL_POOL_SIZE = 2
+CONTROL_POOL_NAME = "recsync-etcd-control"
+#: Seconds between attempts to get a lease while etcd is unreachable.
+GRANT_RETRY_S = 1.0
+#: Bound, seconds, on each etcd call made while stopping (etcd may be down).
+STOP_CALL_S = 5.0
+#: Seconds `stopService` waits for work in flight before it stops etcd retries.
+STOP_WAIT_S = 5.0
 #: Seconds between attempts to re-add a failed watch.
 REWATCH_DELAY_S = 1.0
 #: Seconds an alive key of another bridge may stay away before its IOC is swept,
@@ -82,8 +112,10 @@ class EtcdProcessor(Service):
         self._endpoints_ready = endpoints_ready
         self._tcp_port: int | None = None
         self._pool: ThreadPool | None = None
+        self._control: ThreadPool | None = None
         self._client: Any = None
         self._lease: Any = None
+        self._lease_lock = threading.Lock()
         self._started = ""
         self._ready: bool | Failure = False
         self._waiters: list[Deferred[None]] = []
@@ -92,7 +124,13 @@ class EtcdProcessor(Service):
         self._checks: dict[str, IDelayedCall] = {}
         self._rewatch: IDelayedCall | None = None
         self._last_revision = 0
+        #: Numbers the watches added; callbacks of an older one are ignored.
+        self._watch_generation = 0
+        #: The member (``host:port``) the current watch was added on.
+        self._watch_endpoint: str | None = None
         self._stopping = False
+        #: Set by `prepare_stop` when no other bridge is registered.
+        self._last_bridge = False
         #: True while the alive-key watch is established (diagnostics, tests).
         self.watching = False
         #: How often the watch had to be added again after an error.
@@ -102,6 +140,8 @@ class EtcdProcessor(Service):
 
     def commit(self, transaction: Transaction) -> Deferred[None]:
         """Apply `transaction` in the pool, after the lease is held."""
+        if not transaction.connected and self.writer is not None:
+            self.writer.closing(transaction.session_id)  # now, not once a thread is free
         if self._ready is True:
             return self._in_pool(self._apply, transaction)
         return self.whenReady().addCallback(lambda _: self._in_pool(self._apply, transaction))
@@ -143,6 +183,9 @@ class EtcdProcessor(Service):
         self._stopping = False
         self._pool = ThreadPool(minthreads=1, maxthreads=POOL_SIZE, name=POOL_NAME)
         self._pool.start()
+        self._control = ThreadPool(minthreads=1, maxthreads=CONTROL_POOL_SIZE,
+                                   name=CONTROL_POOL_NAME)
+        self._control.start()
         d = defer.ensureDeferred(self._start())
         d.addErrback(self._start_failed)
 
@@ -153,7 +196,7 @@ class EtcdProcessor(Service):
             endpoints = list(self.config.endpoints)
         if self._stopping:
             return
-        await self._in_pool(self._connect, endpoints)
+        await self._in_control(self._connect, endpoints)
         if self._stopping:
             return
         self._set_ready(True)
@@ -169,7 +212,7 @@ class EtcdProcessor(Service):
                                    password=cfg.password, ca=cfg.ca, cert=cfg.cert,
                                    key=cfg.key)
         self.writer = EtcdWriter(self._client, self.keys, self.bridge_id, lambda: self._lease,
-                                 self.reactor.seconds, float(cfg.max_outage))
+                                 self.reactor.seconds, float(cfg.max_outage), self._renew)
         self.sweeper = Sweeper(self.writer.store, self.keys, self.writer.index,
                                self.reactor.seconds, self.writer.serves)
         self._started = iso_time(self.reactor.seconds())
@@ -189,6 +232,7 @@ class EtcdProcessor(Service):
                     raise
                 self.log.warn("etcd unreachable, still trying to get a lease: {error}",
                               error=exc)
+                time.sleep(GRANT_RETRY_S)
 
     def _put_bridge(self) -> None:
         """(thread)"""
@@ -209,14 +253,18 @@ class EtcdProcessor(Service):
     def _start_failed(self, failure: Failure) -> None:
         if self._ready is not True:
             self._set_ready(failure)
-        if not self._stopping:
+        # Bad settings or credentials, or etcd unreachable: the service that waited
+        # for us logs those in one line; anything else is a bug worth a traceback.
+        expected = isinstance(failure.value, ConfigError | StoreError)
+        if not self._stopping and not expected:
             self.log.failure("etcd processor could not start", failure)
 
     # -- lease -----------------------------------------------------------------------------
 
     def _refresh(self) -> Deferred[None]:
-        d = self._in_pool(self._refresh_blocking)
+        d = self._in_control(self._refresh_blocking)
         d.addErrback(self._log_failure, "lease refresh")
+        d.addBoth(lambda _: self._follow_client())
         return d
 
     def _refresh_blocking(self) -> None:
@@ -225,19 +273,42 @@ class EtcdProcessor(Service):
         lease = self._lease
         responses = self.writer.store.call(lambda: list(self._client.refresh_lease(lease.id)))
         if not responses or responses[0].TTL <= 0:
+            self._renew(lease)
+        self.writer.retry_unfinished()
+
+    def _renew(self, stale: Any) -> None:
+        """(thread) etcd lost lease `stale` (it expired in an outage): take a new one.
+
+        Called by the refresh and by any write that found the lease gone; the first
+        caller grants, later ones find the new lease and return. Then every live
+        session's alive key and IOC document are put back (`EtcdWriter.reassert`).
+        """
+        with self._lease_lock:
+            current = self._lease
+            if current is not None and current.id != getattr(stale, "id", stale):
+                return
+            if self.writer is not None and self.writer.stopping:
+                raise StoreError("the bridge's lease expired while it stops")
             self.log.warn("the bridge's etcd lease expired (etcd outage?); taking a new one "
                           "and re-announcing the live sessions")
             self._grant()
-            self.writer.reassert()
-        self.writer.retry_unfinished()
+        self.reactor.callFromThread(self._reassert)
+
+    def _reassert(self) -> None:
+        if not self._stopping and self.writer is not None:
+            self._in_control(self.writer.reassert).addErrback(
+                self._log_failure, "re-announcing the live sessions")
 
     # -- dead-bridge sweep -----------------------------------------------------------------
 
     def _start_watch(self) -> None:
         if not self._stopping:
-            self._in_pool(self._add_watch).addErrback(self._watch_failed)
+            self._watch_generation += 1
+            generation = self._watch_generation
+            d = self._in_control(self._add_watch, generation)
+            d.addErrback(self._watch_failed, generation)
 
-    def _add_watch(self) -> None:
+    def _add_watch(self, generation: int) -> None:
         """(thread) Watch alive keys from the last revision seen + 1.
 
         With no revision known yet (start), or when that revision is compacted (events
@@ -246,22 +317,52 @@ class EtcdProcessor(Service):
         assert self.sweeper is not None
         if self._last_revision > 0:
             try:
-                self._watch(self._last_revision + 1)
+                self._watch(self._last_revision + 1, generation)
                 return
             except RevisionCompactedError:
                 self.log.info("alive-key history compacted; full resync")
-        self._watch(self.sweeper.resync() + 1)
+        self._watch(self.sweeper.resync() + 1, generation)
 
-    def _watch(self, revision: int) -> None:
+    def _watch(self, revision: int, generation: int) -> None:
         """(thread)"""
         self._last_revision = revision - 1
-        self._client.add_watch_prefix_callback(
-            self.keys.alive_prefix(), self._on_watch_thread, prev_kv=True,
-            start_revision=revision)
-        self.reactor.callFromThread(setattr, self, "watching", True)
+        endpoint = self._endpoint_in_use()  # before: the watch goes to this one or a later
 
-    def _watch_failed(self, failure: Failure) -> None:
-        if not self._stopping:
+        def on_watch_thread(response: Any) -> None:
+            """(watch thread) Every callback goes to the reactor."""
+            self.reactor.callFromThread(self._on_watch, generation, response)
+
+        self._client.add_watch_prefix_callback(
+            self.keys.alive_prefix(), on_watch_thread, prev_kv=True, start_revision=revision)
+        self.reactor.callFromThread(self._watch_added, generation, endpoint)
+
+    def _watch_added(self, generation: int, endpoint: str | None) -> None:
+        if generation == self._watch_generation:
+            self.watching = True
+            self._watch_endpoint = endpoint
+
+    def _endpoint_in_use(self) -> str | None:
+        endpoint = getattr(self._client, "endpoint_in_use", None)
+        return getattr(endpoint, "netloc", None)
+
+    def _follow_client(self) -> None:
+        """Move the watch to the member the client uses now, if it failed over.
+
+        A watch on a hung member gets no error, just no events; the lease refresh
+        notices the hang (timeout) and the client fails over, which is seen here.
+        """
+        if self._stopping or not self.watching:
+            return
+        current = self._endpoint_in_use()
+        if current is not None and current != self._watch_endpoint:
+            self.log.info("etcd client moved from {old} to {new}; moving the alive-key "
+                          "watch", old=self._watch_endpoint, new=current)
+            self.watching = False
+            self.rewatches += 1
+            self._start_watch()
+
+    def _watch_failed(self, failure: Failure, generation: int) -> None:
+        if not self._stopping and generation == self._watch_generation:
             self.log.warn("cannot watch alive keys, retrying: {error}", error=failure.value)
             self._watch_lost()
 
@@ -271,12 +372,8 @@ class EtcdProcessor(Service):
         if self._rewatch is None or not self._rewatch.active():
             self._rewatch = self.reactor.callLater(REWATCH_DELAY_S, self._start_watch)
 
-    def _on_watch_thread(self, response: Any) -> None:
-        """(watch thread) Every callback goes to the reactor."""
-        self.reactor.callFromThread(self._on_watch, response)
-
-    def _on_watch(self, response: Any) -> None:
-        if self._stopping:
+    def _on_watch(self, generation: int, response: Any) -> None:
+        if self._stopping or generation != self._watch_generation:
             return
         if response is None or isinstance(response, BaseException):
             self.log.info("alive-key watch ended ({error!r}); re-adding", error=response)
@@ -302,8 +399,10 @@ class EtcdProcessor(Service):
         iocid = self.keys.split(event.key.decode("utf-8"))[-1]
         pending = self._checks.get(iocid)
         if pending is None or not pending.active():
-            grace = float(getattr(self.config, "grace", DEFAULT_GRACE_S))
-            self._checks[iocid] = self.reactor.callLater(grace, self._check, iocid)
+            self._checks[iocid] = self.reactor.callLater(self._grace(), self._check, iocid)
+
+    def _grace(self) -> float:
+        return float(getattr(self.config, "grace", DEFAULT_GRACE_S))
 
     def _check(self, iocid: str) -> None:
         assert self.sweeper is not None
@@ -313,6 +412,56 @@ class EtcdProcessor(Service):
                 self._log_failure, f"sweep of IOC {iocid}")
 
     # -- stop ------------------------------------------------------------------------------
+
+    def prepare_stop(self) -> Deferred[None]:
+        """The bridge is about to close every session: hand its IOCs over, or not.
+
+        With another bridge registered, unregister and hand over (the module
+        docstring); as the last bridge, let the sessions' ends mark the IOCs inactive
+        and revoke the lease at `stopService`. If etcd cannot be reached, hand over:
+        nothing can be written anyway, and the lease expires on its own.
+        """
+        if self._ready is not True or self.writer is None:
+            return defer.succeed(None)
+        self.writer.stopping = True
+        return self._in_control(self._prepare_stop).addErrback(
+            self._log_failure, "shutdown handover")
+
+    def _prepare_stop(self) -> None:
+        """(thread)"""
+        assert self.writer is not None
+        try:
+            others = self._unregister()
+        except StoreError as exc:
+            self.writer.handing_over = True
+            self.log.warn("stopping without etcd ({error}): this bridge's IOCs stay as they "
+                          "are until its lease expires and another bridge sweeps them",
+                          error=exc)
+            return
+        if others:
+            self.writer.handing_over = True
+            self.log.info(
+                "stopping: bridges {others} keep running; this bridge's IOCs are handed over "
+                "(alive keys expire with the lease in {ttl} s; an IOC not back by then plus "
+                "{grace} s is marked inactive by them)", others=", ".join(sorted(others)),
+                ttl=self.config.lease_ttl, grace=self._grace())
+        else:
+            self._last_bridge = True
+            self.revoke_on_stop = True
+            self.log.info("stopping: no other bridge is running; marking IOCs inactive")
+
+    def _unregister(self) -> list[str]:
+        """(thread) Delete our bridge document; return the ids of the other bridges."""
+        assert self.writer is not None
+        own = self.keys.bridge(self.bridge_id)
+        prefix = self.keys.bridges_prefix()
+        _, responses = self.writer.store.call(
+            lambda: self._client.transaction(
+                compare=[], success=[tx.Delete(own), tx.Get(prefix, _prefix_end(prefix))],
+                failure=[]),
+            deadline_s=STOP_CALL_S)
+        found = responses[1] if len(responses) > 1 else []
+        return [self.keys.split(meta.key.decode("utf-8"))[-1] for _, meta in found]
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
@@ -326,26 +475,59 @@ class EtcdProcessor(Service):
         self._checks.clear()
         if self._refresher is not None and self._refresher.running:
             self._refresher.stop()
+        if self.writer is not None:
+            self.writer.stopping = True
+        await self._drain()
+        if self._client is not None:
+            if self._last_bridge and self.sweeper is not None and self._lease is not None:
+                d = self._in_control(self._sweep_orphans)
+                await d.addErrback(self._log_failure, "sweep of handed-over IOCs")
+            if self.revoke_on_stop and self._lease is not None:
+                await self._in_control(self._revoke).addErrback(self._log_failure, "revoke")
+            self._client.close()
+        for pool in (self._pool, self._control):
+            if pool is not None:
+                pool.stop()
+
+    async def _drain(self) -> None:
+        """Wait for calls in flight; past `STOP_WAIT_S`, stop their etcd retries."""
+        waited = 0.0
+        while self._busy and waited < STOP_WAIT_S:
+            await deferLater(self.reactor, 0.05, lambda: None)
+            waited += 0.05
+        if self._busy and self.writer is not None:
+            self.log.warn("etcd calls still retrying at shutdown: abandoned")
+            self.writer.store.abort()
         while self._busy:
             await defer.DeferredList(list(self._busy), consumeErrors=True)
-        if self._client is not None:
-            if self.revoke_on_stop and self._lease is not None:
-                await self._in_pool(self._revoke).addErrback(self._log_failure, "revoke")
-            self._client.close()
-        if self._pool is not None:
-            self._pool.stop()
+
+    def _sweep_orphans(self) -> None:
+        """(thread)"""
+        assert self.sweeper is not None
+        swept = self.sweeper.sweep_orphans(self._lease.id)
+        if swept:
+            self.log.info("stopping: {n} IOCs of bridges that stopped earlier marked inactive",
+                          n=swept)
 
     def _revoke(self) -> None:
         """(thread)"""
         assert self.writer is not None
-        self.writer.store.call(lambda: self._client.revoke_lease(self._lease.id))
+        self.writer.store.call(lambda: self._client.revoke_lease(self._lease.id),
+                               deadline_s=STOP_CALL_S)
 
     # -- helpers ---------------------------------------------------------------------------
 
     def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run ``fn(*args)`` on the pool; the Deferred is tracked until it fires."""
         assert self._pool is not None
-        d: Deferred[Any] = deferToThreadPool(self.reactor, self._pool, fn, *args)
+        return self._track(deferToThreadPool(self.reactor, self._pool, fn, *args))
+
+    def _in_control(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Like `_in_pool`, on the small pool of the lease and the watch."""
+        assert self._control is not None
+        return self._track(deferToThreadPool(self.reactor, self._control, fn, *args))
+
+    def _track(self, d: Deferred[Any]) -> Deferred[Any]:
         self._busy.add(d)
 
         def done(result: object) -> object:
@@ -355,8 +537,19 @@ class EtcdProcessor(Service):
         return d.addBoth(done)
 
     def _log_failure(self, failure: Failure, what: str) -> None:
-        if not self._stopping:
+        if not self._stopping and isinstance(failure.value, StoreError):
+            self.log.warn("etcd processor: {what} failed: {error}", what=what,
+                          error=failure.getErrorMessage())
+        elif not self._stopping:
             self.log.failure("etcd processor: {what} failed", failure, what=what)
+        else:
+            self.log.warn("etcd processor: {what} failed while stopping: {error}", what=what,
+                          error=failure.value)
+
+
+def _prefix_end(prefix: str) -> str:
+    """The first key after every key under `prefix` (its last character incremented)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 def build(config: Any, bridge_id: str, reactor: Any,

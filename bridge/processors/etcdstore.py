@@ -1,17 +1,20 @@
 """Blocking etcd access for the etcd processor: retries, batched reads, bounded write batches.
 
-`Store` wraps one pyetcd client. Every call goes through `call_with_retry` with one
-deadline, so a leader election or a member restart is ridden out and anything longer
-becomes `StoreError`. Reads are batched (a transaction of up to 128 range requests is
-one round trip) and writes are cut into transactions that respect etcd's limits
-(shared etcd reference section 5: at most 128 operations, at most 1.5 MiB per request).
+`Store` wraps one pyetcd client. Every call goes through `call_with_retry` within one
+outage bound (``[etcd] max_outage``), so a leader election, a member restart or a
+short outage of the whole cluster is ridden out and anything longer becomes
+`StoreError`. Reads are batched (a transaction of up to 128 range requests is one round
+trip) and writes are cut into transactions that respect etcd's limits (shared etcd
+reference section 5: at most 128 operations, at most 1.5 MiB per request).
 
 All methods block: call them from worker threads only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -19,7 +22,7 @@ import grpc  # type: ignore[import-untyped,unused-ignore]  # no stubs shipped
 from pyetcd import transactions as tx
 
 from bridge.errors import StoreError
-from bridge.etcdclient import call_with_retry
+from bridge.etcdclient import call_with_retry, is_retryable
 
 T = TypeVar("T")
 
@@ -42,6 +45,8 @@ class Entry:
     key: str
     value: bytes
     mod_revision: int
+    #: The lease the key is attached to; 0 for none.
+    lease: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +90,58 @@ def _too_big(exc: BaseException) -> bool:
 
 
 class Store:
-    """A pyetcd client plus a retry deadline; see the module docstring."""
+    """A pyetcd client plus an outage bound; see the module docstring.
 
-    def __init__(self, client: Any, deadline_s: float) -> None:
+    `deadline_s` bounds an outage, not each call: once etcd has failed every attempt
+    for that long (counted from the first failure that no success followed, across
+    all threads), every call gets one attempt only and fails with `StoreError` at
+    once, until some call succeeds again. So sessions queued behind a long outage
+    are closed when it passes the bound, not one bound later each.
+    """
+
+    def __init__(self, client: Any, deadline_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.deadline_s = deadline_s
+        self._clock = clock
+        #: When the current run of failed attempts began; None while etcd answers.
+        self.failing_since: float | None = None
+        self._aborted = threading.Event()
 
-    def call(self, fn: Any) -> Any:
-        """Run ``fn()`` with retries of transient errors; `StoreError` after the deadline."""
-        return call_with_retry(fn, deadline_s=self.deadline_s)
+    def abort(self) -> None:
+        """Stop retrying (shutdown): calls in their back-off fail with `StoreError`."""
+        self._aborted.set()
+
+    def call(self, fn: Callable[[], T], deadline_s: float | None = None) -> T:
+        """Run ``fn()`` with retries of transient errors; `StoreError` after the bound.
+
+        `deadline_s` shortens the bound for this call (e.g. during shutdown).
+        """
+        if self._aborted.is_set():
+            raise StoreError("etcd store closed")
+        since = self.failing_since
+        deadline = self.deadline_s
+        if since is not None:
+            deadline = max(0.0, since + self.deadline_s - self._clock())
+        if deadline_s is not None:
+            deadline = min(deadline, deadline_s)
+
+        def attempt() -> T:
+            try:
+                result = fn()
+            except Exception as exc:
+                if is_retryable(exc) and self.failing_since is None:
+                    self.failing_since = self._clock()
+                raise
+            self.failing_since = None
+            return result
+
+        return call_with_retry(attempt, deadline_s=deadline, sleep=self._sleep,
+                               clock=self._clock)
+
+    def _sleep(self, seconds: float) -> None:
+        if self._aborted.wait(seconds):
+            raise StoreError("etcd store closed while retrying")
 
     def txn(
         self, compares: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()
@@ -133,7 +181,7 @@ class Store:
             return
         for key, kvs in zip(keys, responses, strict=True):
             for value, meta in kvs:
-                found[key] = Entry(key, value, meta.mod_revision)
+                found[key] = Entry(key, value, meta.mod_revision, meta.lease_id)
 
     def get(self, key: str) -> Entry | None:
         return self.get_many([key]).get(key)
@@ -154,7 +202,8 @@ class Store:
                 limit = max(1, limit // 4)
                 continue
             entries = [
-                Entry(kv.key.decode("utf-8"), kv.value, kv.mod_revision) for kv in response.kvs
+                Entry(kv.key.decode("utf-8"), kv.value, kv.mod_revision, kv.lease)
+                for kv in response.kvs
             ]
             yield Page(entries, response.header.revision)
             if not response.more or not response.kvs:

@@ -16,8 +16,9 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
+import grpc  # type: ignore[import-untyped,unused-ignore]  # no stubs shipped
 from pyetcd import transactions as tx
 from twisted.logger import Logger
 
@@ -35,6 +36,8 @@ from bridge.model import (
 from bridge.processors.etcdstore import Store
 from bridge.processors.nameindex import Claim, NameIndex, record_names
 
+T = TypeVar("T")
+
 #: Largest record document stored as sent. Bigger ones get their longest info values
 #: cut (see `fit_record`), so one huge info tag cannot wedge an IOC's upload forever.
 MAX_RECORD_BYTES = 1 << 20
@@ -45,6 +48,15 @@ DELETE_STEP = 1000
 
 #: (fingerprint of the stored value, alias names) of one record stored before the upload.
 Stored = tuple[bytes, tuple[str, ...]]
+
+
+def lease_not_found(exc: BaseException) -> bool:
+    """etcd's answer to a write attached to a lease that expired or was revoked."""
+    code = getattr(exc, "code", None)
+    details = getattr(exc, "details", None)
+    return (isinstance(exc, grpc.RpcError) and callable(code) and callable(details)
+            and code() == grpc.StatusCode.NOT_FOUND
+            and "lease not found" in str(details() or ""))
 
 
 def fingerprint(value: bytes) -> bytes:
@@ -91,6 +103,8 @@ class _Session:
     claimed: set[int] = field(default_factory=set)
     begun: bool = False
     ended: bool = False
+    #: The connection is gone; only the session's end is still to be written.
+    closing: bool = False
     records: int = 0
     aliases: int = 0
     written: int = 0
@@ -108,6 +122,8 @@ class EtcdWriter:
         keys: the key layout for the configured prefix.
         bridge_id: this bridge's id, written into alive keys and IOC documents.
         lease: returns the bridge's current lease (object or id) for alive keys.
+        renew: called (blocking) with a lease etcd no longer knows; returns once the
+            bridge holds a new one (then a write that needed the lease is tried again).
         now: seconds since the epoch.
         deadline_s: retry deadline of every etcd call (`call_with_retry`).
     """
@@ -115,18 +131,27 @@ class EtcdWriter:
     log = Logger()
 
     def __init__(self, client: Any, keys: k.Keys, bridge_id: str, lease: Callable[[], Any],
-                 now: Callable[[], float], deadline_s: float) -> None:
+                 now: Callable[[], float], deadline_s: float,
+                 renew: Callable[[Any], None] | None = None) -> None:
         self.store = Store(client, deadline_s)
         self.keys = keys
         self.index = NameIndex(self.store, keys)
         self.bridge_id = bridge_id
         self._lease = lease
+        self._renew = renew
         self._now = now
         self._lock = threading.Lock()
         self._sessions: dict[int, _Session] = {}
         self._by_iocid: dict[str, int] = {}
         #: iocid -> session whose disconnect could not be written yet (etcd outage).
         self._unfinished: dict[str, _Session] = {}
+        #: The bridge is stopping: no new uploads begin, and an alive key that is gone
+        #: is never put back (nobody would remove it again).
+        self.stopping = False
+        #: The bridge stops and another bridge lives: a session's end writes nothing, so
+        #: its alive key expires with the lease and a surviving bridge marks the IOC
+        #: inactive after ``grace``, unless the IOC has reconnected elsewhere by then.
+        self.handing_over = False
 
     # -- public ----------------------------------------------------------------------------
 
@@ -152,10 +177,24 @@ class EtcdWriter:
         with self._lock:
             return iocid in self._by_iocid or iocid in self._unfinished
 
+    def closing(self, session_id: int) -> None:
+        """The session's connection is gone and nothing but its end remains to be written.
+
+        Call it (from any thread, it does not block) as soon as the final transaction
+        is handed over: if the IOC reconnects before that end is written (say during an
+        etcd outage), the new session takes the IOC's identity instead of being kept
+        apart as a duplicate. The old session's end then finds the alive key taken over
+        and leaves the IOC alone.
+        """
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is not None:
+                session.closing = True
+
     def reassert(self) -> None:
         """After a new lease: put back every live session's alive key and IOC document."""
         with self._lock:
-            sessions = list(self._sessions.values())
+            sessions = [s for s in self._sessions.values() if not s.closing]
         for session in sessions:
             if session.begun:
                 self._put_ioc(session, alive_too=True)
@@ -176,6 +215,8 @@ class EtcdWriter:
                 return session
             identity = derive_identity(txn.client_infos, txn.peer)
             holder = self._sessions.get(self._by_iocid.get(identity.iocid, -1))
+            if holder is not None and holder.closing:
+                holder = None  # the IOC reconnected before its old session's end was written
             if holder is not None:
                 identity = replace(identity, iocid=fallback_iocid(txn.peer), stable=False)
             session = _Session(txn.session_id, txn.peer, identity)
@@ -219,16 +260,18 @@ class EtcdWriter:
 
     def _begin(self, session: _Session, env: Mapping[str, str]) -> None:
         """Remember what the IOC has stored, then mark it uploading with our alive key."""
+        if self.stopping:
+            raise StoreError("the bridge is stopping; the IOC will upload elsewhere")
         session.existing = self._load(session.iocid)
         session.connected = iso_time(self._now())
         session.env = dict(env)
         session.alive = k.dumps(k.alive_document(self.bridge_id, session.connected))
         session.doc = self._document(session, k.STATUS_UPLOADING)
         with session.lock:
-            self.store.txn([], [
+            self._leased(lambda lease: self.store.txn([], [
                 tx.Put(self.keys.ioc(session.iocid), k.dumps(session.doc)),
-                tx.Put(self.keys.alive(session.iocid), session.alive, lease=self._lease()),
-            ])
+                tx.Put(self.keys.alive(session.iocid), session.alive, lease=lease),
+            ]))
             session.begun = True
         self.log.info("{peer} upload of IOC {iocid} started ({n} records stored before)",
                       peer=session.peer, iocid=session.iocid, n=len(session.existing))
@@ -333,25 +376,50 @@ class EtcdWriter:
         the IOC now; leave its documents alone.
         """
         ioc_key, alive_key = self.keys.ioc(session.iocid), self.keys.alive(session.iocid)
-        with session.lock:
-            if session.ended:
-                return False
+        def write(lease: Any) -> bool:
             doc = tx.Put(ioc_key, k.dumps(session.doc))
-            alive = tx.Put(alive_key, session.alive, lease=self._lease())
+            alive = tx.Put(alive_key, session.alive, lease=lease)
             ours = tx.Value(alive_key) == session.alive
             ok, resp = self.store.txn([ours], [doc, alive] if alive_too else [doc],
                                       [tx.Get(alive_key)])
-            if not ok and not resp[0]:
+            if not ok and not resp[0] and not self.stopping:
                 ok, _ = self.store.txn([tx.Version(alive_key) == 0], [doc, alive])
+            return ok
+
+        with session.lock:
+            if session.ended:
+                return False
+            ok = self._leased(write)
         if not ok:
             self.log.warn("{peer} IOC {iocid} is now served elsewhere; its IOC document is "
                           "left alone", peer=session.peer, iocid=session.iocid)
         return ok
 
+    def _leased(self, write: Callable[[Any], T]) -> T:
+        """``write(lease)`` with the current lease; again with a new one if etcd lost it.
+
+        An etcd outage longer than the lease TTL ends with the lease gone: writes that
+        attach to it fail with "requested lease not found" until the bridge has a new one.
+        """
+        while True:
+            lease = self._lease()
+            try:
+                return write(lease)
+            except grpc.RpcError as exc:
+                if self._renew is None or not lease_not_found(exc):
+                    raise
+                self._renew(lease)
+
     def _end(self, session: _Session) -> None:
         """The session ended: inactive + alive key gone in one transaction, if still ours."""
         with session.lock:
             session.ended = True
+            if self.handing_over:
+                self._forget(session)
+                self.log.info("{peer} IOC {iocid}: session closed for the bridge's shutdown; "
+                              "its alive key expires with the lease unless the IOC reconnects "
+                              "elsewhere first", peer=session.peer, iocid=session.iocid)
+                return
             try:
                 ok = bool(session.alive) and self._write_end(session)
             except StoreError:
@@ -368,11 +436,27 @@ class EtcdWriter:
                           "or was never stored", peer=session.peer, iocid=session.iocid)
 
     def _write_end(self, session: _Session) -> bool:
-        alive_key = self.keys.alive(session.iocid)
+        """True if this call (or an earlier attempt whose answer was lost) ended it."""
+        alive_key, ioc_key = self.keys.alive(session.iocid), self.keys.ioc(session.iocid)
         doc = {**session.doc, "status": k.STATUS_INACTIVE,
                "disconnected": iso_time(self._now())}
-        ok, _ = self.store.txn(
+        ok, resp = self.store.txn(
             [tx.Value(alive_key) == session.alive],
-            [tx.Delete(alive_key), tx.Put(self.keys.ioc(session.iocid), k.dumps(doc))],
+            [tx.Delete(alive_key), tx.Put(ioc_key, k.dumps(doc))],
+            [tx.Get(alive_key), tx.Get(ioc_key)],
         )
-        return ok
+        if ok:
+            return True
+        # A retry after a timed-out attempt that etcd did apply finds its own work done.
+        if resp[0] or not resp[1]:
+            return False
+        try:
+            found = k.loads(resp[1][0][0])
+        except ValueError:
+            return False
+        return bool(
+            isinstance(found, dict)
+            and found.get("status") == k.STATUS_INACTIVE
+            and found.get("bridge") == self.bridge_id
+            and found.get("connected") == session.connected
+        )

@@ -70,6 +70,44 @@ class Sweeper:
             self.index.hand_over(iocid)
         return bool(ok)
 
+    def live_bridges(self) -> dict[str, int]:
+        """bridge id -> lease of every registered bridge (its document lives on its lease)."""
+        return {self.keys.split(raw.key)[-1]: raw.lease
+                for page in self.store.scan(self.keys.bridges_prefix())
+                for raw in page.entries}
+
+    def sweep_orphans(self, own_lease: int) -> int:
+        """Mark inactive the IOCs whose alive key is on no registered bridge's lease.
+
+        Run by the last bridge to stop: bridges that stopped before it handed their
+        IOCs over (see `EtcdWriter.handing_over`) and unregistered, counting on a
+        survivor; there is none now. Each IOC is changed only if its alive key and
+        document are still as read. Returns how many were marked inactive.
+        """
+        leases = {*self.live_bridges().values(), own_lease}
+        orphans = [raw for page in self.store.scan(self.keys.alive_prefix())
+                   for raw in page.entries if raw.lease not in leases]
+        swept = 0
+        for alive in orphans:
+            iocid = self.keys.split(alive.key)[-1]
+            ioc_key = self.keys.ioc(iocid)
+            raw = self.store.get(ioc_key)
+            doc = _document(raw.value) if raw is not None else None
+            if raw is None or doc is None or doc.get("status") not in LIVE_STATUSES:
+                continue
+            doc.update(status=k.STATUS_INACTIVE, disconnected=iso_time(self._now()))
+            ok, _ = self.store.txn(
+                [tx.Mod(alive.key) == alive.mod_revision, tx.Mod(ioc_key) == raw.mod_revision],
+                [tx.Delete(alive.key), tx.Put(ioc_key, k.dumps(doc))],
+            )
+            if ok:
+                swept += 1
+                self.log.info("IOC {iocid} inactive: its bridge {bridge} stopped and no "
+                              "bridge is left to take it over", iocid=iocid,
+                              bridge=doc.get("bridge"))
+                self.index.hand_over(iocid)
+        return swept
+
     def resync(self) -> int:
         """Sweep every live-looking IOC without an alive key.
 
