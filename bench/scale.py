@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python bench/scale.py                      # every scenario at full size (~15 min)
+    python bench/scale.py                      # every scenario at full size (~20-25 min)
     python bench/scale.py --quick              # small sizes, a smoke test (< 1 min)
     python bench/scale.py --scenario storm,changed --iocs 1000 --records 1000
 
@@ -15,8 +15,9 @@ Scenarios (targets from the issue in brackets):
 * ``big``: ``--big-iocs`` x ``--big-records`` (100 x 10,000), same targets, on a
   fresh etcd and bridge.
 * ``storm``: after ``cold``, every IOC closes its connection, the bench waits until
-  the bridge marked all of them inactive, then all reconnect at once with unchanged
-  data [all active again within 15 s; 0 record and name-index keys written].
+  the bridge marked all of them inactive and is idle again (it goes on handing
+  names over after that), then all reconnect at once with unchanged data [all
+  active again within 15 s; 0 record and name-index keys written].
 * ``changed``: the same, but each IOC restarts with 1 % of its records' DESC changed
   [only those records (and at most their index entries) written].
 * ``huge``: one IOC with ``--huge-records`` (65,000) records in one upload, after a
@@ -35,6 +36,11 @@ that announcement, and starts the probes (a separate process).
 
 How figures are taken:
 
+* IOCs: bench/loadgen.py, one asyncio connection each, the C RecCaster's bytes. A
+  connect that fails or hangs (the bridge's listen queue overflows when 1,000 IOCs
+  connect at once) is retried every 0.5 s, and an IOC whose connection the bridge
+  ends (or the kernel resets) connects and uploads again, as a C RecCaster does on
+  the next announcement: ``connect_retries`` and ``reconnects`` count both.
 * time to all-active: from just before the first connection is opened to the moment
   the bench's etcd watch on ``P/iocs/`` delivered the last IOC document's first
   ``active`` put of the scenario; records/s = uploaded records / that time.
@@ -64,6 +70,11 @@ How figures are taken:
 * ``--profile DIR``: py-spy records the bridge during each scenario (collapsed
   stacks, all threads, idle frames left out, 50 Hz, without pausing the process) into
   ``DIR/<group>-<scenario>.txt``; ``--profile-gil`` keeps only GIL-holding samples.
+
+Diagnostics: ``--skip-verify`` (no content check), ``--ceiling-records 0`` (no
+ceiling), ``--bridge-env NAME=VALUE`` (environment of the bridge process),
+``--keep``/``--workdir`` (keep etcd data, bridge log, probe log),
+``bench/profile_top.py`` (summarise a ``--profile`` file).
 
 The exit status is 1 when something crashed or stored content was wrong; missed
 performance targets are reported (PASS/FAIL per target) with exit status 0. The

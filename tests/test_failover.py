@@ -53,6 +53,10 @@ TCPTIMEOUT = 1.5
 STALE_BOUND = TTL + GRACE + 3.0
 #: The longest an IOC document may say active/uploading without a matching alive key.
 UNMATCHED_BOUND = TTL + 3.0
+#: A new etcd leader extends every lease by the election timeout (1 s), and electing
+#: it takes 1-2 s: a bridge that dies while the leader hangs keeps its lease that much
+#: longer.
+ELECTION = 3.0
 RECCEIVER = {
     "announceInterval": 0.5,
     "tcptimeout": TCPTIMEOUT,
@@ -190,7 +194,7 @@ class Scenario:
 
     # -- checks ---------------------------------------------------------------------------
 
-    def verify(self, bridges: Iterable[str]) -> None:
+    def verify(self, bridges: Iterable[str], stale_bound: float = STALE_BOUND) -> None:
         """Exact final content, and the liveness invariants over the whole scenario."""
         live = set(bridges)
         self.wait(lambda: self.bridge_ids() == live, TTL + 5, f"bridge documents {live}")
@@ -199,7 +203,7 @@ class Scenario:
         assert self.checker is not None
         summary = self.checker.summary()
         assert not summary["violations"], summary
-        assert summary["max_stale_s"] <= STALE_BOUND, summary
+        assert summary["max_stale_s"] <= stale_bound, summary
         assert summary["max_unmatched_s"] <= UNMATCHED_BOUND, summary
 
     def logs(self, lines: int = 30) -> str:
@@ -440,7 +444,7 @@ def test_sigstop_etcd_member_longer_than_the_client_timeout(scenario: Scenario) 
         checker.declare_dead(bridge="b")
         s.bridges["b"].kill()
         s.connect(prompt, "a")
-        s.wait_status(late, "inactive", timeout=STALE_BOUND + 2)
+        s.wait_status(late, "inactive", timeout=STALE_BOUND + ELECTION + 2)
         s.wait_status(a_iocs + prompt, "active", bridge="a")
         # Hold the freeze well past the client timeout and the lease TTL.
         time.sleep(max(0.0, 2 * TTL + 2 - (time.monotonic() - hung_at)))
@@ -449,7 +453,7 @@ def test_sigstop_etcd_member_longer_than_the_client_timeout(scenario: Scenario) 
     s.connect(late, "a")
     s.wait_status(s.iocids, "active", bridge="a")
     checker.protect(s.iocids)
-    s.verify(["a"])
+    s.verify(["a"], stale_bound=STALE_BOUND + ELECTION)  # the frozen member may be the leader
 
 
 @pytest.mark.slow
@@ -579,6 +583,7 @@ class ProcessorRecoveryTests(TrialTestCase):
             processor.startService()
             self.addCleanup(processor.stopService)
             await processor.whenReady()
+            await _until(lambda: processor._refresher is not None and processor.watching)
             assert processor._refresher is not None
             processor._refresher.stop()  # so that only the write can notice
             old = processor.lease.id

@@ -87,8 +87,8 @@ class EtcdProcessor(Service):
 
     Args:
         etcd_config: ``endpoints``, ``prefix``, ``lease_ttl``, ``timeout``, ``username``,
-            ``password``, ``ca``, ``cert``, ``key``, ``max_outage`` (the retry deadline of
-            every etcd call) and optionally ``grace``.
+            ``password``, ``ca``, ``cert``, ``key``, ``max_outage`` (how long etcd may stay
+            unreachable before calls fail, see `Store`) and optionally ``grace``.
         bridge_id: this bridge's id.
         reactor: provides time, threads and callLater.
         endpoints_ready: for an embedded etcd, returns the endpoints once it is healthy;
@@ -104,8 +104,9 @@ class EtcdProcessor(Service):
         self.reactor = reactor
         self.keys = k.Keys(etcd_config.prefix)
         self.host = socket.gethostname()
-        #: Revoke the lease at stop (alive keys vanish at once); off: the server ends
-        #: every session with a disconnect transaction before stopping processors.
+        #: Revoke the lease at stop (alive keys and the bridge document vanish at once).
+        #: `prepare_stop` sets it when this is the last bridge; otherwise the lease is
+        #: left to expire, which is what hands the IOCs over (module docstring).
         self.revoke_on_stop = False
         self.writer: EtcdWriter | None = None
         self.sweeper: Sweeper | None = None
