@@ -116,19 +116,32 @@ class RecSyncProtocol(Protocol):
         self._io.resumeProducing()
         self.session.resume(self.factory.now())
         self._deliver(held)
+        self._decode(b"")  # what arrived while waiting was held undecoded
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
         self.bytes_received += len(data)
+        if self._held is not None:
+            # Waiting for a slot: only bytes read before the pause arrive here. Keep them
+            # raw; decoded they would cost several times more memory (bench/scale.py).
+            self.decoder.hold(data)
+            return
+        self._decode(data)
+
+    def _decode(self, data: bytes) -> None:
+        # Until this connection holds a slot, decode no further than its ClientGreet.
+        waiting = not self.holds_slot and self.session.state is State.GREETING
         try:
-            messages = self.decoder.feed(data)
+            messages = self.decoder.feed(data, wire.ClientGreet if waiting else None)
         except wire.FramingError as error:
             self._deliver(error.decoded)
             limit = "maxBodyLength" if "the limit is" in str(error) else PROTOCOL_ERROR
             self._drop(str(error), limit)
             return
         self._deliver(messages)
+        if waiting and self.holds_slot and self.decoder.buffered and not self._closing:
+            self._decode(b"")  # got a slot at once: decode the rest of the read
 
     def _deliver(self, messages: list[wire.Decoded]) -> None:
         """Hand messages to the session; the first ClientGreet needs an upload slot."""

@@ -325,7 +325,13 @@ class Decoder:
         self._buffer.clear()
         raise FramingError(reason, decoded)
 
-    def feed(self, data: bytes) -> list[Decoded]:
+    def hold(self, data: bytes) -> None:
+        """Keep bytes undecoded until the next `feed` (a connection waiting for a slot)."""
+        self._buffer += data
+
+    def feed(self, data: bytes, stop_after: type | None = None) -> list[Decoded]:
+        """Decode what `data` completes; with `stop_after`, stop after the first message
+        of that type and leave the rest undecoded in the buffer."""
         buf = self._buffer
         buf += data
         out: list[Decoded] = []
@@ -349,7 +355,10 @@ class Decoder:
                 # The reference server ignores zero-length messages entirely (§2.5).
                 out.append(Skipped(msgid, 0, "empty body"))
                 continue
-            out.append(decode_body(msgid, bytes(buf[start:offset])))
+            message = decode_body(msgid, bytes(buf[start:offset]))
+            out.append(message)
+            if stop_after is not None and type(message) is stop_after:
+                break
         if offset:
             del buf[:offset]
         return out

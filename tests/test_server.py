@@ -158,6 +158,11 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual(t2.producerState, "paused")
         self.assertEqual((factory.active, len(factory.queue)), (1, 1))
         self.assertEqual([t.session_id for t in self.processor.transactions], [])
+        # While it waits, what followed its ClientGreet stays raw bytes, not messages.
+        waiting = len(upload("B") + wire.UploadDone().encode()) - len(wire.ClientGreet().encode())
+        self.assertEqual(second.decoder.buffered, waiting)
+        second.dataReceived(wire.AddRecord(9, 0, "ai", "C").encode())  # read before the pause
+        self.assertEqual(second.decoder.buffered, waiting + 8 + 2 + 1 + 8)
         first.dataReceived(wire.UploadDone().encode())
         # Slot released once the upload's last commit completed: the second uploads
         # what it sent while it waited.
@@ -165,6 +170,7 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual(
             [[r.name for r in t.records] for t in self.processor.transactions], [["A"], ["B"]]
         )
+        self.assertEqual(second.decoder.buffered, 0)
         self.assertEqual((factory.active, len(factory.queue)), (0, 0))
         self.lose(first)
         self.lose(second)
