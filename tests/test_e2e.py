@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 from bridge.etcdproc import EtcdCluster, free_port
 from bridge.fakeioc import FakeIOC, IOCSpec, RecordSpec, find_bridge
 from bridge.harness import BridgeProcess
+from tests.helpers import poll
 
 pytestmark = pytest.mark.etcd
 
@@ -53,16 +53,6 @@ def dump(client: Any, prefix: str) -> dict[str, Any]:
 
 def mod_revisions(client: Any, prefix: str) -> dict[str, int]:
     return {meta.key.decode(): meta.mod_revision for _, meta in client.get_prefix(prefix + "/")}
-
-
-def poll(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def ioc_status(client: Any, prefix: str, iocid: str) -> str | None:

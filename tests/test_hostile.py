@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
@@ -32,32 +31,12 @@ from bridge.config import BridgeConfig
 from bridge.fakeioc import FakeIOC, IOCSpec, make_ioc, upload_bytes
 from bridge.harness import BridgeProcess
 from bridge.keys import Keys
-from bridge.model import Transaction
 from bridge.server import REFUSAL_LOG_INTERVAL, BridgeFactory, RecSyncProtocol
 from bridge.service import BridgeService
 from bridge.session import SessionLimits, State
+from tests.helpers import RecordingProcessor, poll
 
 NONCE = 0x1234ABCD
-
-
-class Processor:
-    """Keeps every transaction; commits complete at once unless `manual`."""
-
-    def __init__(self, manual: bool = False) -> None:
-        self.manual = manual
-        self.transactions: list[Transaction] = []
-        self.pending: list[Deferred[None]] = []
-
-    def commit(self, transaction: Transaction) -> Deferred[None]:
-        self.transactions.append(transaction)
-        if not self.manual:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self.pending.append(d)
-        return d
-
-    def of(self, session_id: int) -> list[Transaction]:
-        return [t for t in self.transactions if t.session_id == session_id]
 
 
 @dataclass
@@ -87,7 +66,7 @@ class Bridge:
     def __init__(self, limits: SessionLimits | None = None, manual: bool = False,
                  **factory: Any) -> None:
         self.clock = MemoryReactorClock()
-        self.processor = Processor(manual)
+        self.processor = RecordingProcessor(manual)
         self.factory = BridgeFactory(
             self.processor, self.clock, limits or SessionLimits(), nonce=lambda: NONCE,
             **factory,
@@ -613,14 +592,6 @@ def _status(client: Any, prefix: str, iocid: str) -> str | None:
     return None if value is None else json.loads(value)["status"]
 
 
-def _wait(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def _endless(port: int, stop: threading.Event, stats: collections.Counter[str]) -> None:
     """Upload AddRecords forever; reconnect whenever the bridge closes the connection."""
     while not stop.is_set():
@@ -705,18 +676,18 @@ def test_real_bridge_under_load_abuse_keeps_honest_data_and_bounded_memory(
             honest.append(ioc)
         for spec in specs:
             iocid = f"goodhost:{spec.iocname}"
-            _wait(lambda iocid=iocid: _status(etcd_client, prefix, iocid) == "active", 40.0,
+            poll(lambda iocid=iocid: _status(etcd_client, prefix, iocid) == "active", 40.0,
                   f"{iocid} active")
             assert _stored_records(etcd_client, prefix, iocid) == _expected_records(spec, iocid)
         # The idle connections were greeted, then closed by greetingTimeout (20 s).
-        _wait(lambda: time.monotonic() - opened > 21.0, 30.0, "the greeting deadline")
+        poll(lambda: time.monotonic() - opened > 21.0, 30.0, "the greeting deadline")
         for sock in idle:
             seen = _read_until_eof(sock, 2.0)
             assert seen is not None, "an idle connection is still open"
             frames = wire.Decoder().feed(seen)
             assert frames[0] == wire.ServerGreet(0)
             assert all(isinstance(f, wire.Ping) for f in frames[1:]), frames
-        _wait(lambda: stats["closed"] >= 1, 30.0, "maxRecords to close the endless upload")
+        poll(lambda: stats["closed"] >= 1, 30.0, "maxRecords to close the endless upload")
         time.sleep(3.0)  # let the endless peer go on a while longer
         assert process.process is not None and process.process.poll() is None
         # Honest sessions are still live (pings answered) and intact.
@@ -771,7 +742,7 @@ def test_real_bridge_allow_list(
         ioc = FakeIOC(spec)
         ioc.connect("127.0.0.1", open_bridge.port)
         try:
-            _wait(lambda: _status(etcd_client, prefix, "h:ALLOWED") == "active", 20.0,
+            poll(lambda: _status(etcd_client, prefix, "h:ALLOWED") == "active", 20.0,
                   "the allowed upload")
         finally:
             ioc.close()
@@ -785,7 +756,7 @@ def test_real_bridge_allow_list(
             pass
         assert _read_until_eof(refused, 5.0) == b""  # closed at once, not even greeted
         refused.close()
-        _wait(lambda: "connection refused" in closed_bridge.log_text(), 10.0, "the log line")
+        poll(lambda: "connection refused" in closed_bridge.log_text(), 10.0, "the log line")
     finally:
         open_bridge.stop()
         closed_bridge.stop()

@@ -3,52 +3,20 @@
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from bridge import wire
 from bridge.interfaces import IProcessor
-from bridge.model import Transaction
 from bridge.processors import ProcessorChain
 from bridge.processors.show import ShowProcessor
 from bridge.server import MAX_INFLIGHT, BridgeFactory, RecSyncProtocol
 from bridge.session import SessionLimits
-
-
-@implementer(IProcessor)
-class RecordingProcessor:
-    """Keeps every transaction; commits complete when the test says so."""
-
-    def __init__(self, manual: bool = False) -> None:
-        self.manual = manual
-        self.transactions: list[Transaction] = []
-        self.pending: list[Deferred[None]] = []
-
-    def commit(self, transaction: Transaction) -> Deferred[None]:
-        self.transactions.append(transaction)
-        if not self.manual:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self.pending.append(d)
-        return d
-
-    # IService, unused here
-    name = None
-    parent = None
-    running = 0
-
-    def setName(self, name: str) -> None: ...
-    def setServiceParent(self, parent: object) -> None: ...
-    def disownServiceParent(self) -> None: ...
-    def privilegedStartService(self) -> None: ...
-    def startService(self) -> None: ...
-    def stopService(self) -> None: ...
+from tests.helpers import RecordingProcessor
 
 
 def upload(*records: str) -> bytes:

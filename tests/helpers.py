@@ -1,0 +1,46 @@
+"""Test doubles and waits shared by several test modules."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+
+from bridge.model import Transaction
+
+
+class RecordingProcessor:
+    """Stands in for the processors (`bridge.server.Committer`): keeps every transaction.
+
+    Commits complete at once, or, with ``manual``, when the test fires `pending`.
+    """
+
+    def __init__(self, manual: bool = False) -> None:
+        self.manual = manual
+        self.transactions: list[Transaction] = []
+        self.pending: list[Deferred[None]] = []
+
+    def commit(self, transaction: Transaction) -> Deferred[None]:
+        self.transactions.append(transaction)
+        if not self.manual:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self.pending.append(d)
+        return d
+
+    def of(self, session_id: int) -> list[Transaction]:
+        return [t for t in self.transactions if t.session_id == session_id]
+
+
+def poll(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Return the first truthy result of `condition`, polled every 50 ms until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
