@@ -11,9 +11,10 @@ record called ``../../bridges/x`` stays inside its IOC's own key range.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import orjson
 
 from bridge.model import Record
 
@@ -121,11 +122,12 @@ def dumps(doc: Mapping[str, Any]) -> bytes:
     Deterministic for equal input, so an unchanged record encodes to identical bytes
     and can be recognised without decoding what etcd holds.
     """
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return orjson.dumps(doc)
 
 
 def loads(value: bytes) -> Any:
-    return json.loads(value.decode("utf-8"))
+    """Decode a stored value; `ValueError` when it is not UTF-8 JSON."""
+    return orjson.loads(value)
 
 
 def record_document(record: Record, iocid: str) -> dict[str, Any]:

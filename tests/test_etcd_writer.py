@@ -16,7 +16,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pyetcd import transactions as tx
 from pyetcd.exceptions import ConnectionFailedError
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -36,9 +35,9 @@ from bridge.processors.etcdstore import (
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
     Guarded,
+    Write,
     chunk_guarded,
     chunk_ops,
-    op_size,
 )
 from bridge.processors.etcdwriter import MAX_RECORD_BYTES, TRUNCATED_MARK, EtcdWriter, fit_record
 from bridge.processors.nameindex import NameIndex
@@ -63,23 +62,47 @@ class Clock:
         self.t += seconds
 
 
-class RecordingClient:
-    """Forwards to a real client; records the op counts and sizes of every transaction."""
+class StubWrapper:
+    """Forwards to a real client, except that its KV stub's ``Txn`` goes to `txn`.
+
+    Every transaction of `Store` (so of the writer) passes through ``kvstub.Txn``.
+    """
 
     def __init__(self, client: Any) -> None:
         self._client = client
-        self.txns: list[tuple[int, int, int]] = []  # (compares, max ops, bytes)
 
-    def transaction(
-        self, compare: Sequence[Any], success: Sequence[Any] = (), failure: Sequence[Any] = ()
-    ) -> Any:
-        ops = max(len(success or ()), len(failure or ()))
-        size = sum(op_size(x) for x in (*compare, *(success or ()), *(failure or ())))
-        self.txns.append((len(compare), ops, size))
-        return self._client.transaction(compare, success, failure)
+    @property
+    def kvstub(self) -> Any:
+        real = self._client.kvstub
+        wrapper = self
+
+        class Stub:
+            def Txn(self, request: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+                return wrapper.txn(real, request, *args, **kwargs)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+        return Stub()
+
+    def txn(self, stub: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        return stub.Txn(request, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
+
+
+class RecordingClient(StubWrapper):
+    """Records the op counts and real encoded size of every transaction."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.txns: list[tuple[int, int, int]] = []  # (compares, max ops, bytes)
+
+    def txn(self, stub: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        ops = max(len(request.success), len(request.failure))
+        self.txns.append((len(request.compare), ops, request.ByteSize()))
+        return stub.Txn(request, *args, **kwargs)
 
 
 class FakeSession:
@@ -548,15 +571,15 @@ def test_stored_records_over_the_grpc_receive_limit_are_read_in_smaller_pages(
 
 
 def test_batches_respect_op_and_size_limits() -> None:
-    small = [tx.Put(f"/k/{i}", b"v") for i in range(300)]
+    small: list[Write] = [(f"/k/{i}".encode(), b"v") for i in range(300)]
     assert [len(c) for c in chunk_ops(small)] == [128, 128, 44]
-    fat = [tx.Put(f"/f/{i}", b"x" * 500_000) for i in range(5)]
+    fat: list[Write] = [(f"/f/{i}".encode(), b"x" * 500_000) for i in range(5)]
     assert [len(c) for c in chunk_ops(fat)] == [2, 2, 1]
-    guarded = [
-        Guarded([tx.Version(f"/g/{i}") == 0], [tx.Put(f"/g/{i}", b"v")]) for i in range(200)
-    ]
+    guarded = [Guarded(f"/g/{i}".encode(), 0, b"v") for i in range(200)]
     assert [len(b) for b in chunk_guarded(guarded)] == [128, 72]
     assert [len(b) for b in chunk_guarded(guarded, 50)] == [50, 50, 50, 50]
+    fat_guarded = [Guarded(f"/h/{i}".encode(), 7, b"x" * 500_000) for i in range(5)]
+    assert [len(b) for b in chunk_guarded(fat_guarded)] == [2, 2, 1]
 
 
 def test_fit_record_cuts_the_longest_infos_deterministically() -> None:
@@ -631,20 +654,17 @@ def test_a_stale_session_does_not_end_a_newer_one(
     assert json.loads(etcd_client.get(keys.alive("vm:MOVER"))[0])["bridge"] == "bridge-b"
 
 
-class FlakyClient:
-    """Forwards to a real client, except that every request fails while `down`."""
+class FlakyClient(StubWrapper):
+    """Forwards to a real client, except that every transaction fails while `down`."""
 
     def __init__(self, client: Any) -> None:
-        self._client = client
+        super().__init__(client)
         self.down = False
 
-    def transaction(self, *args: Any, **kwargs: Any) -> Any:
+    def txn(self, stub: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
         if self.down:
             raise ConnectionFailedError()
-        return self._client.transaction(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
+        return stub.Txn(request, *args, **kwargs)
 
 
 def test_a_disconnect_lost_to_an_outage_is_written_later(

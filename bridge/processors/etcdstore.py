@@ -19,10 +19,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc  # type: ignore[import-untyped,unused-ignore]  # no stubs shipped
+from pyetcd import etcdrpc
 from pyetcd import transactions as tx
+from pyetcd.client import KVMetadata
+from pyetcd.utils import lease_to_id
 
 from bridge.errors import StoreError
-from bridge.etcdclient import call_with_retry, is_retryable
+from bridge.etcdclient import call_with_retry, is_retryable, send_txn
 
 T = TypeVar("T")
 
@@ -33,6 +36,9 @@ MAX_TXN_OPS = 128
 MAX_TXN_BYTES = 1_400_000
 #: Generous per-operation framing estimate (tags, lengths, lease id).
 OP_OVERHEAD = 32
+_EQUAL = etcdrpc.Compare.EQUAL
+_MOD = etcdrpc.Compare.MOD
+_VERSION = etcdrpc.Compare.VERSION
 #: Keys per page when scanning a prefix. Pages shrink on their own when a response
 #: would exceed gRPC's 4 MiB receive limit (records with big info tags).
 SCAN_PAGE = 1000
@@ -59,26 +65,25 @@ class Page:
 
 @dataclass(frozen=True, slots=True)
 class Guarded:
-    """Writes that apply only if their compares hold; committed together with others.
+    """One key written only if it is as read: absent (`mod_revision` 0) or unmodified since.
 
-    `tag` names the item for the caller (e.g. the PV name) when it comes back failed.
+    `value` None deletes the key. `tag` names the item for the caller (e.g. the PV
+    name) when it comes back failed.
     """
 
-    compares: Sequence[Any]
-    ops: Sequence[Any]
+    key: bytes
+    mod_revision: int
+    value: bytes | None
     tag: str = ""
 
 
-def op_size(op: Any) -> int:
-    """Estimated request bytes of a pyetcd compare or operation."""
-    key = op.key if isinstance(op.key, bytes) else str(op.key).encode("utf-8")
-    value = getattr(op, "value", None)
-    size = len(key) + OP_OVERHEAD
-    if isinstance(value, bytes):
-        size += len(value)
-    elif isinstance(value, str):
-        size += len(value.encode("utf-8"))
-    return size
+#: A plain write of `Store.write`: (key, value), value None deleting the key.
+Write = tuple[bytes, "bytes | None"]
+
+
+def op_size(key: bytes, value: bytes | None = None) -> int:
+    """Estimated request bytes of one operation or compare on `key`."""
+    return len(key) + OP_OVERHEAD + (len(value) if value is not None else 0)
 
 
 def _too_big(exc: BaseException) -> bool:
@@ -87,6 +92,37 @@ def _too_big(exc: BaseException) -> bool:
     return isinstance(exc, grpc.RpcError) and callable(code) and code() in (
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     )
+
+
+def _to_bytes(text: str | bytes) -> bytes:
+    return text if isinstance(text, bytes) else text.encode("utf-8")
+
+
+def _request_op(op: Any, out: Any) -> None:
+    """Append the protobuf form of a pyetcd ``Put``/``Get``/``Delete`` to ``out``."""
+    if isinstance(op, tx.Put):
+        put = out.add().request_put
+        put.key = _to_bytes(op.key)
+        put.value = _to_bytes(op.value)
+        put.lease = lease_to_id(op.lease)
+    elif isinstance(op, tx.Get):
+        get = out.add().request_range
+        get.key = _to_bytes(op.key)
+        if op.range_end is not None:
+            get.range_end = _to_bytes(op.range_end)
+    elif isinstance(op, tx.Delete):
+        delete = out.add().request_delete_range
+        delete.key = _to_bytes(op.key)
+        if op.range_end is not None:
+            delete.range_end = _to_bytes(op.range_end)
+    else:
+        raise TypeError(f"unsupported etcd operation {op!r}")
+
+
+def _generic_size(op: Any) -> int:
+    value = getattr(op, "value", None)
+    return op_size(_to_bytes(op.key), _to_bytes(value) if isinstance(value, str | bytes)
+                   else None)
 
 
 class Store:
@@ -146,17 +182,36 @@ class Store:
     def txn(
         self, compares: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()
     ) -> tuple[bool, list[Any]]:
-        """One transaction; returns (succeeded, responses). Checks the limits first.
+        """One transaction of pyetcd compares and ``Put``/``Get``/``Delete`` operations.
 
-        Raises `StoreError` when the request cannot fit in one etcd transaction.
+        Returns (succeeded, responses) as pyetcd's ``transaction`` does: a range
+        response is a list of (value, metadata). Checks etcd's limits first and raises
+        `StoreError` when the request cannot fit in one transaction.
         """
         _check_limits(compares, success, failure)
-        ok, responses = self.call(
-            lambda: self.client.transaction(
-                compare=list(compares), success=list(success), failure=list(failure)
-            )
-        )
-        return bool(ok), list(responses)
+        request = etcdrpc.TxnRequest()
+        request.compare.extend(c.build_message() for c in compares)
+        for op in success:
+            _request_op(op, request.success)
+        for op in failure:
+            _request_op(op, request.failure)
+        response = self.send(request)
+        responses: list[Any] = []
+        for item in response.responses:
+            kind = item.WhichOneof("response")
+            if kind == "response_range":
+                responses.append([(kv.value, KVMetadata(kv, response.header))
+                                  for kv in item.response_range.kvs])
+            else:
+                responses.append(item)
+        return bool(response.succeeded), responses
+
+    def send(self, request: Any) -> Any:
+        """Send a built ``TxnRequest`` (with retries); returns the ``TxnResponse``.
+
+        Every transaction of the etcd processor passes here.
+        """
+        return self.call(lambda: send_txn(self.client, request))
 
     # -- reads ------------------------------------------------------------------------
 
@@ -169,9 +224,11 @@ class Store:
         return found
 
     def _read_batch(self, keys: list[str], found: dict[str, Entry]) -> None:
-        gets = [tx.Get(key) for key in keys]
+        request = etcdrpc.TxnRequest()
+        for key in keys:
+            request.success.add().request_range.key = key.encode("utf-8")
         try:
-            _, responses = self.call(lambda: self.client.transaction([], gets, []))
+            response = self.send(request)
         except grpc.RpcError as exc:
             if not _too_big(exc) or len(keys) == 1:
                 raise StoreError(f"etcd read of {keys[0]!r} failed: {exc!r}") from exc
@@ -179,9 +236,9 @@ class Store:
             self._read_batch(keys[:half], found)
             self._read_batch(keys[half:], found)
             return
-        for key, kvs in zip(keys, responses, strict=True):
-            for value, meta in kvs:
-                found[key] = Entry(key, value, meta.mod_revision, meta.lease_id)
+        for key, item in zip(keys, response.responses, strict=True):
+            for kv in item.response_range.kvs:
+                found[key] = Entry(key, kv.value, kv.mod_revision, kv.lease)
 
     def get(self, key: str) -> Entry | None:
         return self.get_many([key]).get(key)
@@ -225,14 +282,23 @@ class Store:
 
     # -- writes -----------------------------------------------------------------------
 
-    def write(self, ops: Iterable[Any]) -> int:
+    def write(self, ops: Iterable[Write]) -> int:
         """Commit idempotent puts and deletes in order, in bounded transactions.
 
         Returns the number of transactions used.
         """
         count = 0
         for chunk in chunk_ops(ops):
-            self.txn([], chunk)
+            request = etcdrpc.TxnRequest()
+            out = request.success
+            for key, value in chunk:
+                if value is None:
+                    out.add().request_delete_range.key = key
+                else:
+                    put = out.add().request_put
+                    put.key = key
+                    put.value = value
+            self.send(request)
             count += 1
         return count
 
@@ -245,10 +311,24 @@ class Store:
         """
         failed: list[Guarded] = []
         for batch in chunk_guarded(items, max_items):
-            compares = [c for item in batch for c in item.compares]
-            ops = [o for item in batch for o in item.ops]
-            ok, _ = self.txn(compares, ops)
-            if not ok:
+            request = etcdrpc.TxnRequest()
+            compares, out = request.compare, request.success
+            for item in batch:
+                compare = compares.add()
+                compare.key = item.key
+                compare.result = _EQUAL
+                if item.mod_revision:
+                    compare.target = _MOD
+                    compare.mod_revision = item.mod_revision
+                else:
+                    compare.target = _VERSION  # version 0: the key is absent
+                if item.value is None:
+                    out.add().request_delete_range.key = item.key
+                else:
+                    put = out.add().request_put
+                    put.key = item.key
+                    put.value = item.value
+            if not self.send(request).succeeded:
                 failed.extend(batch)
         return failed
 
@@ -267,17 +347,17 @@ def _prefix_end(prefix: bytes) -> bytes:
 def _check_limits(compares: Sequence[Any], success: Sequence[Any], failure: Sequence[Any]) -> None:
     if max(len(compares), len(success), len(failure)) > MAX_TXN_OPS:
         raise StoreError(f"transaction has more than {MAX_TXN_OPS} operations")
-    size = sum(op_size(op) for group in (compares, success, failure) for op in group)
+    size = sum(_generic_size(op) for group in (compares, success, failure) for op in group)
     if size > MAX_TXN_BYTES:
         raise StoreError(f"transaction of about {size} bytes exceeds {MAX_TXN_BYTES}")
 
 
-def chunk_ops(ops: Iterable[Any]) -> Iterator[list[Any]]:
-    """Cut operations into lists that each fit one transaction, keeping their order."""
-    chunk: list[Any] = []
+def chunk_ops(ops: Iterable[Write]) -> Iterator[list[Write]]:
+    """Cut writes into lists that each fit one transaction, keeping their order."""
+    chunk: list[Write] = []
     size = 0
     for op in ops:
-        cost = op_size(op)
+        cost = op_size(*op)
         if chunk and (len(chunk) == MAX_TXN_OPS or size + cost > MAX_TXN_BYTES):
             yield chunk
             chunk, size = [], 0
@@ -289,23 +369,17 @@ def chunk_ops(ops: Iterable[Any]) -> Iterator[list[Any]]:
 
 def chunk_guarded(items: Iterable[Guarded], max_items: int = MAX_TXN_OPS
                   ) -> Iterator[list[Guarded]]:
-    """Cut guarded items into batches whose compares and ops each fit one transaction."""
+    """Cut guarded writes (one compare and one operation each) into transactions."""
+    limit = min(max_items, MAX_TXN_OPS)
     batch: list[Guarded] = []
-    n_cmp = n_ops = size = 0
+    size = 0
     for item in items:
-        cost = sum(op_size(x) for x in (*item.compares, *item.ops))
-        full = (
-            len(batch) >= max_items
-            or n_cmp + len(item.compares) > MAX_TXN_OPS
-            or n_ops + len(item.ops) > MAX_TXN_OPS
-            or size + cost > MAX_TXN_BYTES
-        )
-        if batch and full:
+        # The key travels twice: in the compare and in the operation.
+        cost = op_size(item.key, item.value) + op_size(item.key)
+        if batch and (len(batch) >= limit or size + cost > MAX_TXN_BYTES):
             yield batch
-            batch, n_cmp, n_ops, size = [], 0, 0, 0
+            batch, size = [], 0
         batch.append(item)
-        n_cmp += len(item.compares)
-        n_ops += len(item.ops)
         size += cost
     if batch:
         yield batch

@@ -33,7 +33,7 @@ from bridge.model import (
     fallback_iocid,
     iso_time,
 )
-from bridge.processors.etcdstore import Store
+from bridge.processors.etcdstore import Store, Write
 from bridge.processors.nameindex import Claim, NameIndex, record_names
 
 T = TypeVar("T")
@@ -288,22 +288,26 @@ class EtcdWriter:
 
     def _store(self, session: _Session, records: Sequence[Record]) -> None:
         """Write new and changed records, then their claims in the name index."""
-        puts: list[Any] = []
+        puts: list[Write] = []
         claims: list[Claim] = []
         dropped: list[str] = []
+        prefix = self.keys.records_prefix(session.iocid)
         for record in records:
             value = self._encode(session, record)
             old = session.existing.pop(record.name, None)
             changed = old is None or old[0] != fingerprint(value)
             if changed:
-                puts.append(tx.Put(self.keys.record(session.iocid, record.name), value))
+                puts.append(((prefix + k.encode_component(record.name)).encode(), value))
             if old is not None:
                 dropped.extend(a for a in old[1] if a not in record.aliases)
             session.records += 1
             session.aliases += len(record.aliases)
             for name, is_alias in k.pv_names(record):
                 session.claimed.add(name_hash(name))
-                claims.append(Claim(name, record.name, record.rtype, is_alias, changed))
+                # A name is new to the index unless the IOC stored it before (as this
+                # record's name or alias): then it is created without reading first.
+                fresh = old is None or (is_alias and name not in old[1])
+                claims.append(Claim(name, record.name, record.rtype, is_alias, changed, fresh))
         # Records before claims: an index entry never points at a record not yet stored.
         self.store.write(puts)
         session.written += len(puts)
@@ -343,7 +347,7 @@ class EtcdWriter:
                 session.aliases = max(0, session.aliases - (len(held) - 1))
             session.claimed.difference_update(name_hash(n) for n in held)
             names.extend(held)
-        self.store.write(tx.Delete(key) for key in keys)
+        self.store.write((key.encode(), None) for key in keys)
         self.index.unclaim(session.iocid, names)
 
     def _finish(self, session: _Session, env: Mapping[str, str]) -> None:
@@ -352,7 +356,7 @@ class EtcdWriter:
         names = list(stale)
         for start in range(0, len(names), DELETE_STEP):
             step = names[start : start + DELETE_STEP]
-            self.store.write(tx.Delete(self.keys.record(session.iocid, n)) for n in step)
+            self.store.write((self.keys.record(session.iocid, n).encode(), None) for n in step)
             self._unclaim(session, [x for n in step for x in (n, *stale[n][1])])
         session.claimed = set()
         session.env = dict(env)

@@ -27,8 +27,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pyetcd import transactions as tx
-
 from bridge import keys as k
 from bridge.errors import StoreError
 from bridge.processors.etcdstore import MAX_TXN_OPS, Entry, Guarded, Store
@@ -43,13 +41,18 @@ CONFLICT_PAUSE_S = 0.005
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """One name an IOC's record provides; `force` when the record is new or changed."""
+    """One name an IOC's record provides; `force` when the record is new or changed.
+
+    `fresh`: the IOC did not provide the name before this upload, so its entry is most
+    likely absent and is created without reading it first (see `NameIndex.claim`).
+    """
 
     name: str
     record: str
     rtype: str
     alias: bool
     force: bool
+    fresh: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +79,6 @@ def parse_pv(value: bytes) -> PvEntry | None:
                        bool(doc["alias"]), claims)
     except (ValueError, KeyError, TypeError):
         return None
-
-
-def _guard(key: str, raw: Entry | None) -> Any:
-    if raw is None:
-        return tx.Version(key) == 0
-    return tx.Mod(key) == raw.mod_revision
 
 
 class _Lookups:
@@ -188,8 +185,23 @@ class NameIndex:
     # -- public operations ---------------------------------------------------------------
 
     def claim(self, iocid: str, claims: Iterable[Claim]) -> None:
-        """Make every claimed name list `iocid`, with ownership as the module says."""
+        """Make every claimed name list `iocid`, with ownership as the module says.
+
+        Fresh claims are first written optimistically, as new entries guarded by
+        "absent" (what the plan below would write for an absent entry), saving a read
+        per name when an IOC uploads new records; the names of a batch that found an
+        entry present (a duplicate PV, or a racing bridge) go through the read-plan-
+        write path with the rest.
+        """
         wanted = {c.name: c for c in claims}
+        fresh = [c for c in wanted.values() if c.fresh]
+        todo = [c.name for c in wanted.values() if not c.fresh]
+        if fresh:
+            created = (Guarded(self.keys.pv(c.name).encode(), 0,
+                               k.dumps(k.pv_document(iocid, c.record, c.rtype, c.alias,
+                                                     [iocid])), c.name)
+                       for c in fresh)
+            todo.extend(item.tag for item in self.store.write_guarded(created))
 
         def plan(names: list[str], raws: dict[str, Entry], look: _Lookups) -> list[Guarded]:
             entries = {n: self._parsed(raws, n) for n in names}
@@ -202,7 +214,7 @@ class NameIndex:
                     out.append(self._put(name, raws, new))
             return out
 
-        self._converge(list(wanted), plan)
+        self._converge(todo, plan)
 
     def unclaim(self, iocid: str, names: Iterable[str]) -> None:
         """Remove `iocid` from the names' claims; delete entries nobody claims any more."""
@@ -286,11 +298,13 @@ class NameIndex:
 
     def _put(self, name: str, raws: dict[str, Entry], entry: PvEntry) -> Guarded:
         key = self.keys.pv(name)
-        return Guarded([_guard(key, raws.get(key))], [tx.Put(key, entry.value())], tag=name)
+        raw = raws.get(key)
+        return Guarded(key.encode(), raw.mod_revision if raw else 0, entry.value(), name)
 
     def _delete(self, name: str, raws: dict[str, Entry]) -> Guarded:
         key = self.keys.pv(name)
-        return Guarded([_guard(key, raws.get(key))], [tx.Delete(key)], tag=name)
+        raw = raws.get(key)
+        return Guarded(key.encode(), raw.mod_revision if raw else 0, None, name)
 
 
 def _claimed(iocid: str, claim: Claim, entry: PvEntry | None, look: _Lookups) -> PvEntry | None:
