@@ -55,7 +55,7 @@ assert _ANNOUNCE.size == ANNOUNCE_SIZE
 assert _ADD_RECORD.size == _ADD_INFO.size == _CLIENT_GREET.size == 8
 
 
-def decode_text(raw: bytes) -> str:
+def decode_text(raw: bytes | bytearray) -> str:
     """UTF-8, or Latin-1 when the bytes are not valid UTF-8 (never fails).
 
     Old IOC databases carry Latin-1 text (a ``°`` in a DESC); the reference server
@@ -89,7 +89,7 @@ def _encode_text(text: str, limit: int, what: str) -> bytes:
     return raw
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ServerGreet:
     """0x8001 S→C, body ``VERSION u8``. Must be the server's first message."""
 
@@ -100,7 +100,7 @@ class ServerGreet:
         return _frame(self.msgid, _pack(_U8, self.version))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ping:
     """0x8002 S→C, body ``NONCE u32``; the client echoes the nonce in a Pong."""
 
@@ -111,7 +111,7 @@ class Ping:
         return _frame(self.msgid, _pack(_U32, self.nonce))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientGreet:
     """0x0001 C→S, body ``VERSION u8, TYPE u8, reserved u8[2], SERVKEY u32``."""
 
@@ -124,7 +124,7 @@ class ClientGreet:
         return _frame(self.msgid, _pack(_CLIENT_GREET, self.version, self.client_type, self.key))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pong:
     """0x0002 C→S, body ``NONCE u32`` echoing a Ping."""
 
@@ -135,7 +135,7 @@ class Pong:
         return _frame(self.msgid, _pack(_U32, self.nonce))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AddRecord:
     """0x0003 C→S, body ``RECID u32, ATYPE u8, RTLEN u8, RNLEN u16, RTYPE, RNAME``.
 
@@ -160,7 +160,7 @@ class AddRecord:
         return _frame(self.msgid, fixed + rtype + name)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DelRecord:
     """0x0004 C→S, body ``RECID u32``. No known client sends it."""
 
@@ -171,7 +171,7 @@ class DelRecord:
         return _frame(self.msgid, _pack(_U32, self.rid))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UploadDone:
     """0x0005 C→S, body 4 bytes (always 0, ignored)."""
 
@@ -181,7 +181,7 @@ class UploadDone:
         return _frame(self.msgid, bytes(4))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AddInfo:
     """0x0006 C→S, body ``RECID u32, KEYLEN u8, reserved u8, VALEN u16, KEY, VALUE``.
 
@@ -199,7 +199,7 @@ class AddInfo:
         return _frame(self.msgid, _pack(_ADD_INFO, self.rid, len(key), len(value)) + key + value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Skipped:
     """A frame the decoder passed over: unknown id, or a body the protocol says to skip.
 
@@ -211,62 +211,69 @@ class Skipped:
     reason: str
 
 
+# Messages are plain (not frozen) slotted dataclasses: one is built for every message
+# received, and a frozen dataclass's __init__ costs about three times as much. Treat
+# them as values all the same.
 Message = ServerGreet | Ping | ClientGreet | Pong | AddRecord | DelRecord | UploadDone | AddInfo
 Decoded = Message | Skipped
 
 
-def _decode_server_greet(body: bytes) -> Decoded:
-    return ServerGreet(body[0])
+# Body decoders read the body ``buf[start:end]`` in place (no copy of the body).
+_BodyDecoder = typing.Callable[[bytes | bytearray, int, int], "Decoded"]
 
 
-def _decode_ping(body: bytes) -> Decoded:
-    return Ping(_U32.unpack_from(body)[0])
+def _decode_server_greet(buf: bytes | bytearray, start: int, end: int) -> Decoded:
+    return ServerGreet(buf[start])
 
 
-def _decode_client_greet(body: bytes) -> Decoded:
-    version, client_type, key = _CLIENT_GREET.unpack_from(body)
+def _decode_ping(buf: bytes | bytearray, start: int, end: int) -> Decoded:
+    return Ping(_U32.unpack_from(buf, start)[0])
+
+
+def _decode_client_greet(buf: bytes | bytearray, start: int, end: int) -> Decoded:
+    version, client_type, key = _CLIENT_GREET.unpack_from(buf, start)
     return ClientGreet(version, client_type, key)
 
 
-def _decode_pong(body: bytes) -> Decoded:
-    return Pong(_U32.unpack_from(body)[0])
+def _decode_pong(buf: bytes | bytearray, start: int, end: int) -> Decoded:
+    return Pong(_U32.unpack_from(buf, start)[0])
 
 
-def _decode_add_record(body: bytes) -> Decoded:
-    rid, atype, rtlen, rnlen = _ADD_RECORD.unpack_from(body)
-    end = 8 + rtlen + rnlen
-    if len(body) < end:
-        return Skipped(MSG_ADD_RECORD, len(body), "AddRecord strings overrun the body")
+def _decode_add_record(buf: bytes | bytearray, start: int, end: int) -> Decoded:
+    rid, atype, rtlen, rnlen = _ADD_RECORD.unpack_from(buf, start)
+    name_at = start + 8 + rtlen
+    if end < name_at + rnlen:
+        return Skipped(MSG_ADD_RECORD, end - start, "AddRecord strings overrun the body")
     if rnlen == 0 or atype not in (ATYPE_RECORD, ATYPE_ALIAS):
-        return Skipped(MSG_ADD_RECORD, len(body), "AddRecord with no name or unknown kind")
+        return Skipped(MSG_ADD_RECORD, end - start, "AddRecord with no name or unknown kind")
     if atype == ATYPE_RECORD and rtlen == 0:
-        return Skipped(MSG_ADD_RECORD, len(body), "AddRecord of a record without a type")
-    rtype = decode_text(body[8 : 8 + rtlen])
-    return AddRecord(rid, atype, rtype, decode_text(body[8 + rtlen : end]))
+        return Skipped(MSG_ADD_RECORD, end - start, "AddRecord of a record without a type")
+    return AddRecord(rid, atype, decode_text(buf[start + 8 : name_at]),
+                     decode_text(buf[name_at : name_at + rnlen]))
 
 
-def _decode_del_record(body: bytes) -> Decoded:
-    return DelRecord(_U32.unpack_from(body)[0])
+def _decode_del_record(buf: bytes | bytearray, start: int, end: int) -> Decoded:
+    return DelRecord(_U32.unpack_from(buf, start)[0])
 
 
-def _decode_upload_done(body: bytes) -> Decoded:
+def _decode_upload_done(buf: bytes | bytearray, start: int, end: int) -> Decoded:
     return UploadDone()
 
 
-def _decode_add_info(body: bytes) -> Decoded:
-    rid, keylen, valen = _ADD_INFO.unpack_from(body)
-    end = 8 + keylen + valen
-    if len(body) < end:
-        return Skipped(MSG_ADD_INFO, len(body), "AddInfo strings overrun the body")
+def _decode_add_info(buf: bytes | bytearray, start: int, end: int) -> Decoded:
+    rid, keylen, valen = _ADD_INFO.unpack_from(buf, start)
+    value_at = start + 8 + keylen
+    if end < value_at + valen:
+        return Skipped(MSG_ADD_INFO, end - start, "AddInfo strings overrun the body")
     if keylen == 0:
-        return Skipped(MSG_ADD_INFO, len(body), "AddInfo with an empty key")
-    key = decode_text(body[8 : 8 + keylen])
-    return AddInfo(rid, key, decode_text(body[8 + keylen : end]))
+        return Skipped(MSG_ADD_INFO, end - start, "AddInfo with an empty key")
+    return AddInfo(rid, decode_text(buf[start + 8 : value_at]),
+                   decode_text(buf[value_at : value_at + valen]))
 
 
 # msgid -> (minimum body length, decoder). Bodies shorter than the minimum are
 # skipped as the reference server does (§2.5 "Known MSGID with LEN < fixed size").
-_DECODERS = {
+_DECODERS: dict[int, tuple[int, _BodyDecoder]] = {
     MSG_SERVER_GREET: (1, _decode_server_greet),
     MSG_PING: (4, _decode_ping),
     MSG_CLIENT_GREET: (8, _decode_client_greet),
@@ -280,13 +287,18 @@ _DECODERS = {
 
 def decode_body(msgid: int, body: bytes) -> Decoded:
     """Decode one message body, or say why it is skipped. Never raises for any bytes."""
+    return _decode_at(msgid, body, 0, len(body))
+
+
+def _decode_at(msgid: int, buf: bytes | bytearray, start: int, end: int) -> Decoded:
     entry = _DECODERS.get(msgid)
     if entry is None:
-        return Skipped(msgid, len(body), f"unknown message id 0x{msgid:04x}")
+        return Skipped(msgid, end - start, f"unknown message id 0x{msgid:04x}")
     minimum, decode = entry
-    if len(body) < minimum:
-        return Skipped(msgid, len(body), f"body of {len(body)} bytes, at least {minimum} needed")
-    return decode(body)
+    if end - start < minimum:
+        return Skipped(msgid, end - start,
+                       f"body of {end - start} bytes, at least {minimum} needed")
+    return decode(buf, start, end)
 
 
 class FramingError(RemoteProtocolError):
@@ -355,7 +367,7 @@ class Decoder:
                 # The reference server ignores zero-length messages entirely (§2.5).
                 out.append(Skipped(msgid, 0, "empty body"))
                 continue
-            message = decode_body(msgid, bytes(buf[start:offset]))
+            message = _decode_at(msgid, buf, start, offset)
             out.append(message)
             if stop_after is not None and type(message) is stop_after:
                 break
