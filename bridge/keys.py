@@ -11,6 +11,7 @@ record called ``../../bridges/x`` stays inside its IOC's own key range.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -31,13 +32,14 @@ STATUS_ACTIVE = "active"
 STATUS_INACTIVE = "inactive"
 
 _MUST_ESCAPE = frozenset("/%") | frozenset(chr(c) for c in range(0x20)) | {"\x7f"}
+_NEEDS_ESCAPE = re.compile("[/%\x00-\x1f\x7f]")
 
 
 def encode_component(text: str) -> str:
     """Percent-encode one key component so that it can never span or escape a level."""
     if text in (".", ".."):
         return "%2E" * len(text)
-    if not any(ch in _MUST_ESCAPE for ch in text):
+    if _NEEDS_ESCAPE.search(text) is None:
         return text
     return "".join(f"%{ord(ch):02X}" if ch in _MUST_ESCAPE else ch for ch in text)
 
@@ -191,8 +193,13 @@ def ioc_document(
     disconnected: str | None,
     records: int,
     aliases: int,
+    record_digests: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The IOC document; named fields are conveniences derived from ``env``."""
+    """The IOC document; named fields are conveniences derived from ``env``.
+
+    `record_digests`: digests of the IOC's stored records in upload order, one per
+    `DIGEST_RUN` records; None (JSON null) unless a complete upload is stored.
+    """
     return {
         "iocid": iocid,
         "status": status,
@@ -212,4 +219,9 @@ def ioc_document(
         "disconnected": disconnected,
         "records": records,
         "aliases": aliases,
+        "record_digests": record_digests,
     }
+
+
+#: Records per entry of an IOC document's ``record_digests``.
+DIGEST_RUN = 1000

@@ -6,6 +6,7 @@ them; no Twisted needed. Everything is checked by reading etcd back.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import threading
@@ -216,6 +217,13 @@ def make_writer(client: Any, keys: Keys, bridge_id: str, lease: Any, clock: Cloc
     return EtcdWriter(client, keys, bridge_id, lambda: lease, clock, deadline_s=10.0)
 
 
+def run_digest(*values: bytes) -> str:
+    run = hashlib.blake2b(digest_size=16)
+    for value in values:
+        run.update(len(value).to_bytes(4, "big") + value)
+    return run.hexdigest()
+
+
 def pv(owner: str, record: str, rtype: str, alias: bool, claims: list[str]) -> dict[str, Any]:
     return {"iocid": owner, "record": record, "type": rtype, "alias": alias, "claims": claims}
 
@@ -271,6 +279,12 @@ def test_upload_lands_exactly_as_the_data_model_says(
             "disconnected": None,
             "records": 2,
             "aliases": 1,
+            # One run (fewer than 1000 records): blake2b-128 over the stored values in
+            # upload order, each preceded by its length.
+            "record_digests": [run_digest(
+                etcd_client.get(f"{prefix}/records/{ioc}/IOC1:PV1")[0],
+                etcd_client.get(f"{prefix}/records/{ioc}/IOC1:PV2")[0],
+            )],
         },
         f"{prefix}/records/{ioc}/IOC1:PV1": {
             "name": "IOC1:PV1",
@@ -514,6 +528,107 @@ def test_duplicates_across_bridges_stay_consistent_under_concurrency(
         assert set(entry["claims"]) == everyone and len(entry["claims"]) == 8, name
         assert entry["iocid"] in everyone
     etcd_client.revoke_lease(other_lease.id)
+
+
+# -- unchanged re-uploads (record digests) ----------------------------------------------
+
+
+class CountingClient(StubWrapper):
+    """Counts the reads (range requests, in transactions or alone) sent to etcd."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.reads: list[bytes] = []
+
+    def txn(self, stub: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        self.reads += [op.request_range.key for op in request.success
+                       if op.WhichOneof("request") == "request_range"]
+        return stub.Txn(request, *args, **kwargs)
+
+    def get_range_response(self, key: Any, *args: Any, **kwargs: Any) -> Any:
+        self.reads.append(key)
+        return self._client.get_range_response(key, *args, **kwargs)
+
+
+def fleet_records(n: int, changed: Sequence[int] = ()) -> list[Record]:
+    return [rec(f"RUN:{i}", aliases=[f"RUN:{i}:A"] if i % 10 == 0 else [],
+                desc=f"v2 {i}" if i in changed else f"r {i}", egu="mA")
+            for i in range(n)]
+
+
+def mod_revisions(client: Any, prefix: str) -> dict[str, int]:
+    return {key: mod for key, (_, mod) in snapshot(client, prefix).items()
+            if "/records/" in key or "/pvs/" in key}
+
+
+def test_unchanged_reupload_reads_and_writes_no_record_or_index_key(
+    etcd_client: Any, keys: Keys, lease: Any, clock: Clock, prefix: str
+) -> None:
+    records = fleet_records(2500)
+    first = FakeSession(make_writer(etcd_client, keys, BRIDGE, lease, clock), ioc_infos("RUN"))
+    first.upload(records, batch=300)
+    first.close()
+    before, rev = mod_revisions(etcd_client, prefix), revision(etcd_client)
+    doc = json.loads(etcd_client.get(keys.ioc("vm:RUN"))[0])
+    assert len(doc["record_digests"]) == 3  # 1000 + 1000 + 500
+
+    counting = CountingClient(etcd_client)
+    again = FakeSession(make_writer(counting, keys, BRIDGE, lease, clock), ioc_infos("RUN"))
+    again.upload(records, batch=300)
+
+    assert counting.reads == [keys.ioc("vm:RUN").encode()]  # the IOC document, nothing else
+    assert mod_revisions(etcd_client, prefix) == before
+    assert revision(etcd_client) == rev + 2  # uploading, then active
+    doc2 = json.loads(etcd_client.get(keys.ioc("vm:RUN"))[0])
+    assert (doc2["status"], doc2["records"], doc2["aliases"]) == ("active", 2500, 250)
+    assert doc2["record_digests"] == doc["record_digests"]
+
+
+def test_reupload_leaves_the_fast_path_at_the_first_changed_run(
+    writer: EtcdWriter, etcd_client: Any, keys: Keys, prefix: str
+) -> None:
+    first = FakeSession(writer, ioc_infos("RUN2"))
+    first.upload(fleet_records(2500), batch=300)
+    first.close()
+    before = mod_revisions(etcd_client, prefix)
+
+    new = fleet_records(2500, changed=[1500])
+    del new[2400]  # removed: an alias-bearing record
+    new.append(rec("RUN:NEW", aliases=["RUN:NEW:A"]))
+    again = FakeSession(writer, ioc_infos("RUN2"))
+    again.upload(new, batch=300)
+
+    after = mod_revisions(etcd_client, prefix)
+    iocid = "vm:RUN2"
+    touched = {key for key in after if after[key] != before.get(key)}
+    assert touched == {keys.record(iocid, "RUN:1500"), keys.record(iocid, "RUN:NEW"),
+                       keys.pv("RUN:NEW"), keys.pv("RUN:NEW:A")}
+    assert set(before) - set(after) == {keys.record(iocid, "RUN:2400"), keys.pv("RUN:2400"),
+                                        keys.pv("RUN:2400:A")}
+    stored = json.loads(etcd_client.get(keys.record(iocid, "RUN:1500"))[0])
+    assert stored["desc"] == "v2 1500"
+    doc = json.loads(etcd_client.get(keys.ioc(iocid))[0])
+    assert (doc["status"], doc["records"], len(doc["record_digests"])) == ("active", 2500, 3)
+
+
+def test_partial_upload_clears_the_digests_so_the_next_upload_repairs(
+    writer: EtcdWriter, etcd_client: Any, keys: Keys, prefix: str
+) -> None:
+    original = fleet_records(1200)
+    first = FakeSession(writer, ioc_infos("RUN3"))
+    first.upload(original, batch=300)
+    first.close()
+    partial = FakeSession(writer, ioc_infos("RUN3"))
+    partial.send(fleet_records(1200, changed=range(300))[:300])  # changed, never finished
+    partial.close()
+    doc = json.loads(etcd_client.get(keys.ioc("vm:RUN3"))[0])
+    assert (doc["status"], doc["record_digests"]) == ("inactive", None)
+
+    again = FakeSession(writer, ioc_infos("RUN3"))
+    again.upload(original, batch=300)
+    for record in (original[0], original[299], original[1199]):
+        assert etcd_client.get(keys.record("vm:RUN3", record.name))[0] == record_value(
+            record, "vm:RUN3")
 
 
 # -- size limits -----------------------------------------------------------------------

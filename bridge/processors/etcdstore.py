@@ -39,6 +39,7 @@ OP_OVERHEAD = 32
 _EQUAL = etcdrpc.Compare.EQUAL
 _MOD = etcdrpc.Compare.MOD
 _VERSION = etcdrpc.Compare.VERSION
+_VALUE = etcdrpc.Compare.VALUE
 #: Keys per page when scanning a prefix. Pages shrink on their own when a response
 #: would exceed gRPC's 4 MiB receive limit (records with big info tags).
 SCAN_PAGE = 1000
@@ -330,6 +331,41 @@ class Store:
                     put.value = item.value
             if not self.send(request).succeeded:
                 failed.extend(batch)
+        return failed
+
+
+    def unequal(self, items: Iterable[tuple[bytes, bytes, T]]) -> list[T]:
+        """Check keys hold exactly the given values; returns the tags of batches that don't.
+
+        Each (key, value, tag) becomes a value compare; a transaction of compares only
+        writes nothing and answers with one bit, so confirming that many entries are as
+        expected costs no reads. When a batch fails, all of its tags come back.
+        """
+        failed: list[T] = []
+        batch: list[tuple[bytes, bytes, T]] = []
+        size = 0
+
+        def check() -> None:
+            request = etcdrpc.TxnRequest()
+            compares = request.compare
+            for key, value, _ in batch:
+                compare = compares.add()
+                compare.key = key
+                compare.result = _EQUAL
+                compare.target = _VALUE
+                compare.value = value
+            if not self.send(request).succeeded:
+                failed.extend(tag for _, _, tag in batch)
+
+        for item in items:
+            cost = op_size(item[0], item[1])
+            if batch and (len(batch) == MAX_TXN_OPS or size + cost > MAX_TXN_BYTES):
+                check()
+                batch, size = [], 0
+            batch.append(item)
+            size += cost
+        if batch:
+            check()
         return failed
 
 

@@ -8,6 +8,18 @@ Per session it keeps only what an incremental upload needs: for every record the
 had stored when the session began, an 8-byte fingerprint of the stored value and the
 alias names (to find its name-index entries again), plus 8-byte hashes of the names
 claimed so far in this upload. Both go away when the upload is done.
+
+Unchanged re-uploads (every IOC after a restart of the bridges or of the network) take
+a fast path. A complete upload leaves ``record_digests`` in the IOC document: one
+digest per run of `keys.DIGEST_RUN` records, over the stored values in upload order.
+A new upload of an IOC whose document has them is hashed run by run, holding at most
+one run of records. A run whose digest matches the stored one is known to be stored
+exactly as sent: its records are neither read nor written, and their name-index
+entries are only confirmed (`NameIndex.confirm`: value compares, no reads). The first
+run that differs (or a DelRecord, or a different record count at the end) switches
+the session to the normal path: it loads the stored fingerprints then and carries on
+from the held run. The digests are dropped from the document when an upload begins,
+so a partial upload is never mistaken for a complete one.
 """
 
 from __future__ import annotations
@@ -64,6 +76,11 @@ def fingerprint(value: bytes) -> bytes:
     return hashlib.blake2b(value, digest_size=8).digest()
 
 
+def _run_hash() -> Any:
+    """A hash for one run of record values (``record_digests``)."""
+    return hashlib.blake2b(digest_size=16)
+
+
 def name_hash(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest(), "big")
 
@@ -108,6 +125,18 @@ class _Session:
     records: int = 0
     aliases: int = 0
     written: int = 0
+    #: Fast path (module docstring): True while every run so far matched the stored one.
+    skipping: bool = False
+    stored_digests: list[str] = field(default_factory=list)
+    stored_records: int = 0
+    #: Digests of this upload's complete runs, and the hash of the run in progress.
+    digests: list[str] = field(default_factory=list)
+    run: Any = None
+    run_length: int = 0
+    #: While skipping: the current run's records (with their encoded values), and
+    #: (name, aliases) of every record of the matched runs.
+    held: list[tuple[Record, bytes]] = field(default_factory=list)
+    skipped: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
     @property
     def iocid(self) -> str:
@@ -262,7 +291,13 @@ class EtcdWriter:
         """Remember what the IOC has stored, then mark it uploading with our alive key."""
         if self.stopping:
             raise StoreError("the bridge is stopping; the IOC will upload elsewhere")
-        session.existing = self._load(session.iocid)
+        stored = self._stored_digests(session.iocid)
+        if stored is not None:
+            session.skipping = True
+            session.stored_digests, session.stored_records = stored
+        else:
+            session.existing = self._load(session.iocid)
+        session.run = _run_hash()
         session.connected = iso_time(self._now())
         session.env = dict(env)
         session.alive = k.dumps(k.alive_document(self.bridge_id, session.connected))
@@ -274,7 +309,23 @@ class EtcdWriter:
             ]))
             session.begun = True
         self.log.info("{peer} upload of IOC {iocid} started ({n} records stored before)",
-                      peer=session.peer, iocid=session.iocid, n=len(session.existing))
+                      peer=session.peer, iocid=session.iocid,
+                      n=session.stored_records if session.skipping else len(session.existing))
+
+    def _stored_digests(self, iocid: str) -> tuple[list[str], int] | None:
+        """(record digests, record count) of the IOC's complete stored upload, if any."""
+        raw = self.store.get(self.keys.ioc(iocid))
+        try:
+            doc = k.loads(raw.value) if raw is not None else None
+        except ValueError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+        digests, records = doc.get("record_digests"), doc.get("records")
+        if (not isinstance(digests, list) or not all(isinstance(d, str) for d in digests)
+                or not isinstance(records, int) or records < 0):
+            return None
+        return digests, records
 
     def _load(self, iocid: str) -> dict[str, Stored]:
         existing: dict[str, Stored] = {}
@@ -287,21 +338,67 @@ class EtcdWriter:
         return existing
 
     def _store(self, session: _Session, records: Sequence[Record]) -> None:
+        """Hash the records run by run; store them unless their run matches (fast path)."""
+        todo: list[tuple[Record, bytes]] = []
+        for record in records:
+            value = self._encode(session, record)
+            session.run.update(len(value).to_bytes(4, "big"))
+            session.run.update(value)
+            session.run_length += 1
+            session.records += 1
+            session.aliases += len(record.aliases)
+            if session.skipping:
+                session.held.append((record, value))
+            else:
+                todo.append((record, value))
+            if session.run_length == k.DIGEST_RUN:
+                self._end_run(session, todo)
+        if todo:
+            self._write_records(session, todo)
+
+    def _end_run(self, session: _Session, todo: list[tuple[Record, bytes]]) -> None:
+        """Close the run in progress; while skipping, keep or leave the fast path."""
+        index = len(session.digests)
+        session.digests.append(session.run.hexdigest())
+        session.run, session.run_length = _run_hash(), 0
+        if not session.skipping:
+            return
+        if index < len(session.stored_digests) and \
+                session.stored_digests[index] == session.digests[index]:
+            held, session.held = session.held, []
+            session.skipped.extend((r.name, tuple(r.aliases)) for r, _ in held)
+            self.index.confirm(session.iocid, [
+                Claim(name, r.name, r.rtype, is_alias, False)
+                for r, _ in held for name, is_alias in k.pv_names(r)
+            ])
+        else:
+            self._leave_fast_path(session, todo)
+
+    def _leave_fast_path(self, session: _Session, todo: list[tuple[Record, bytes]]) -> None:
+        """Go on the normal path: load the stored fingerprints, queue the held run."""
+        session.skipping = False
+        session.existing = self._load(session.iocid)
+        for name, aliases in session.skipped:
+            session.existing.pop(name, None)  # stored exactly as sent
+            session.claimed.add(name_hash(name))
+            session.claimed.update(name_hash(a) for a in aliases)
+        session.skipped = []
+        todo.extend(session.held)
+        session.held = []
+
+    def _write_records(self, session: _Session, items: Sequence[tuple[Record, bytes]]) -> None:
         """Write new and changed records, then their claims in the name index."""
         puts: list[Write] = []
         claims: list[Claim] = []
         dropped: list[str] = []
         prefix = self.keys.records_prefix(session.iocid)
-        for record in records:
-            value = self._encode(session, record)
+        for record, value in items:
             old = session.existing.pop(record.name, None)
             changed = old is None or old[0] != fingerprint(value)
             if changed:
                 puts.append(((prefix + k.encode_component(record.name)).encode(), value))
             if old is not None:
                 dropped.extend(a for a in old[1] if a not in record.aliases)
-            session.records += 1
-            session.aliases += len(record.aliases)
             for name, is_alias in k.pv_names(record):
                 session.claimed.add(name_hash(name))
                 # A name is new to the index unless the IOC stored it before (as this
@@ -311,7 +408,8 @@ class EtcdWriter:
         # Records before claims: an index entry never points at a record not yet stored.
         self.store.write(puts)
         session.written += len(puts)
-        self.index.claim(session.iocid, claims)
+        self.index.claim(session.iocid, [c for c in claims if c.force or c.fresh])
+        self.index.confirm(session.iocid, [c for c in claims if not (c.force or c.fresh)])
         self._unclaim(session, dropped)
 
     def _encode(self, session: _Session, record: Record) -> bytes:
@@ -335,6 +433,10 @@ class EtcdWriter:
 
     def _withdraw(self, session: _Session, removed: Sequence[str]) -> None:
         """Delete records withdrawn by DelRecord (earlier in this upload) and their claims."""
+        if session.skipping:
+            todo: list[tuple[Record, bytes]] = []
+            self._leave_fast_path(session, todo)
+            self._write_records(session, todo)
         keys = [self.keys.record(session.iocid, name) for name in removed]
         found = self.store.get_many(keys)
         names: list[str] = []
@@ -352,6 +454,15 @@ class EtcdWriter:
 
     def _finish(self, session: _Session, env: Mapping[str, str]) -> None:
         """Delete what the IOC no longer has, then mark it active."""
+        todo: list[tuple[Record, bytes]] = []
+        if session.run_length:
+            self._end_run(session, todo)
+        if session.skipping and (len(session.digests) != len(session.stored_digests)
+                                 or session.records != session.stored_records):
+            self._leave_fast_path(session, todo)
+        if todo:
+            self._write_records(session, todo)
+        unchanged = session.skipping
         stale, session.existing = session.existing, {}
         names = list(stale)
         for start in range(0, len(names), DELETE_STEP):
@@ -359,16 +470,21 @@ class EtcdWriter:
             self.store.write((self.keys.record(session.iocid, n).encode(), None) for n in step)
             self._unclaim(session, [x for n in step for x in (n, *stale[n][1])])
         session.claimed = set()
+        session.skipped = []
         session.env = dict(env)
         session.doc = self._document(session, k.STATUS_ACTIVE, uploaded=iso_time(self._now()))
+        session.doc["record_digests"] = session.digests
         self._put_ioc(session, alive_too=False)
         self.log.info(
             "{peer} IOC {iocid} active: {records} records, {aliases} aliases; "
-            "{written} written, {deleted} deleted", peer=session.peer, iocid=session.iocid,
-            records=session.records, aliases=session.aliases, written=session.written,
-            deleted=len(stale),
+            "{written} written, {deleted} deleted{how}", peer=session.peer,
+            iocid=session.iocid, records=session.records, aliases=session.aliases,
+            written=session.written, deleted=len(stale),
+            how=" (unchanged: nothing read)" if unchanged else "",
         )
         session.written = 0
+        session.skipping = False
+        session.digests = []
 
     # -- the IOC document and the alive key ------------------------------------------------
 

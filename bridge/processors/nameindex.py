@@ -216,6 +216,21 @@ class NameIndex:
 
         self._converge(todo, plan)
 
+    def confirm(self, iocid: str, claims: Iterable[Claim]) -> None:
+        """Claims of unchanged records: check, then repair only what needs it.
+
+        The usual state of such a name is an entry that `iocid` owns alone with the
+        claimed details, which `claim` would leave as it is. Those entries are checked
+        by value in etcd (`Store.unequal`, no reads); the names of a batch that differs
+        anywhere go through `claim`.
+        """
+        expected = ((self.keys.pv(c.name).encode(),
+                     k.dumps(k.pv_document(iocid, c.record, c.rtype, c.alias, [iocid])), c)
+                    for c in claims)
+        todo = self.store.unequal(expected)
+        if todo:
+            self.claim(iocid, todo)
+
     def unclaim(self, iocid: str, names: Iterable[str]) -> None:
         """Remove `iocid` from the names' claims; delete entries nobody claims any more."""
 
