@@ -133,13 +133,15 @@ def loads(value: bytes) -> Any:
 
 
 def record_document(record: Record, iocid: str) -> dict[str, Any]:
+    """The record document. It shares the record's alias list and info dict (no copies:
+    one is built per record stored); copy before changing either."""
     return {
         "name": record.name,
         "type": record.rtype,
         "iocid": iocid,
         "desc": record.desc,
-        "aliases": list(record.aliases),
-        "infos": dict(record.infos),
+        "aliases": record.aliases,
+        "infos": record.infos,
     }
 
 

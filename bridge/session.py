@@ -28,9 +28,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from bridge import wire
-from bridge.model import Peer, Record, Transaction
+from bridge.model import DESC_INFO_KEY, Peer, Record, Transaction
 
 
 class State(enum.Enum):
@@ -135,7 +136,8 @@ class Session:
         self._paused_at: float | None = None
         self._paused_total = 0.0
         self._noticed: set[str] = set()
-        self._handlers: dict[type, Callable[[wire.Decoded, float], list[Effect]]] = {
+        # Handlers take the message type they are registered for (hence Any here).
+        self._handlers: dict[type, Callable[[Any, float], list[Effect]]] = {
             wire.ClientGreet: self._on_client_greet,
             wire.Pong: self._on_pong,
             wire.AddRecord: self._on_add_record,
@@ -158,11 +160,12 @@ class Session:
     def receive(self, messages: Iterable[wire.Decoded], now: float) -> list[Effect]:
         """Handle messages decoded from the peer, in order."""
         effects: list[Effect] = []
+        handlers = self._handlers
         for message in messages:
             if self.state is State.CLOSED:
                 break
             self._last_heard = now
-            effects += self._handlers[type(message)](message, now)
+            effects += handlers[type(message)](message, now)
         return effects
 
     def tick(self, now: float) -> list[Effect]:
@@ -250,23 +253,24 @@ class Session:
         self._ping_nonce = None
         return []
 
-    def _on_add_record(self, message: wire.Decoded, now: float) -> list[Effect]:
-        assert isinstance(message, wire.AddRecord)
+    def _on_add_record(self, message: wire.AddRecord, now: float) -> list[Effect]:
         if self.state is not State.UPLOADING:
             return self._refused("AddRecord")
-        if message.is_alias:
+        if message.atype == wire.ATYPE_ALIAS:
             return self._add_alias(message)
-        effects = self._cut(now) if self._batch_full(now) else []
+        effects = self._cut(now) if self._pending and self._batch_full(now) else []
         if self.records_total >= self.limits.max_records:
             return effects + self._close(
                 f"upload exceeds maxRecords={self.limits.max_records}", limit="maxRecords"
             )
-        record = Record(message.rid, message.name, message.rtype)
+        rid, name, rtype = message.rid, message.name, message.rtype
+        record = Record(rid, name, rtype)
         self.records_total += 1
         self._pending.append(record)
-        self._by_rid[message.rid] = record
-        self._record_bytes[message.rid] = len(message.name) + len(message.rtype)
-        self._pending_bytes += len(message.name) + len(message.rtype)
+        self._by_rid[rid] = record
+        size = len(name) + len(rtype)
+        self._record_bytes[rid] = size
+        self._pending_bytes += size
         if self._pending_since is None:
             self._pending_since = now
         return effects
@@ -288,26 +292,33 @@ class Session:
         self._pending_bytes += len(message.name)
         return []
 
-    def _on_add_info(self, message: wire.Decoded, now: float) -> list[Effect]:
-        assert isinstance(message, wire.AddInfo)
+    def _on_add_info(self, message: wire.AddInfo, now: float) -> list[Effect]:
         if self.state is not State.UPLOADING:
             return self._refused("AddInfo")
-        if message.rid == 0:
+        rid, key, value = message.rid, message.key, message.value
+        if rid == 0:
             return self._client_info(message)
-        record = self._by_rid.get(message.rid)
+        record = self._by_rid.get(rid)
         if record is None:
-            return self._notice_once("info-rid", f"info for unknown record id {message.rid}")
-        if message.key not in record.infos and len(record.infos) >= self.limits.max_infos:
+            return self._notice_once("info-rid", f"info for unknown record id {rid}")
+        infos = record.infos
+        if key not in infos and len(infos) >= self.limits.max_infos:
             return self._notice_once(
                 "maxInfos-record",
                 f"record {_short(record.name)} exceeds maxInfos={self.limits.max_infos}; "
                 "further infos skipped",
                 limit="maxInfos",
             )
-        if not self._record_fits(record, len(message.key) + len(message.value)):
+        size = len(key) + len(value)
+        held = self._record_bytes.get(rid, 0) + size
+        if held > self.limits.max_record_bytes:
             return self._record_too_big(record)
-        record.add_info(message.key, message.value)
-        self._pending_bytes += len(message.key) + len(message.value)
+        self._record_bytes[rid] = held
+        if key == DESC_INFO_KEY:
+            record.desc = value
+        else:
+            infos[key] = value
+        self._pending_bytes += size
         return []
 
     def _client_info(self, message: wire.AddInfo) -> list[Effect]:

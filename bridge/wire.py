@@ -367,7 +367,23 @@ class Decoder:
                 # The reference server ignores zero-length messages entirely (§2.5).
                 out.append(Skipped(msgid, 0, "empty body"))
                 continue
-            message = _decode_at(msgid, buf, start, offset)
+            message: Decoded
+            if msgid == MSG_ADD_INFO and length >= 8:
+                # Inline fast path for the commonest message (3-5 per record); any
+                # irregularity (strings overrun, empty key, not UTF-8) takes the
+                # general decoder below.
+                rid, keylen, valen = _ADD_INFO.unpack_from(buf, start)
+                value_at = start + 8 + keylen
+                if keylen and value_at + valen <= offset:
+                    try:
+                        message = AddInfo(rid, buf[start + 8 : value_at].decode(),
+                                          buf[value_at : value_at + valen].decode())
+                    except UnicodeDecodeError:
+                        message = _decode_at(msgid, buf, start, offset)
+                else:
+                    message = _decode_at(msgid, buf, start, offset)
+            else:
+                message = _decode_at(msgid, buf, start, offset)
             out.append(message)
             if stop_after is not None and type(message) is stop_after:
                 break

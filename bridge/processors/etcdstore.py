@@ -45,7 +45,7 @@ _VALUE = etcdrpc.Compare.VALUE
 SCAN_PAGE = 1000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per key read, and frozen init is slow
 class Entry:
     """One key as read: its value and the revision that last modified it."""
 
@@ -64,7 +64,7 @@ class Page:
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per index write, and frozen init is slow
 class Guarded:
     """One key written only if it is as read: absent (`mod_revision` 0) or unmodified since.
 

@@ -82,7 +82,12 @@ def _run_hash() -> Any:
 
 
 def name_hash(name: str) -> int:
-    return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest(), "big")
+    """64 bits standing for a name in a session's set of claimed names.
+
+    Python's own string hash: consistent within the process, which is all a
+    session needs, and far cheaper than a cryptographic one.
+    """
+    return hash(name)
 
 
 def fit_record(record: Record, iocid: str, limit: int = MAX_RECORD_BYTES) -> Record | None:

@@ -39,7 +39,7 @@ MAX_ATTEMPTS = 20
 CONFLICT_PAUSE_S = 0.005
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per name uploaded, and frozen init is slow
 class Claim:
     """One name an IOC's record provides; `force` when the record is new or changed.
 
