@@ -584,6 +584,20 @@ def test_unchanged_reupload_reads_and_writes_no_record_or_index_key(
     assert doc2["record_digests"] == doc["record_digests"]
 
 
+def test_disconnect_of_an_ioc_without_shared_names_reads_no_index_entry(
+    etcd_client: Any, keys: Keys, lease: Any, clock: Clock, prefix: str
+) -> None:
+    counting = CountingClient(etcd_client)
+    session = FakeSession(make_writer(counting, keys, BRIDGE, lease, clock), ioc_infos("SOLO"))
+    session.upload(fleet_records(300), batch=100)
+    before = mod_revisions(etcd_client, prefix)
+    counting.reads.clear()
+    session.close()
+    # The hand-over scans the IOC's records; its 330 index entries are only compared.
+    assert counting.reads == [keys.records_prefix("vm:SOLO").encode()]
+    assert mod_revisions(etcd_client, prefix) == before
+
+
 def test_reupload_leaves_the_fast_path_at_the_first_changed_run(
     writer: EtcdWriter, etcd_client: Any, keys: Keys, prefix: str
 ) -> None:

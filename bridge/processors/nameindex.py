@@ -249,10 +249,28 @@ class NameIndex:
         self._converge(list(dict.fromkeys(names)), plan)
 
     def hand_over(self, iocid: str) -> None:
-        """`iocid` went inactive: move its names that other live IOCs claim to one of them."""
+        """`iocid` went inactive: move its names that other live IOCs claim to one of them.
+
+        Most names are claimed by `iocid` alone, which leaves nothing to hand over:
+        those entries are confirmed by value (`Store.unequal`, no reads), and only the
+        batches that hold some other entry are read and re-planned.
+        """
         for page in self.store.scan(self.keys.records_prefix(iocid)):
-            names = [n for raw in page.entries for n in record_names(raw.value)]
-            self._converge(list(dict.fromkeys(names)), self._hand_over_plan(iocid))
+            expected: list[tuple[bytes, bytes, str]] = []
+            todo: list[str] = []
+            for raw in page.entries:
+                doc = _record_doc(raw.value) or {}
+                name, rtype, aliases = doc.get("name"), doc.get("type"), doc.get("aliases")
+                if not (isinstance(name, str) and isinstance(rtype, str)
+                        and isinstance(aliases, list)):
+                    todo.extend(record_names(raw.value))
+                    continue
+                for pv, alias in ((name, False), *((str(a), True) for a in aliases)):
+                    value = k.dumps(k.pv_document(iocid, name, rtype, alias, [iocid]))
+                    expected.append((self.keys.pv(pv).encode(), value, pv))
+            todo.extend(self.store.unequal(expected))
+            if todo:
+                self._converge(list(dict.fromkeys(todo)), self._hand_over_plan(iocid))
 
     # -- planning ------------------------------------------------------------------------
 
