@@ -19,6 +19,20 @@ _PYTHON_TO_TWISTED = {
     "CRITICAL": LogLevel.critical,
 }
 
+def printable(text: str, limit: int = 200) -> str:
+    """Peer-supplied text (an IOC id, a record name) for a log line.
+
+    Returned as is when printable and short; otherwise as its repr, so a newline or
+    an escape sequence in a name can never forge or garble log lines, cut to `limit`.
+    """
+    if len(text) <= limit and text.isprintable():
+        return text
+    shown = repr(text)
+    if len(shown) <= limit:
+        return shown
+    return f"{shown[: limit - 4]}...{shown[-1]} ({len(text)} chars)"
+
+
 _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 #: Start-up and shutdown lines are shown whatever the configured level.
 STARTUP_NAMESPACE = "bridge.startup"

@@ -22,6 +22,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase as TrialTestCase
 from zope.interface.verify import verifyObject
 
@@ -1063,3 +1064,16 @@ class EtcdRestartTests(TrialTestCase):
             await poll(swept, timeout=30.0)
 
         return ensureDeferred(body())
+
+
+def test_peer_supplied_names_cannot_forge_log_lines(
+    writer: EtcdWriter, etcd_client: Any, keys: Keys
+) -> None:
+    name = "EVIL\n2026-12-01T00:00:00+0000 [bridge] IOC vm:GOOD inactive"
+    with capturedLogs() as events:
+        session = FakeSession(writer, ioc_infos(name))
+        session.upload([rec("R")])
+        session.close()
+    lines = [formatEvent(e) for e in events]
+    assert lines and all("\n" not in line for line in lines)
+    assert any(repr(f"vm:{name}") in line for line in lines)

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 
 from bridge import keys as k
 from bridge.errors import StoreError
+from bridge.logs import printable
 from bridge.model import (
     IOCIdentity,
     Peer,
@@ -260,12 +261,13 @@ class EtcdWriter:
             self.log.warn(
                 "{peer} and {other} both identify as IOC {wanted}; keeping them apart: "
                 "{peer} is stored as {iocid}",
-                peer=txn.peer, other=holder.peer, wanted=holder.iocid, iocid=identity.iocid,
+                peer=txn.peer, other=holder.peer, wanted=printable(holder.iocid),
+                iocid=printable(identity.iocid),
             )
         elif not identity.stable:
             self.log.warn(
                 "{peer} sent neither IOCNAME nor IOC: stored as {iocid}, which changes on "
-                "every reconnect", peer=txn.peer, iocid=identity.iocid,
+                "every reconnect", peer=txn.peer, iocid=printable(identity.iocid),
             )
         return session
 
@@ -314,7 +316,7 @@ class EtcdWriter:
             ]))
             session.begun = True
         self.log.info("{peer} upload of IOC {iocid} started ({n} records stored before)",
-                      peer=session.peer, iocid=session.iocid,
+                      peer=session.peer, iocid=printable(session.iocid),
                       n=session.stored_records if session.skipping else len(session.existing))
 
     def _stored_digests(self, iocid: str) -> tuple[list[str], int] | None:
@@ -427,7 +429,8 @@ class EtcdWriter:
                              f"{len(value)} bytes, too big for etcd even without its infos")
         self.log.warn("{peer} IOC {iocid}: record {record} is {size} bytes; info values "
                       "were cut to fit etcd's request limit", peer=session.peer,
-                      iocid=session.iocid, record=record.name, size=len(value))
+                      iocid=printable(session.iocid), record=printable(record.name),
+                      size=len(value))
         return k.record_value(fitted, session.iocid)
 
     def _unclaim(self, session: _Session, names: Iterable[str]) -> None:
@@ -483,7 +486,7 @@ class EtcdWriter:
         self.log.info(
             "{peer} IOC {iocid} active: {records} records, {aliases} aliases; "
             "{written} written, {deleted} deleted{how}", peer=session.peer,
-            iocid=session.iocid, records=session.records, aliases=session.aliases,
+            iocid=printable(session.iocid), records=session.records, aliases=session.aliases,
             written=session.written, deleted=len(stale),
             how=" (unchanged: nothing read)" if unchanged else "",
         )
@@ -517,7 +520,7 @@ class EtcdWriter:
             ok = self._leased(write)
         if not ok:
             self.log.warn("{peer} IOC {iocid} is now served elsewhere; its IOC document is "
-                          "left alone", peer=session.peer, iocid=session.iocid)
+                          "left alone", peer=session.peer, iocid=printable(session.iocid))
         return ok
 
     def _leased(self, write: Callable[[Any], T]) -> T:
@@ -543,7 +546,7 @@ class EtcdWriter:
                 self._forget(session)
                 self.log.info("{peer} IOC {iocid}: session closed for the bridge's shutdown; "
                               "its alive key expires with the lease unless the IOC reconnects "
-                              "elsewhere first", peer=session.peer, iocid=session.iocid)
+                              "elsewhere first", peer=session.peer, iocid=printable(session.iocid))
                 return
             try:
                 ok = bool(session.alive) and self._write_end(session)
@@ -554,11 +557,12 @@ class EtcdWriter:
                 raise
         self._forget(session)
         if ok:
-            self.log.info("{peer} IOC {iocid} inactive", peer=session.peer, iocid=session.iocid)
+            self.log.info("{peer} IOC {iocid} inactive", peer=session.peer,
+                          iocid=printable(session.iocid))
             self.index.hand_over(session.iocid)
         else:
             self.log.info("{peer} IOC {iocid}: session ended; the IOC is served elsewhere now "
-                          "or was never stored", peer=session.peer, iocid=session.iocid)
+                          "or was never stored", peer=session.peer, iocid=printable(session.iocid))
 
     def _write_end(self, session: _Session) -> bool:
         """True if this call (or an earlier attempt whose answer was lost) ended it."""

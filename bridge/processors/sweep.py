@@ -19,6 +19,7 @@ from pyetcd import transactions as tx
 from twisted.logger import Logger
 
 from bridge import keys as k
+from bridge.logs import printable
 from bridge.model import iso_time
 from bridge.processors.etcdstore import Store
 from bridge.processors.nameindex import LIVE_STATUSES, NameIndex
@@ -65,8 +66,8 @@ class Sweeper:
             [tx.Put(ioc_key, k.dumps(doc))],
         )
         if ok:
-            self.log.info("IOC {iocid} inactive: its bridge {bridge} is gone", iocid=iocid,
-                          bridge=doc.get("bridge"))
+            self.log.info("IOC {iocid} inactive: its bridge {bridge} is gone",
+                          iocid=printable(iocid), bridge=doc.get("bridge"))
             self.index.hand_over(iocid)
         return bool(ok)
 
@@ -103,7 +104,7 @@ class Sweeper:
             if ok:
                 swept += 1
                 self.log.info("IOC {iocid} inactive: its bridge {bridge} stopped and no "
-                              "bridge is left to take it over", iocid=iocid,
+                              "bridge is left to take it over", iocid=printable(iocid),
                               bridge=doc.get("bridge"))
                 self.index.hand_over(iocid)
         return swept
