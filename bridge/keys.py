@@ -25,6 +25,7 @@ IOCS = "iocs"
 RECORDS = "records"
 PVS = "pvs"
 ALIVE = "alive"
+SHARED = "shared"
 BRIDGES = "bridges"
 
 STATUS_UPLOADING = "uploading"
@@ -95,6 +96,10 @@ class Keys:
     def alive(self, iocid: str) -> str:
         return self._key(ALIVE, encode_component(iocid))
 
+    def shared(self, iocid: str) -> str:
+        """Marks an IOC that some name-index entry lists with another claimant."""
+        return self._key(SHARED, encode_component(iocid))
+
     def alive_prefix(self) -> str:
         return self._key(ALIVE, "")
 
@@ -160,6 +165,11 @@ def pv_document(
     owner: str, record: str, rtype: str, alias: bool, claims: list[str]
 ) -> dict[str, Any]:
     return {"iocid": owner, "record": record, "type": rtype, "alias": alias, "claims": claims}
+
+
+def shared_document(name: str) -> dict[str, Any]:
+    """``P/shared/<iocid>``: `name` is one the IOC shared when the mark was set."""
+    return {"name": name}
 
 
 def alive_document(bridge_id: str, since: str) -> dict[str, Any]:

@@ -478,6 +478,9 @@ def test_duplicate_pv_claims_owner_and_hand_over(
 
     assert entry("DUP") == pv(b, "DUP", "longin", False, [a, b])
     assert entry("DUP:AL") == pv(b, "DUP", "longin", True, [a, b])
+    # Both are marked as sharing a name (so neither skips its index checks).
+    assert etcd_client.get(keys.shared(a))[0] is not None
+    assert etcd_client.get(keys.shared(b))[0] is not None
     sb.close()  # the owner goes: the still active claimant takes over
     assert entry("DUP") == pv(a, "DUP", "ai", False, [a, b])
     assert entry("DUP:AL") == pv(a, "DUP", "ai", True, [a, b])
@@ -540,10 +543,12 @@ class CountingClient(StubWrapper):
     def __init__(self, client: Any) -> None:
         super().__init__(client)
         self.reads: list[bytes] = []
+        self.compared: list[bytes] = []
 
     def txn(self, stub: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
         self.reads += [op.request_range.key for op in request.success
                        if op.WhichOneof("request") == "request_range"]
+        self.compared += [c.key for c in request.compare]
         return stub.Txn(request, *args, **kwargs)
 
     def get_range_response(self, key: Any, *args: Any, **kwargs: Any) -> Any:
@@ -577,7 +582,9 @@ def test_unchanged_reupload_reads_and_writes_no_record_or_index_key(
     again = FakeSession(make_writer(counting, keys, BRIDGE, lease, clock), ioc_infos("RUN"))
     again.upload(records, batch=300)
 
-    assert counting.reads == [keys.ioc("vm:RUN").encode()]  # the IOC document, nothing else
+    # The IOC document and its shared mark (absent), nothing else; no entry compared.
+    assert counting.reads == [keys.ioc("vm:RUN").encode(), keys.shared("vm:RUN").encode()]
+    assert not [key for key in counting.compared if b"/pvs/" in key]
     assert mod_revisions(etcd_client, prefix) == before
     assert revision(etcd_client) == rev + 2  # uploading, then active
     doc2 = json.loads(etcd_client.get(keys.ioc("vm:RUN"))[0])
@@ -585,7 +592,7 @@ def test_unchanged_reupload_reads_and_writes_no_record_or_index_key(
     assert doc2["record_digests"] == doc["record_digests"]
 
 
-def test_disconnect_of_an_ioc_without_shared_names_reads_no_index_entry(
+def test_disconnect_of_an_ioc_without_shared_names_reads_nothing_else(
     etcd_client: Any, keys: Keys, lease: Any, clock: Clock, prefix: str
 ) -> None:
     counting = CountingClient(etcd_client)
@@ -594,9 +601,32 @@ def test_disconnect_of_an_ioc_without_shared_names_reads_no_index_entry(
     before = mod_revisions(etcd_client, prefix)
     counting.reads.clear()
     session.close()
-    # The hand-over scans the IOC's records; its 330 index entries are only compared.
-    assert counting.reads == [keys.records_prefix("vm:SOLO").encode()]
+    # No shared mark: nothing to hand over, so no record scanned, no entry read.
+    assert counting.reads == [keys.shared("vm:SOLO").encode()]
     assert mod_revisions(etcd_client, prefix) == before
+
+
+def test_only_iocs_listed_with_another_claimant_get_a_shared_mark(
+    writer: EtcdWriter, etcd_client: Any, keys: Keys, prefix: str
+) -> None:
+    FakeSession(writer, ioc_infos("LONE")).upload([rec("LONE:1"), rec("LONE:2")])
+    assert etcd_client.get(keys.shared("vm:LONE"))[0] is None
+    # State an older bridge (no marks, no digests) leaves: an entry NEW shares with a
+    # live owner. NEW's next (unchanged) upload finds it and sets the mark, though the
+    # entry itself needs no change.
+    first = FakeSession(writer, ioc_infos("NEW"))
+    first.upload([rec("OLD"), rec("NEW:1")])
+    first.close()
+    other = "vm:OLDER"
+    shared = pv(other, "OLD", "ai", False, [other, "vm:NEW"])
+    etcd_client.put(keys.pv("OLD"), json.dumps(shared))
+    etcd_client.put(keys.ioc(other), json.dumps({"status": "active"}))
+    doc = json.loads(etcd_client.get(keys.ioc("vm:NEW"))[0])
+    etcd_client.put(keys.ioc("vm:NEW"), json.dumps({**doc, "record_digests": None}))
+    etcd_client.delete(keys.shared("vm:NEW"))
+    FakeSession(writer, ioc_infos("NEW")).upload([rec("OLD"), rec("NEW:1")])
+    assert json.loads(etcd_client.get(keys.pv("OLD"))[0]) == shared
+    assert json.loads(etcd_client.get(keys.shared("vm:NEW"))[0]) == {"name": "OLD"}
 
 
 def test_reupload_leaves_the_fast_path_at_the_first_changed_run(

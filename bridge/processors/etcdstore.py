@@ -68,7 +68,8 @@ class Page:
 class Guarded:
     """One key written only if it is as read: absent (`mod_revision` 0) or unmodified since.
 
-    `value` None deletes the key. `tag` names the item for the caller (e.g. the PV
+    `value` None deletes the key. `also` are further (key, value) puts committed in
+    the same transaction, unguarded. `tag` names the item for the caller (e.g. the PV
     name) when it comes back failed.
     """
 
@@ -76,6 +77,7 @@ class Guarded:
     mod_revision: int
     value: bytes | None
     tag: str = ""
+    also: tuple[tuple[bytes, bytes], ...] = ()
 
 
 #: A plain write of `Store.write`: (key, value), value None deleting the key.
@@ -314,6 +316,7 @@ class Store:
         for batch in chunk_guarded(items, max_items):
             request = etcdrpc.TxnRequest()
             compares, out = request.compare, request.success
+            also: set[bytes] = set()  # etcd refuses a key twice in one transaction
             for item in batch:
                 compare = compares.add()
                 compare.key = item.key
@@ -329,6 +332,13 @@ class Store:
                     put = out.add().request_put
                     put.key = item.key
                     put.value = item.value
+                for key, value in item.also:
+                    if key in also:
+                        continue
+                    also.add(key)
+                    put = out.add().request_put
+                    put.key = key
+                    put.value = value
             if not self.send(request).succeeded:
                 failed.extend(batch)
         return failed
@@ -405,17 +415,21 @@ def chunk_ops(ops: Iterable[Write]) -> Iterator[list[Write]]:
 
 def chunk_guarded(items: Iterable[Guarded], max_items: int = MAX_TXN_OPS
                   ) -> Iterator[list[Guarded]]:
-    """Cut guarded writes (one compare and one operation each) into transactions."""
+    """Cut guarded writes (one compare, one or more operations each) into transactions."""
     limit = min(max_items, MAX_TXN_OPS)
     batch: list[Guarded] = []
-    size = 0
+    ops = size = 0
     for item in items:
         # The key travels twice: in the compare and in the operation.
         cost = op_size(item.key, item.value) + op_size(item.key)
-        if batch and (len(batch) >= limit or size + cost > MAX_TXN_BYTES):
+        cost += sum(op_size(key, value) for key, value in item.also)
+        n_ops = 1 + len(item.also)
+        if batch and (len(batch) >= limit or ops + n_ops > MAX_TXN_OPS
+                      or size + cost > MAX_TXN_BYTES):
             yield batch
-            batch, size = [], 0
+            batch, ops, size = [], 0, 0
         batch.append(item)
+        ops += n_ops
         size += cost
     if batch:
         yield batch

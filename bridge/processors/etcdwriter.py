@@ -15,11 +15,12 @@ digest per run of `keys.DIGEST_RUN` records, over the stored values in upload or
 A new upload of an IOC whose document has them is hashed run by run, holding at most
 one run of records. A run whose digest matches the stored one is known to be stored
 exactly as sent: its records are neither read nor written, and their name-index
-entries are only confirmed (`NameIndex.confirm`: value compares, no reads). The first
-run that differs (or a DelRecord, or a different record count at the end) switches
-the session to the normal path: it loads the stored fingerprints then and carries on
-from the held run. The digests are dropped from the document when an upload begins,
-so a partial upload is never mistaken for a complete one.
+entries are left alone, or, if the IOC has a shared mark (some entry lists another
+claimant, see nameindex.py), confirmed (`NameIndex.confirm`: value compares, no
+reads). The first run that differs (or a DelRecord, or a different record count at
+the end) switches the session to the normal path: it loads the stored fingerprints
+then and carries on from the held run. The digests are dropped from the document when
+an upload begins, so a partial upload is never mistaken for a complete one.
 """
 
 from __future__ import annotations
@@ -135,6 +136,8 @@ class _Session:
     skipping: bool = False
     stored_digests: list[str] = field(default_factory=list)
     stored_records: int = 0
+    #: The IOC has a shared mark (bridge/processors/nameindex.py): confirm its entries.
+    shared: bool = False
     #: Digests of this upload's complete runs, and the hash of the run in progress.
     digests: list[str] = field(default_factory=list)
     run: Any = None
@@ -301,7 +304,7 @@ class EtcdWriter:
         stored = self._stored_digests(session.iocid)
         if stored is not None:
             session.skipping = True
-            session.stored_digests, session.stored_records = stored
+            session.stored_digests, session.stored_records, session.shared = stored
         else:
             session.existing = self._load(session.iocid)
         session.run = _run_hash()
@@ -319,9 +322,12 @@ class EtcdWriter:
                       peer=session.peer, iocid=printable(session.iocid),
                       n=session.stored_records if session.skipping else len(session.existing))
 
-    def _stored_digests(self, iocid: str) -> tuple[list[str], int] | None:
-        """(record digests, record count) of the IOC's complete stored upload, if any."""
-        raw = self.store.get(self.keys.ioc(iocid))
+    def _stored_digests(self, iocid: str) -> tuple[list[str], int, bool] | None:
+        """(record digests, record count, shared mark) of the IOC's complete stored
+        upload, if there is one."""
+        ioc_key, shared_key = self.keys.ioc(iocid), self.keys.shared(iocid)
+        found = self.store.get_many([ioc_key, shared_key])
+        raw = found.get(ioc_key)
         try:
             doc = k.loads(raw.value) if raw is not None else None
         except ValueError:
@@ -332,7 +338,7 @@ class EtcdWriter:
         if (not isinstance(digests, list) or not all(isinstance(d, str) for d in digests)
                 or not isinstance(records, int) or records < 0):
             return None
-        return digests, records
+        return digests, records, shared_key in found
 
     def _load(self, iocid: str) -> dict[str, Stored]:
         existing: dict[str, Stored] = {}
@@ -374,10 +380,11 @@ class EtcdWriter:
                 session.stored_digests[index] == session.digests[index]:
             held, session.held = session.held, []
             session.skipped.extend((r.name, tuple(r.aliases)) for r, _ in held)
-            self.index.confirm(session.iocid, [
-                Claim(name, r.name, r.rtype, is_alias, False)
-                for r, _ in held for name, is_alias in k.pv_names(r)
-            ])
+            if session.shared:  # else the entries are exactly as this IOC left them
+                self.index.confirm(session.iocid, [
+                    Claim(name, r.name, r.rtype, is_alias, False)
+                    for r, _ in held for name, is_alias in k.pv_names(r)
+                ])
         else:
             self._leave_fast_path(session, todo)
 

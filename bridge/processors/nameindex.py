@@ -16,6 +16,14 @@ Ownership rules:
   live ones first, latest in ``claims`` order. A claimant whose records no longer
   hold the name is a stale claim and is dropped on the way.
 
+Shared marks: every write of an entry that lists more than one claimant also puts
+``P/shared/<iocid>`` for each of them, in the same transaction. An IOC without the
+mark is therefore the only claimant of every entry that lists it, and its entries can
+only have changed through its own sessions: an unchanged re-upload need not confirm
+them, and going inactive has nothing to hand over. Marks are never removed (an IOC
+that once had a duplicate PV keeps being checked). Entries shared before marks
+existed get the mark the first time a claim finds them.
+
 All methods block (worker threads only).
 """
 
@@ -203,18 +211,26 @@ class NameIndex:
                        for c in fresh)
             todo.extend(item.tag for item in self.store.write_guarded(created))
 
+        unmarked: list[str] = []
+
         def plan(names: list[str], raws: dict[str, Entry], look: _Lookups) -> list[Guarded]:
             entries = {n: self._parsed(raws, n) for n in names}
             look.fetch_live(e.owner for n, e in entries.items()
                             if e is not None and e.owner != iocid and not wanted[n].force)
             out = []
             for name in names:
-                new = _claimed(iocid, wanted[name], entries[name], look)
+                entry = entries[name]
+                new = _claimed(iocid, wanted[name], entry, look)
                 if new is not None:
                     out.append(self._put(name, raws, new))
+                elif entry is not None and len(entry.claims) > 1:
+                    unmarked.append(name)  # shared, unchanged: written before marks existed?
             return out
 
         self._converge(todo, plan)
+        if unmarked:
+            self.store.write([(self.keys.shared(iocid).encode(),
+                               k.dumps(k.shared_document(unmarked[0])))])
 
     def confirm(self, iocid: str, claims: Iterable[Claim]) -> None:
         """Claims of unchanged records: check, then repair only what needs it.
@@ -255,6 +271,8 @@ class NameIndex:
         those entries are confirmed by value (`Store.unequal`, no reads), and only the
         batches that hold some other entry are read and re-planned.
         """
+        if not self.shared(iocid):
+            return  # no entry lists another claimant: nothing to hand over
         for page in self.store.scan(self.keys.records_prefix(iocid)):
             expected: list[tuple[bytes, bytes, str]] = []
             todo: list[str] = []
@@ -332,7 +350,19 @@ class NameIndex:
     def _put(self, name: str, raws: dict[str, Entry], entry: PvEntry) -> Guarded:
         key = self.keys.pv(name)
         raw = raws.get(key)
-        return Guarded(key.encode(), raw.mod_revision if raw else 0, entry.value(), name)
+        return Guarded(key.encode(), raw.mod_revision if raw else 0, entry.value(), name,
+                       self._marks(name, entry.claims))
+
+    def _marks(self, name: str, claims: Sequence[str]) -> tuple[tuple[bytes, bytes], ...]:
+        """The shared marks that must go with an entry listing `claims` (module docstring)."""
+        if len(claims) < 2:
+            return ()
+        value = k.dumps(k.shared_document(name))
+        return tuple((self.keys.shared(c).encode(), value) for c in claims)
+
+    def shared(self, iocid: str) -> bool:
+        """True if some entry may list `iocid` with another claimant (its mark exists)."""
+        return self.store.get(self.keys.shared(iocid)) is not None
 
     def _delete(self, name: str, raws: dict[str, Entry]) -> Guarded:
         key = self.keys.pv(name)
