@@ -308,12 +308,17 @@ class SimIOC:
 
 
 class LoadGen:
-    """An event loop in a daemon thread that runs simulated IOCs for a synchronous caller."""
+    """An event loop in a daemon thread that runs simulated IOCs for a synchronous caller.
 
-    def __init__(self, host: str, port: int, key: int) -> None:
-        self.host = host
-        self.port = port
-        self.key = key
+    `bridges` are (host, port, key) of the bridges to upload to: the i-th IOC of a
+    `start` (in plan order) goes to ``bridges[i % len(bridges)]``, so an IOC meets the
+    same bridge again when it reconnects, as it would hear the same announcement first.
+    """
+
+    def __init__(self, bridges: Sequence[tuple[str, int, int]]) -> None:
+        if not bridges:
+            raise ValueError("at least one bridge is needed")
+        self.bridges = list(bridges)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="loadgen", daemon=True)
         self._thread.start()
@@ -325,8 +330,8 @@ class LoadGen:
     def start(self, uploads: Iterable[tuple[UploadPlan, Path, int]]) -> list[SimIOC]:
         """Open every connection at once; returns at once (the uploads go on in the loop)."""
         iocs = [
-            SimIOC(plan, path, size, self.host, self.port, self.key)
-            for plan, path, size in uploads
+            SimIOC(plan, path, size, *self.bridges[i % len(self.bridges)])
+            for i, (plan, path, size) in enumerate(uploads)
         ]
         for ioc in iocs:
             self._running[ioc] = asyncio.run_coroutine_threadsafe(ioc.run(), self.loop)
@@ -460,7 +465,7 @@ def _run(args: argparse.Namespace) -> None:
     started = time.monotonic()
     uploads = prepare_uploads(plans, directory, args.workers)
     print(f"prepared {len(uploads)} uploads in {time.monotonic() - started:.1f} s", flush=True)
-    gen = LoadGen(args.host, args.port, args.key)
+    gen = LoadGen([(args.host, args.port, args.key)])
     try:
         started = time.monotonic()
         iocs = gen.start(uploads)

@@ -71,6 +71,10 @@ How figures are taken:
   stacks, all threads, idle frames left out, 50 Hz, without pausing the process) into
   ``DIR/<group>-<scenario>.txt``; ``--profile-gil`` keeps only GIL-holding samples.
 
+``--bridges N`` runs N bridge processes against the one etcd, each announcing its
+own port (the README's answer for more than one core's worth of uploads); the IOCs
+are dealt out among them, RSS is the biggest bridge's, CPU the sum of all.
+
 Diagnostics: ``--skip-verify`` (no content check), ``--ceiling-records 0`` (no
 ceiling), ``--bridge-env NAME=VALUE`` (environment of the bridge process),
 ``--keep``/``--workdir`` (keep etcd data, bridge log, probe log),
@@ -232,11 +236,11 @@ def vm_hwm_mb(pid: int) -> float | None:
 
 
 class Sampler(threading.Thread):
-    """RSS of the bridge and etcd every `SAMPLE_INTERVAL_S` seconds."""
+    """RSS of the bridge (the biggest, with several) and etcd every `SAMPLE_INTERVAL_S` s."""
 
-    def __init__(self, bridge_pid: int, etcd_pid: int | None) -> None:
+    def __init__(self, bridge_pids: Sequence[int], etcd_pid: int | None) -> None:
         super().__init__(name="rss-sampler", daemon=True)
-        self.bridge = psutil.Process(bridge_pid)
+        self.bridges = [psutil.Process(pid) for pid in bridge_pids]
         self.etcd = psutil.Process(etcd_pid) if etcd_pid else None
         self.samples: list[tuple[float, float, float]] = []
         self._stop_event = threading.Event()
@@ -244,7 +248,7 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.is_set():
             try:
-                b = self.bridge.memory_info().rss / MB
+                b = max(p.memory_info().rss for p in self.bridges) / MB  # per process
                 e = self.etcd.memory_info().rss / MB if self.etcd else 0.0
             except psutil.Error:
                 return
@@ -266,7 +270,7 @@ class Sampler(threading.Thread):
 class Usage:
     """CPU of every process involved between `begin` and `end`."""
 
-    procs: dict[str, psutil.Process | None]
+    procs: dict[str, list[psutil.Process]]
     t0: float = 0.0
     t1: float = 0.0
     start: dict[str, float] = field(default_factory=dict)
@@ -275,13 +279,13 @@ class Usage:
 
     def begin(self) -> None:
         self.t0 = time.monotonic()
-        self.start = {name: cpu_seconds(p) for name, p in self.procs.items()}
+        self.start = {name: sum(cpu_seconds(p) for p in ps) for name, ps in self.procs.items()}
         self.start["system"], self.start["softirq"] = system_busy()
         self.loadavg = os.getloadavg()
 
     def end(self) -> None:
         self.t1 = time.monotonic()
-        now = {name: cpu_seconds(p) for name, p in self.procs.items()}
+        now = {name: sum(cpu_seconds(p) for p in ps) for name, ps in self.procs.items()}
         self.result = {f"{name}_cpu_s": now[name] - self.start[name] for name in now}
         busy, softirq = system_busy()
         busy -= self.start["system"]
@@ -482,7 +486,7 @@ class Group:
         self.keys = k.Keys(PREFIX)
         self.etcd: EtcdCluster | None = None
         self.client: Any = None
-        self.bridge: BridgeProcess | None = None
+        self.bridges: list[BridgeProcess] = []
         self.probe_proc: subprocess.Popen[bytes] | None = None
         self.probe_log = self.workdir / "probes.jsonl"
         self.sampler: Sampler | None = None
@@ -509,34 +513,41 @@ class Group:
     def start_bridge(self) -> None:
         assert self.etcd is not None
         args = self.args
-        udp_port = free_port()
-        self.bridge = BridgeProcess(
-            self.workdir, endpoints=self.etcd.endpoints, prefix=PREFIX,
-            announce_to=[f"127.0.0.1:{udp_port}"],
-            recceiver={
-                "announceInterval": 0.5,
-                "tcptimeout": args.tcptimeout,
-                "maxActive": args.max_active,
-                "maxConnections": 20000,
-                "maxConnectionsPerHost": 20000,
-            },
-        )
+        count = args.bridges
+        udp_ports = [free_port() for _ in range(count)]
+        for i, udp_port in enumerate(udp_ports):
+            self.bridges.append(BridgeProcess(
+                self.workdir, endpoints=self.etcd.endpoints, prefix=PREFIX,
+                announce_to=[f"127.0.0.1:{udp_port}"],
+                name="bridge" if count == 1 else f"bridge-{i + 1}",
+                recceiver={
+                    "announceInterval": 0.5,
+                    "tcptimeout": args.tcptimeout,
+                    "maxActive": args.max_active,
+                    "maxConnections": 20000,
+                    "maxConnectionsPerHost": 20000,
+                },
+            ))
         saved = {key: os.environ.get(key) for key in args.bridge_env}
         os.environ.update(args.bridge_env)  # BridgeProcess passes our environment on
         try:
-            self.bridge.start()
+            for bridge in self.bridges:
+                bridge.start()
         finally:
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-        self.bridge.wait_ready(60)
-        host, port, key = find_bridge(udp_port, timeout=10)
-        self.sampler = Sampler(self.bridge.pid, self.etcd.members[0].pid)
+        targets = []
+        for bridge, udp_port in zip(self.bridges, udp_ports, strict=True):
+            bridge.wait_ready(60)
+            targets.append(find_bridge(udp_port, timeout=10))
+        self.sampler = Sampler([b.pid for b in self.bridges], self.etcd.members[0].pid)
         self.sampler.start()
         self.watch = StatusWatch(self.client, self.keys)
-        self.gen = LoadGen(host, port, key)
+        self.gen = LoadGen(targets)
+        host, port, key = targets[0]  # the probes use the first bridge
         probe_cmd = [
             sys.executable, str(BENCH_DIR / "loadgen.py"), "probe", "--host", host,
             "--port", str(port), "--key", str(key), "--count", str(args.probes),
@@ -568,8 +579,8 @@ class Group:
             self.watch.cancel()
         if self.sampler is not None:
             self.sampler.stop()
-        if self.bridge is not None:
-            self.bridge.stop()
+        for bridge in self.bridges:
+            bridge.stop()
         if self.client is not None:
             self.client.close()
         if self.etcd is not None:
@@ -578,12 +589,12 @@ class Group:
     # -- helpers
 
     def usage(self) -> Usage:
-        assert self.bridge is not None and self.etcd is not None
-        procs: dict[str, psutil.Process | None] = {
-            "bridge": psutil.Process(self.bridge.pid),
-            "etcd": psutil.Process(self.etcd.members[0].pid or 0),
-            "bench": psutil.Process(),
-            "probe": psutil.Process(self.probe_proc.pid) if self.probe_proc else None,
+        assert self.bridges and self.etcd is not None
+        procs: dict[str, list[psutil.Process]] = {
+            "bridge": [psutil.Process(b.pid) for b in self.bridges],
+            "etcd": [psutil.Process(self.etcd.members[0].pid or 0)],
+            "bench": [psutil.Process()],
+            "probe": [psutil.Process(self.probe_proc.pid)] if self.probe_proc else [],
         }
         return Usage(procs)
 
@@ -618,26 +629,25 @@ class Group:
         return False
 
     def wait_idle(self, timeout: float = 300.0) -> float:
-        """Wait until the bridge used < `IDLE_CPU` of a core for a second; returns the time."""
-        assert self.bridge is not None
-        proc = psutil.Process(self.bridge.pid)
+        """Wait until the bridges used < `IDLE_CPU` of a core for a second; returns the time."""
+        procs = [psutil.Process(b.pid) for b in self.bridges]
         deadline = time.monotonic() + timeout
-        before = cpu_seconds(proc)
+        before = sum(cpu_seconds(p) for p in procs)
         while time.monotonic() < deadline:
             time.sleep(1.0)
-            now = cpu_seconds(proc)
+            now = sum(cpu_seconds(p) for p in procs)
             if now - before < IDLE_CPU:
                 break
             before = now
         return time.monotonic()
 
     def start_profile(self, scenario: str) -> None:
-        if not self.args.profile or self.bridge is None:
+        if not self.args.profile or not self.bridges:
             return
         out = Path(self.args.profile) / f"{self.name}-{scenario}.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
         self.profiler = subprocess.Popen(
-            [py_spy(), "record", "--pid", str(self.bridge.pid), "--format", "raw",
+            [py_spy(), "record", "--pid", str(self.bridges[0].pid), "--format", "raw",
              "--rate", "50", "--nonblocking", "--threads",
              *(["--gil"] if self.args.profile_gil else []), "-o", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -658,7 +668,7 @@ class Group:
                = (), expected_writes: tuple[int, int] | None = None,
                timeout: float | None = None) -> tuple[Result, list[SimIOC]]:
         """Run one upload scenario; returns its result and the (still open) connections."""
-        assert self.watch is not None and self.gen is not None and self.bridge is not None
+        assert self.watch is not None and self.gen is not None and self.bridges
         assert self.sampler is not None
         watch = self.watch
         result = Result(scenario)
@@ -714,7 +724,7 @@ class Group:
         fig.update({key: round(v, 2) for key, v in usage.result.items()})
         bridge_peak, etcd_peak = self.sampler.peak(t0 - SAMPLE_INTERVAL_S, t1)
         fig["bridge_rss_peak_mb"] = round(bridge_peak, 1)
-        fig["bridge_vmhwm_mb"] = round(vm_hwm_mb(self.bridge.pid) or 0.0, 1)
+        fig["bridge_vmhwm_mb"] = round(max(vm_hwm_mb(b.pid) or 0.0 for b in self.bridges), 1)
         fig["etcd_rss_peak_mb"] = round(etcd_peak, 1)
         fig.update(self.probe_figures(t0, t1))
         stats = self.gen.wait_sent(iocs, 30)
@@ -904,7 +914,7 @@ def run_big(group: Group, args: argparse.Namespace) -> list[Result]:
 def run_huge(group: Group, args: argparse.Namespace) -> list[Result]:
     group.start_etcd()
     group.start_bridge()
-    assert group.sampler is not None and group.bridge is not None and group.watch is not None
+    assert group.sampler is not None and group.bridges and group.watch is not None
     time.sleep(1.0)
     idle = max((b for _, b, _ in group.sampler.samples), default=0.0)
     warm, _ = group.upload("huge-warmup", [UploadPlan("HUGEWARM", args.huge_records // 10)])
@@ -989,6 +999,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--big-records", type=int, default=10_000)
     p.add_argument("--huge-records", type=int, default=65_000)
     p.add_argument("--max-active", type=int, default=20, help="the bridge's maxActive")
+    p.add_argument("--bridges", type=int, default=1,
+                   help="bridge processes, each announcing its own port; IOCs are dealt "
+                        "out among them (README: Scale)")
     p.add_argument("--tcptimeout", type=float, default=2.0, help="the bridge's tcptimeout")
     p.add_argument("--probes", type=int, default=4, help="responsiveness probe IOCs")
     p.add_argument("--ceiling-records", type=int, default=200_000,
