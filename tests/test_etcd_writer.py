@@ -656,6 +656,23 @@ def test_reupload_leaves_the_fast_path_at_the_first_changed_run(
     assert (doc["status"], doc["records"], len(doc["record_digests"])) == ("active", 2500, 3)
 
 
+def test_changed_reupload_of_an_unmarked_ioc_leaves_unchanged_entries_alone(
+    etcd_client: Any, keys: Keys, lease: Any, clock: Clock, prefix: str
+) -> None:
+    first = FakeSession(make_writer(etcd_client, keys, BRIDGE, lease, clock), ioc_infos("CH"))
+    first.upload(fleet_records(500), batch=100)
+    first.close()
+    counting = CountingClient(etcd_client)
+    again = FakeSession(make_writer(counting, keys, BRIDGE, lease, clock), ioc_infos("CH"))
+    again.upload(fleet_records(500, changed=[5]), batch=100)
+    # The changed record's entry is read (it needs no change: same owner and type);
+    # the 549 other entries are neither read nor compared.
+    assert [key for key in counting.reads if b"/pvs/" in key] == [keys.pv("RUN:5").encode()]
+    assert not [key for key in counting.compared if b"/pvs/" in key]
+    stored = json.loads(etcd_client.get(keys.record("vm:CH", "RUN:5"))[0])
+    assert stored["desc"] == "v2 5"
+
+
 def test_partial_upload_clears_the_digests_so_the_next_upload_repairs(
     writer: EtcdWriter, etcd_client: Any, keys: Keys, prefix: str
 ) -> None:

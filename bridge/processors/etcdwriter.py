@@ -17,10 +17,11 @@ one run of records. A run whose digest matches the stored one is known to be sto
 exactly as sent: its records are neither read nor written, and their name-index
 entries are left alone, or, if the IOC has a shared mark (some entry lists another
 claimant, see nameindex.py), confirmed (`NameIndex.confirm`: value compares, no
-reads). The first run that differs (or a DelRecord, or a different record count at
-the end) switches the session to the normal path: it loads the stored fingerprints
-then and carries on from the held run. The digests are dropped from the document when
-an upload begins, so a partial upload is never mistaken for a complete one.
+reads). Unchanged records found on the normal path are treated the same way. The
+first run that differs (or a DelRecord, or a different record count at the end)
+switches the session to the normal path: it loads the stored fingerprints then and
+carries on from the held run. The digests are dropped from the document when an
+upload begins, so a partial upload is never mistaken for a complete one.
 """
 
 from __future__ import annotations
@@ -136,8 +137,9 @@ class _Session:
     skipping: bool = False
     stored_digests: list[str] = field(default_factory=list)
     stored_records: int = 0
-    #: The IOC has a shared mark (bridge/processors/nameindex.py): confirm its entries.
-    shared: bool = False
+    #: The IOC's last upload completed and it has no shared mark (nameindex.py): the
+    #: index entries of its unchanged records are exactly as it left them.
+    index_trusted: bool = False
     #: Digests of this upload's complete runs, and the hash of the run in progress.
     digests: list[str] = field(default_factory=list)
     run: Any = None
@@ -304,7 +306,8 @@ class EtcdWriter:
         stored = self._stored_digests(session.iocid)
         if stored is not None:
             session.skipping = True
-            session.stored_digests, session.stored_records, session.shared = stored
+            session.stored_digests, session.stored_records, shared = stored
+            session.index_trusted = not shared
         else:
             session.existing = self._load(session.iocid)
         session.run = _run_hash()
@@ -380,7 +383,7 @@ class EtcdWriter:
                 session.stored_digests[index] == session.digests[index]:
             held, session.held = session.held, []
             session.skipped.extend((r.name, tuple(r.aliases)) for r, _ in held)
-            if session.shared:  # else the entries are exactly as this IOC left them
+            if not session.index_trusted:
                 self.index.confirm(session.iocid, [
                     Claim(name, r.name, r.rtype, is_alias, False)
                     for r, _ in held for name, is_alias in k.pv_names(r)
@@ -423,7 +426,8 @@ class EtcdWriter:
         self.store.write(puts)
         session.written += len(puts)
         self.index.claim(session.iocid, [c for c in claims if c.force or c.fresh])
-        self.index.confirm(session.iocid, [c for c in claims if not (c.force or c.fresh)])
+        if not session.index_trusted:
+            self.index.confirm(session.iocid, [c for c in claims if not (c.force or c.fresh)])
         self._unclaim(session, dropped)
 
     def _encode(self, session: _Session, record: Record) -> bytes:
