@@ -41,6 +41,12 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+# Looking a member up on an Enum class costs about 0.1 us; the per-message paths
+# compare against these instead.
+_UPLOADING = State.UPLOADING
+_CLOSED = State.CLOSED
+
+
 @dataclass(frozen=True, slots=True)
 class Send:
     """Write these bytes (exactly one frame) to the peer in one write."""
@@ -162,7 +168,7 @@ class Session:
         effects: list[Effect] = []
         handlers = self._handlers
         for message in messages:
-            if self.state is State.CLOSED:
+            if self.state is _CLOSED:
                 break
             self._last_heard = now
             effects += handlers[type(message)](message, now)
@@ -254,11 +260,11 @@ class Session:
         return []
 
     def _on_add_record(self, message: wire.AddRecord, now: float) -> list[Effect]:
-        if self.state is not State.UPLOADING:
+        if self.state is not _UPLOADING:
             return self._refused("AddRecord")
         if message.atype == wire.ATYPE_ALIAS:
             return self._add_alias(message)
-        effects = self._cut(now) if self._pending and self._batch_full(now) else []
+        effects = self._cut(now) if self._batch_full(now) else []
         if self.records_total >= self.limits.max_records:
             return effects + self._close(
                 f"upload exceeds maxRecords={self.limits.max_records}", limit="maxRecords"
@@ -293,7 +299,7 @@ class Session:
         return []
 
     def _on_add_info(self, message: wire.AddInfo, now: float) -> list[Effect]:
-        if self.state is not State.UPLOADING:
+        if self.state is not _UPLOADING:
             return self._refused("AddInfo")
         rid, key, value = message.rid, message.key, message.value
         if rid == 0:

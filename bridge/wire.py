@@ -382,6 +382,19 @@ class Decoder:
                         message = _decode_at(msgid, buf, start, offset)
                 else:
                     message = _decode_at(msgid, buf, start, offset)
+            elif msgid == MSG_ADD_RECORD and length >= 8:
+                # The same for AddRecord (records and aliases).
+                rid, atype, rtlen, rnlen = _ADD_RECORD.unpack_from(buf, start)
+                name_at = start + 8 + rtlen
+                if rnlen and name_at + rnlen <= offset and (
+                        atype == ATYPE_ALIAS or (atype == ATYPE_RECORD and rtlen)):
+                    try:
+                        message = AddRecord(rid, atype, buf[start + 8 : name_at].decode(),
+                                            buf[name_at : name_at + rnlen].decode())
+                    except UnicodeDecodeError:
+                        message = _decode_at(msgid, buf, start, offset)
+                else:
+                    message = _decode_at(msgid, buf, start, offset)
             else:
                 message = _decode_at(msgid, buf, start, offset)
             out.append(message)
