@@ -673,6 +673,24 @@ def test_changed_reupload_of_an_unmarked_ioc_leaves_unchanged_entries_alone(
     assert stored["desc"] == "v2 5"
 
 
+def test_an_upload_with_delrecord_keeps_no_digests(
+    writer: EtcdWriter, etcd_client: Any, keys: Keys
+) -> None:
+    records = fleet_records(1100)
+    first = FakeSession(writer, ioc_infos("DEL"))
+    first.send(records[:1000])
+    first.send(records[1000:], removed=["RUN:7"], done=True)  # RUN:7 was in run 1
+    first.close()
+    doc = json.loads(etcd_client.get(keys.ioc("vm:DEL"))[0])
+    assert (doc["records"], doc["record_digests"]) == (1099, None)
+    assert etcd_client.get(keys.record("vm:DEL", "RUN:7"))[0] is None
+    # Sending every record again (no DelRecord) stores RUN:7 again.
+    again = FakeSession(writer, ioc_infos("DEL"))
+    again.upload(records, batch=300)
+    assert etcd_client.get(keys.record("vm:DEL", "RUN:7"))[0] == record_value(records[7],
+                                                                              "vm:DEL")
+
+
 def test_partial_upload_clears_the_digests_so_the_next_upload_repairs(
     writer: EtcdWriter, etcd_client: Any, keys: Keys, prefix: str
 ) -> None:

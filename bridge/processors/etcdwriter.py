@@ -148,6 +148,9 @@ class _Session:
     #: (name, aliases) of every record of the matched runs.
     held: list[tuple[Record, bytes]] = field(default_factory=list)
     skipped: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    #: A DelRecord withdrew records: the digests (over every record sent) would not
+    #: describe what is stored, so none are kept for this upload.
+    withdrew: bool = False
 
     @property
     def iocid(self) -> str:
@@ -456,6 +459,7 @@ class EtcdWriter:
             todo: list[tuple[Record, bytes]] = []
             self._leave_fast_path(session, todo)
             self._write_records(session, todo)
+        session.withdrew = True
         keys = [self.keys.record(session.iocid, name) for name in removed]
         found = self.store.get_many(keys)
         names: list[str] = []
@@ -492,7 +496,7 @@ class EtcdWriter:
         session.skipped = []
         session.env = dict(env)
         session.doc = self._document(session, k.STATUS_ACTIVE, uploaded=iso_time(self._now()))
-        session.doc["record_digests"] = session.digests
+        session.doc["record_digests"] = None if session.withdrew else session.digests
         self._put_ioc(session, alive_too=False)
         self.log.info(
             "{peer} IOC {iocid} active: {records} records, {aliases} aliases; "
@@ -503,6 +507,7 @@ class EtcdWriter:
         )
         session.written = 0
         session.skipping = False
+        session.withdrew = False
         session.digests = []
 
     # -- the IOC document and the alive key ------------------------------------------------
