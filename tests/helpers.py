@@ -6,7 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import deferLater
 
 from bridge.model import Transaction
 
@@ -44,3 +46,13 @@ def poll(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condi
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+async def until(condition: Callable[[], Any], timeout: float = 15.0,
+                what: str = "condition") -> None:
+    """`poll` for trial tests: waits without blocking the reactor."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await deferLater(reactor, 0.05, lambda: None)

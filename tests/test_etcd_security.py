@@ -35,6 +35,7 @@ from bridge.etcdproc import (
 )
 from bridge.fakeioc import FakeIOC, make_ioc
 from bridge.harness import REPO_ROOT, BridgeProcess
+from tests.helpers import poll
 
 pytestmark = pytest.mark.etcd
 
@@ -141,16 +142,6 @@ def _get(client: Any, key: str) -> Any:
     return None if value is None else json.loads(value)
 
 
-def _poll(condition: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 # -- the client ------------------------------------------------------------------------------
 
 
@@ -243,7 +234,7 @@ def test_bridge_over_tls_with_auth_stores_uploads_and_never_logs_the_password(
             iocs.append(ioc)
             ioc.connect("127.0.0.1", process.port)
             key = f"{sec_prefix}/iocs/sechost:{name}"
-            doc = _poll(lambda key=key: (_get(client, key) or {}).get("status") == "active"
+            doc = poll(lambda key=key: (_get(client, key) or {}).get("status") == "active"
                         and _get(client, key), what=f"{name} active")
             assert doc["records"] == 25
             records = call_with_retry(

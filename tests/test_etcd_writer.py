@@ -11,7 +11,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,7 +20,6 @@ import pytest
 from pyetcd.exceptions import ConnectionFailedError
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase as TrialTestCase
@@ -44,6 +43,7 @@ from bridge.processors.etcdstore import (
 from bridge.processors.etcdwriter import MAX_RECORD_BYTES, TRUNCATED_MARK, EtcdWriter, fit_record
 from bridge.processors.nameindex import NameIndex
 from bridge.processors.sweep import Sweeper
+from tests.helpers import until
 
 pytestmark = pytest.mark.etcd
 
@@ -182,14 +182,6 @@ def values(snap: dict[str, tuple[Any, int]]) -> dict[str, Any]:
 
 def revision(client: Any) -> int:
     return int(client.get_response("/").header.revision)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -1016,7 +1008,7 @@ class EtcdProcessorTests(TrialTestCase):
             lease = self.dead_bridge_upload("VICTIM")
             assert self.status("vm:VICTIM") == "active"
             self.client.revoke_lease(lease.id)
-            await poll(lambda: self.status("vm:VICTIM") == "inactive")
+            await until(lambda: self.status("vm:VICTIM") == "inactive")
 
         return ensureDeferred(body())
 
@@ -1029,7 +1021,7 @@ class EtcdProcessorTests(TrialTestCase):
             await processor.whenReady()
             assert self.status("vm:OLDSELF") == "active"  # the old lease still lives
             self.client.revoke_lease(lease.id)
-            await poll(lambda: self.status("vm:OLDSELF") == "inactive")
+            await until(lambda: self.status("vm:OLDSELF") == "inactive")
 
         return ensureDeferred(body())
 
@@ -1039,7 +1031,7 @@ class EtcdProcessorTests(TrialTestCase):
             self.client.revoke_lease(lease.id)
             processor = self.start()
             await processor.whenReady()
-            await poll(lambda: self.status("vm:EARLIER") == "inactive")
+            await until(lambda: self.status("vm:EARLIER") == "inactive")
 
         return ensureDeferred(body())
 
@@ -1062,21 +1054,12 @@ class EtcdProcessorTests(TrialTestCase):
                     and meta.lease_id == bridge.lease_id == processor.lease.id
                 )
 
-            await poll(restored)
+            await until(restored)
             assert self.status("vm:KEEPER") == "active"
             await processor.commit(Transaction(7, peer, 1, infos, connected=False))
             assert self.status("vm:KEEPER") == "inactive"
 
         return ensureDeferred(body())
-
-
-async def poll(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Wait, without blocking the reactor, until `predicate()` holds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await deferLater(reactor, 0.05, lambda: None)
 
 
 @pytest.mark.failover
@@ -1112,9 +1095,9 @@ class EtcdRestartTests(TrialTestCase):
             processor.startService()
             self.addCleanup(processor.stopService)
             await processor.whenReady()
-            await poll(lambda: processor.watching)
+            await until(lambda: processor.watching)
             await deferToThread(cluster.member(cluster.endpoints[0]).restart)
-            await poll(lambda: processor.rewatches > 0 and processor.watching, timeout=30.0)
+            await until(lambda: processor.rewatches > 0 and processor.watching, timeout=30.0)
 
             keys = Keys("/restart")
             lease = call_with_retry(lambda: client.lease(60), deadline_s=20.0)
@@ -1126,7 +1109,7 @@ class EtcdRestartTests(TrialTestCase):
                 value = client.get(keys.ioc("vm:AFTER"))[0]
                 return value is not None and json.loads(value)["status"] == "inactive"
 
-            await poll(swept, timeout=30.0)
+            await until(swept, timeout=30.0)
 
         return ensureDeferred(body())
 

@@ -42,6 +42,7 @@ from bridge.keys import Keys
 from bridge.model import Peer, Record, Transaction
 from bridge.processors.etcd import EtcdProcessor
 from bridge.processors.etcdwriter import EtcdWriter
+from tests.helpers import until
 
 pytestmark = [pytest.mark.etcd, pytest.mark.failover]
 
@@ -547,7 +548,7 @@ class ProcessorRecoveryTests(TrialTestCase):
             processor.startService()
             self.addCleanup(processor.stopService)
             await processor.whenReady()
-            await _until(lambda: processor.watching)
+            await until(lambda: processor.watching)
             seen = processor.rewatches
             assert processor.sweeper is not None
             resyncs: list[int] = []
@@ -565,9 +566,9 @@ class ProcessorRecoveryTests(TrialTestCase):
             self.client.compact(revision)
             assert processor._last_revision < revision
             processor._watch_lost()
-            await _until(lambda: processor.rewatches > seen and processor.watching)
+            await until(lambda: processor.rewatches > seen and processor.watching)
             doc = json.loads(self.client.get(self.keys.ioc("h:C"))[0])
-            await _until(lambda: json.loads(
+            await until(lambda: json.loads(
                 self.client.get(self.keys.ioc("h:C"))[0])["status"] == "inactive")
             assert doc["bridge"] == "dead"
             assert resyncs, "the compacted history was not noticed"
@@ -583,7 +584,7 @@ class ProcessorRecoveryTests(TrialTestCase):
             processor.startService()
             self.addCleanup(processor.stopService)
             await processor.whenReady()
-            await _until(lambda: processor._refresher is not None and processor.watching)
+            await until(lambda: processor._refresher is not None and processor.watching)
             assert processor._refresher is not None
             processor._refresher.stop()  # so that only the write can notice
             old = processor.lease.id
