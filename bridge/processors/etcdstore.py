@@ -343,7 +343,6 @@ class Store:
                 failed.extend(batch)
         return failed
 
-
     def unequal(self, items: Iterable[tuple[bytes, bytes, T]]) -> list[T]:
         """Check keys hold exactly the given values; returns the tags of batches that don't.
 

@@ -267,9 +267,10 @@ class NameIndex:
     def hand_over(self, iocid: str) -> None:
         """`iocid` went inactive: move its names that other live IOCs claim to one of them.
 
-        Most names are claimed by `iocid` alone, which leaves nothing to hand over:
-        those entries are confirmed by value (`Store.unequal`, no reads), and only the
-        batches that hold some other entry are read and re-planned.
+        Without a shared mark there is nothing to hand over. With one, most names are
+        still claimed by `iocid` alone: those entries are confirmed by value
+        (`Store.unequal`, no reads), and only the batches that hold some other entry
+        are read and re-planned.
         """
         if not self.shared(iocid):
             return  # no entry lists another claimant: nothing to hand over
