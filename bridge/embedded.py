@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,32 @@ OUTPUT_LINES_KEPT = 20
 # Written into the data dir while etcd is healthy, so that the `recsync` command
 # can find the embedded etcd of a running bridge (its ports are chosen at start).
 ENDPOINT_FILE = "client-endpoint"
+
+
+#: Run by `detached`: a session of its own, a signal when the parent dies, then exec.
+_DETACH = """
+import ctypes, os, signal, sys
+os.setsid()
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+except (AttributeError, OSError):
+    pass  # not Linux: the bridge's own stop is the only one
+if os.getppid() == 1:
+    sys.exit("recsync-bridge exited before its embedded etcd started")
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def detached(command: list[str]) -> list[str]:
+    """`command`, run so that it outlives neither the bridge nor a signal meant for it.
+
+    The embedded etcd gets a session of its own, so a Ctrl-C in the bridge's terminal
+    (SIGINT to the whole foreground group) does not kill etcd before the bridge has
+    marked its IOCs inactive; the bridge stops etcd itself once it is done. In
+    return, Linux sends etcd SIGTERM when the bridge process dies in any other way,
+    so no etcd is left behind.
+    """
+    return [sys.executable, "-c", _DETACH, *command]
 
 
 class _EtcdProtocol(ProcessProtocol):
@@ -194,8 +221,9 @@ class EmbeddedEtcdService(Service):
             data_dir=self.data_dir,
         )
         process = _EtcdProtocol(self._tail)
+        command = detached(self._command)
         self._process_reactor.spawnProcess(
-            process, self._command[0], self._command, env=etcd_environment()
+            process, command[0], command, env=etcd_environment()
         )
         self._process = process
         process.whenEnded().addCallback(self._on_exit, process)

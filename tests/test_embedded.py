@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +22,8 @@ from bridge import etcdproc
 from bridge.embedded import ENDPOINT_FILE, EmbeddedEtcdService
 from bridge.errors import ConfigError
 from bridge.etcdclient import call_with_retry, make_client
+from bridge.harness import REPO_ROOT
+from tests.helpers import poll
 
 
 def _require_etcd() -> None:
@@ -114,6 +118,9 @@ class EmbeddedEtcdServiceTests(TestCase):
         assert host == "127.0.0.1" and int(port) not in (2379, 2380)
         value = yield deferToThread(_put_then_get, endpoints, "/e/k", b"v")
         assert value == b"v"
+        # Detached (see bridge.embedded.detached): terminal signals go to the bridge only.
+        assert self.service.pid is not None
+        assert os.getsid(self.service.pid) == self.service.pid != os.getsid(0)
         endpoint_file = os.path.join(self.data_dir, ENDPOINT_FILE)
         with open(endpoint_file, encoding="utf-8") as f:
             assert f.read().strip() == endpoints[0]
@@ -171,3 +178,42 @@ def _get(endpoints: list[str], key: str) -> bytes:
         return value
     finally:
         client.close()
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_detached_command_has_its_own_session_and_ends_with_its_parent() -> None:
+    # The parent stands in for the bridge: it starts a detached child, then dies.
+    script = (
+        "import subprocess, sys\n"
+        "from bridge.embedded import detached\n"
+        "child = subprocess.Popen(detached(['/bin/sleep', '120']))\n"
+        "print(child.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, env=env)
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    try:
+        # Its own session: a Ctrl-C for the bridge's process group never reaches it.
+        poll(lambda: os.getsid(pid) == pid, what="the child's own session")
+        assert os.getpgid(pid) != os.getpgid(parent.pid)
+        parent.kill()
+        parent.wait()
+        poll(lambda: not _alive(pid), timeout=10, what="the child to end with its parent")
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
