@@ -324,8 +324,9 @@ class BridgeFactory(ServerFactory):
         self.max_connections_per_host = max_connections_per_host
         self.allow = tuple(allow)
         # Ping nonces only have to differ from one Ping to the next: a generator seeded
-        # once from the OS. (Reading the OS's random source for every Ping showed up
-        # in the scale profile: one Ping per finished upload.)
+        # once from the OS. Reading the OS's source is a system call that lets go of the
+        # interpreter lock, and the reactor thread then waits behind busy worker
+        # threads to get it back (seen in the scale profile: one Ping per upload).
         rng = random.Random(random.SystemRandom().getrandbits(64))
         self.nonce: Callable[[], int] = nonce or (lambda: rng.getrandbits(32))
         self._ids = itertools.count(1)

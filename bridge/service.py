@@ -50,7 +50,8 @@ SHUTDOWN_COMMIT_WAIT = 10.0
 #: generation ratios, tightened for the oldest. An upload allocates a few objects per
 #: message, so the default collects young objects thousands of times per second;
 #: bench/scale.py measured 18.4 -> 14.7 bridge CPU-seconds (13,700 -> 16,400
-#: records/s) for 1,000 IOCs x 300 records with these.
+#: records/s) for 1,000 IOCs x 300 records with these (one run each, on a machine
+#: whose speed varies by up to a third; other thresholds tried did no better).
 GC_THRESHOLDS = (50_000, 20, 10)
 
 
