@@ -22,6 +22,22 @@ class IProcessor(IService):
         """Store or act on one `bridge.model.Transaction`; return a Deferred[None]."""
 
 
+class IUnchangedRuns(Interface):
+    """A processor that can take unchanged runs of records without the records.
+
+    A re-upload is cut into runs of records (`bridge.wire.Decoder.start_runs`). When
+    every processor provides this interface, the server asks it, once a session's
+    first transaction (seq 0, no records) has been committed, which run digests it
+    holds for the IOC. Runs whose digest matches then arrive as
+    `bridge.model.KeptRun` values in ``Transaction.kept`` instead of as records; every
+    run's digest arrives in ``Transaction.digests``. Without this interface (on any
+    processor) the server sends records only.
+    """
+
+    def known_runs(session_id: int) -> Any:
+        """The digests (a sequence of str) stored for this session's IOC, or None."""
+
+
 class IProcessorFactory(Interface):
     """Builds a processor by name, as listed in ``[recceiver] procs``."""
 

@@ -209,8 +209,9 @@ def ioc_document(
 ) -> dict[str, Any]:
     """The IOC document; named fields are conveniences derived from ``env``.
 
-    `record_digests`: digests of the IOC's stored records in upload order, one per
-    `DIGEST_RUN` records; None (JSON null) unless a complete upload is stored.
+    `record_digests`: one digest per run of records of the IOC's stored upload, in
+    upload order (`bridge.wire.Decoder.start_runs`); None (JSON null) unless a
+    complete upload is stored.
     """
     return {
         "iocid": iocid,
@@ -233,7 +234,3 @@ def ioc_document(
         "aliases": aliases,
         "record_digests": record_digests,
     }
-
-
-#: Records per entry of an IOC document's ``record_digests``.
-DIGEST_RUN = 1000

@@ -53,6 +53,27 @@ class Record:
 
 
 @dataclass(frozen=True, slots=True)
+class KeptRun:
+    """A run of records that the IOC sent exactly as in its previous upload.
+
+    The session learns this from the digest of the run's frames (`bridge.wire`), so
+    the records were never built. The processor that gave the expected digests
+    (`bridge.interfaces.IUnchangedRuns`) still holds them as they were.
+
+    Attributes:
+        index: the run's position in the upload, from 0.
+        digest: its digest, equal to the expected one.
+        names: its records' names, in order.
+        aliases: its records' alias names.
+    """
+
+    index: int
+    digest: str
+    names: Sequence[str]
+    aliases: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
 class Transaction:
     """A slice of one session's upload, committed in order by the processors.
 
@@ -67,6 +88,10 @@ class Transaction:
             last value wins.
         records: records completed since the previous transaction.
         removed: names of records withdrawn with DelRecord.
+        kept: runs sent unchanged since this session's previous transaction.
+        digests: digests of the runs that ended since the previous transaction, in
+            order ("" for a run that cannot be compared); empty when the session does
+            not cut runs.
         upload_done: True on the transaction that UploadDone closed.
         connected: False only on the final transaction, sent when the session ends.
         reason: why the session ended (only when ``connected`` is False).
@@ -78,6 +103,8 @@ class Transaction:
     client_infos: Mapping[str, str]
     records: Sequence[Record] = ()
     removed: Sequence[str] = ()
+    kept: Sequence[KeptRun] = ()
+    digests: Sequence[str] = ()
     upload_done: bool = False
     connected: bool = True
     reason: str = ""

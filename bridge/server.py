@@ -17,6 +17,15 @@ Backpressure: a session may have at most `MAX_INFLIGHT` transactions waiting
 for the processors. Beyond that the protocol stops reading from the IOC, so a
 slow or unreachable etcd holds the data in the IOC's socket, not in our memory.
 
+Unchanged re-uploads: when the processors can take unchanged runs of records
+without the records (`bridge.interfaces.IUnchangedRuns`, the etcd processor), the
+decoder cuts each upload into runs (`wire.Decoder.start_runs`). It stops in front
+of the first record, or, if the client infos so far do not name the IOC yet, at the
+end of the first run. The protocol then commits the upload's start (the client infos
+so far), pauses reading until every commit so far is done, asks the processors which
+run digests they hold for the IOC, and hands them to the decoder. Runs that match
+are never decoded.
+
 Every connection a limit or a protocol error ends gives one log line naming the
 peer and increments one of `BridgeFactory.counters` (shown in the status line).
 """
@@ -40,7 +49,8 @@ from twisted.python.failure import Failure
 
 from bridge import wire
 from bridge.errors import StoreError
-from bridge.model import Peer, Transaction
+from bridge.interfaces import IUnchangedRuns
+from bridge.model import Peer, Transaction, derive_identity
 from bridge.session import Close, Commit, Effect, Notice, Send, Session, SessionLimits, State
 
 #: Transactions of one session queued for the processors before reading pauses.
@@ -81,6 +91,10 @@ class RecSyncProtocol(Protocol):
         self._closing = False
         #: Messages decoded after the ClientGreet while waiting for an upload slot.
         self._held: list[wire.Decoded] | None = None
+        #: Runs (module docstring): cut once the upload has its slot; waiting for the
+        #: commits before asking for digests.
+        self._cut_runs = factory.cuts_runs
+        self._awaiting_runs = False
 
     @property
     def _io(self) -> Any:
@@ -130,6 +144,9 @@ class RecSyncProtocol(Protocol):
         self._decode(data)
 
     def _decode(self, data: bytes) -> None:
+        if self._cut_runs and self.holds_slot:
+            self._cut_runs = False
+            self.decoder.start_runs(self.session.digest_seed)
         # Until this connection holds a slot, decode no further than its ClientGreet.
         waiting = not self.holds_slot and self.session.state is State.GREETING
         try:
@@ -140,8 +157,42 @@ class RecSyncProtocol(Protocol):
             self._drop(str(error), limit)
             return
         self._deliver(messages)
-        if waiting and self.holds_slot and self.decoder.buffered and not self._closing:
+        if self.decoder.awaiting and not self._awaiting_runs and not self._closing:
+            self._ask_for_runs()
+        elif waiting and self.holds_slot and self.decoder.buffered and not self._closing:
             self._decode(b"")  # got a slot at once: decode the rest of the read
+
+    def _ask_for_runs(self) -> None:
+        """Store the upload's start, then ask for the digests to expect.
+
+        In front of the first record if the client infos so far name the IOC (the C
+        RecCaster sends them all first), else at the end of the first run.
+        """
+        if self.decoder.before_records and not derive_identity(
+                self.session.client_infos, self.peer).stable:
+            self.decoder.wait_for_first_run()
+            self._decode(b"")
+            return
+        self._awaiting_runs = True
+        self._apply(self.session.begin_records(self.factory.now()))
+        if not self._paused:
+            self._pause()
+        self._chain.addCallback(lambda _: self._runs_known()).addErrback(self._runs_failed)
+
+    def _runs_failed(self, failure: Failure) -> None:
+        # A bug, not the peer's fault; the commit chain must go on (the final commit).
+        self.log.failure("{peer} could not look up the stored runs", failure, peer=self.peer)
+        self._drop("internal error while looking up the stored runs")
+
+    def _runs_known(self) -> None:
+        """(After every commit so far) hand the stored digests to the decoder, read on."""
+        self._awaiting_runs = False
+        if self._closing or self._failed:
+            return
+        self.decoder.expect(self.factory.processor.known_runs(self.session.session_id))
+        if self._paused and self._inflight < MAX_INFLIGHT and self._held is None:
+            self._resume()
+        self._decode(b"")
 
     def _deliver(self, messages: list[wire.Decoded]) -> None:
         """Hand messages to the session; the first ClientGreet needs an upload slot."""
@@ -228,7 +279,7 @@ class RecSyncProtocol(Protocol):
         self._inflight -= 1
         self.factory.pending_commits -= 1
         if (self._paused and self._inflight < MAX_INFLIGHT and not self._closing
-                and self._held is None):
+                and self._held is None and not self._awaiting_runs):
             self._resume()
         if txn.upload_done:
             self._log_upload()
@@ -342,6 +393,16 @@ class BridgeFactory(ServerFactory):
 
     def now(self) -> float:
         return self.reactor.seconds()
+
+    @property
+    def cuts_runs(self) -> bool:
+        """The processors take unchanged runs without their records (module docstring).
+
+        A stand-in for processors built later says what it stands for with `resolved`.
+        """
+        resolve = getattr(self.processor, "resolved", None)
+        processor = resolve() if resolve is not None else self.processor
+        return processor is not None and IUnchangedRuns.providedBy(processor)
 
     def buildProtocol(self, addr: IAddress | None) -> RecSyncProtocol | None:
         peer = Peer(getattr(addr, "host", str(addr)), getattr(addr, "port", 0))

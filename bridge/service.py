@@ -238,11 +238,19 @@ class _Deferring:
     def __init__(self, service: BridgeService) -> None:
         self.service = service
 
+    def resolved(self) -> ProcessorChain | None:
+        """The chain it stands for, once it exists (`BridgeFactory.cuts_runs`)."""
+        return self.service.processor
+
     def commit(self, transaction: Any) -> Any:
         processor = self.service.processor
         if processor is None:
             return defer.fail(RuntimeError("processors are not running yet"))
         return processor.commit(transaction)
+
+    def known_runs(self, session_id: int) -> Any:
+        processor = self.service.processor
+        return processor.known_runs(session_id) if processor is not None else None
 
 
 def session_limits(config: BridgeConfig) -> SessionLimits:

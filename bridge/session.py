@@ -14,7 +14,10 @@ States (shared reference recsync-protocol.md §2.3-2.5)::
 * GREETING: the ServerGreet is sent at once (pyreccaster waits for it); a
   record or info before ClientGreet is a protocol error, a Pong is ignored.
 * UPLOADING: records are collected and cut into `Transaction` values at record
-  boundaries, so a record with its aliases and infos is never split.
+  boundaries, so a record with its aliases and infos is never split. When the
+  decoder cuts runs (`wire.Decoder.start_runs`), a run found unchanged arrives as
+  one `wire.UnchangedRun` and is committed as a `KeptRun` at once, and every run's
+  digest goes with the next transaction.
 * LIVE: after UploadDone only Pongs matter; further uploads are not part of the
   protocol and are skipped with one notice.
 * Keepalive: after ``tcptimeout`` seconds without any message a Ping is sent; if
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge import wire
-from bridge.model import DESC_INFO_KEY, Peer, Record, Transaction
+from bridge.model import DESC_INFO_KEY, KeptRun, Peer, Record, Transaction
 
 
 class State(enum.Enum):
@@ -137,6 +140,9 @@ class Session:
         self._client_bytes = 0
         self._committed_names: dict[int, str] = {}
         self._removed: list[str] = []
+        #: Runs (`wire.Decoder.start_runs`) ended since the last cut.
+        self._kept: list[KeptRun] = []
+        self._digests: list[str] = []
         self._last_heard = 0.0
         self._ping_nonce: int | None = None
         self._paused_at: float | None = None
@@ -151,6 +157,8 @@ class Session:
             wire.DelRecord: self._on_del_record,
             wire.UploadDone: self._on_upload_done,
             wire.Skipped: self._on_skipped,
+            wire.UnchangedRun: self._on_unchanged_run,
+            wire.RunEnd: self._on_run_end,
             wire.ServerGreet: self._on_server_message,
             wire.Ping: self._on_server_message,
         }
@@ -196,6 +204,28 @@ class Session:
             )
         self._last_heard = now
         return [self._ping()]
+
+    def begin_records(self, now: float) -> list[Effect]:
+        """Commit what the upload has so far, if nothing was committed yet.
+
+        The server calls this before the first run is compared (`wire.Decoder`), so
+        that the processors have seen the IOC's identity (its client-wide infos) and
+        can say which run digests they hold (`bridge.interfaces.IUnchangedRuns`).
+        """
+        if self.state is not _UPLOADING or self._seq:
+            return []
+        return self._cut(now)
+
+    @property
+    def digest_seed(self) -> bytes:
+        """Goes into every run digest: the limits that decide what a run's records hold.
+
+        Change the version whenever the records built from the same frames, or what a
+        processor stores of them, would differ (so no old digest matches).
+        """
+        limits = self.limits
+        return (f"recsync-bridge runs 1 infos={limits.max_infos} "
+                f"aliases={limits.max_aliases} bytes={limits.max_record_bytes}").encode()
 
     def pause(self, now: float) -> None:
         """The server stopped reading from the peer (backpressure): stop the silence timer."""
@@ -389,11 +419,31 @@ class Session:
             effects.append(self._ping())
         return effects
 
+    def _on_unchanged_run(self, message: wire.UnchangedRun, now: float) -> list[Effect]:
+        if self.state is not _UPLOADING:
+            return self._refused("AddRecord")
+        if self.records_total + len(message.names) > self.limits.max_records:
+            return self._close(
+                f"upload exceeds maxRecords={self.limits.max_records}", limit="maxRecords"
+            )
+        self.records_total += len(message.names)
+        self._committed_names.update(zip(message.rids, message.names, strict=True))
+        self._kept.append(KeptRun(message.index, message.digest, message.names,
+                                  message.aliases))
+        self._digests.append(message.digest)
+        return self._cut(now)
+
+    def _on_run_end(self, message: wire.RunEnd, now: float) -> list[Effect]:
+        if self.state is _UPLOADING:
+            self._digests.append(message.digest)
+        return []
+
     def _on_skipped(self, message: wire.Decoded, now: float) -> list[Effect]:
         assert isinstance(message, wire.Skipped)
         return self._notice_once(f"skip-{message.msgid}", f"skipped message: {message.reason}")
 
-    def _on_server_message(self, message: wire.Decoded, now: float) -> list[Effect]:
+    def _on_server_message(self, message: wire.ServerGreet | wire.Ping,
+                           now: float) -> list[Effect]:
         return self._close(f"peer sent a server-to-client message 0x{message.msgid:04x}")
 
     # -- helpers ----------------------------------------------------------------
@@ -423,6 +473,8 @@ class Session:
             client_infos=dict(self.client_infos),
             records=tuple(records),
             removed=tuple(self._removed),
+            kept=tuple(self._kept),
+            digests=tuple(self._digests),
             upload_done=upload_done,
         )
         self._seq += 1
@@ -432,6 +484,8 @@ class Session:
         self._by_rid = {}
         self._record_bytes = {}
         self._removed = []
+        self._kept = []
+        self._digests = []
         return [Commit(txn)]
 
     def _final(self, reason: str) -> list[Effect]:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from bridge.etcdproc import EtcdCluster, free_port
-from bridge.fakeioc import FakeIOC, IOCSpec, RecordSpec, find_bridge
-from bridge.harness import BridgeProcess
+from bridge.fakeioc import FakeIOC, IOCSpec, RecordSpec, find_bridge, make_ioc
+from bridge.harness import BridgeProcess, content_problems, spec_iocid
 from tests.helpers import poll
 
 pytestmark = pytest.mark.etcd
@@ -177,6 +177,40 @@ def test_reupload_writes_only_what_changed(
     assert f"/records/{IOCID}/IOC1:a%2Fb%25c" not in data
     assert "/pvs/IOC1:a%2Fb%25c" not in data
     assert data[f"/iocs/{IOCID}"]["records"] == 2
+
+
+def test_unchanged_reconnect_is_found_from_the_frames_and_writes_nothing(
+    bridge: tuple[BridgeProcess, int], etcd_client: Any, prefix: str
+) -> None:
+    process, udp_port = bridge
+    host, port, key = find_bridge(udp_port, timeout=10)
+    spec = make_ioc("RUNS", 2500, hostname="vm")
+    iocid = spec_iocid(spec)
+    first = FakeIOC(spec)
+    first.connect(host, port, key)
+    poll(lambda: ioc_status(etcd_client, prefix, iocid) == "active", what="first upload")
+    first.close()
+    poll(lambda: ioc_status(etcd_client, prefix, iocid) == "inactive", what="inactive")
+    before = mod_revisions(etcd_client, prefix)
+    digests = dump(etcd_client, prefix)[f"/iocs/{iocid}"]["record_digests"]
+    assert len(digests) == 3 and all(digests)  # runs of 1000, 1000 and 500 records
+
+    # As the C RecCaster does after a reconnect: the same records with new ids.
+    again = FakeIOC(spec, first_rid=2501)
+    again.connect(host, port, key)
+    try:
+        poll(lambda: ioc_status(etcd_client, prefix, iocid) == "active", what="re-upload")
+        after = mod_revisions(etcd_client, prefix)
+        doc = dump(etcd_client, prefix)[f"/iocs/{iocid}"]
+        assert content_problems(etcd_client, prefix, {iocid: spec}, ["bridge"]) == []
+    finally:
+        again.close()
+    stored = {k: v for k, v in before.items() if "/records/" in k or "/pvs/" in k}
+    assert len(stored) == 2500 + 2500 + 250
+    assert {k: after[k] for k in stored} == stored  # not one record or index key written
+    assert (doc["records"], doc["aliases"], doc["record_digests"]) == (2500, 250, digests)
+    assert f"IOC {iocid} active: 2500 records, 250 aliases; 0 written, 0 deleted " \
+           "(unchanged: nothing read)" in process.log_text()
 
 
 def test_pyreccaster_end_to_end_through_udp_announcement(

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from bridge import wire
-from bridge.model import Peer, Transaction
+from bridge.model import KeptRun, Peer, Transaction
 from bridge.session import Close, Commit, Effect, Notice, Send, Session, SessionLimits, State
 
 PEER = Peer("10.0.0.5", 40000)
@@ -168,6 +168,38 @@ def test_del_record_removes_pending_and_reports_committed() -> None:
     last = commits(effects)[-1]
     assert last.removed == ("A",)
     assert [r.name for r in last.records] == []
+
+
+def test_begin_records_commits_an_empty_first_transaction_once() -> None:
+    session = greeted()
+    session.receive([wire.AddInfo(0, "IOCNAME", "X")], 0.0)
+    (begin,) = commits(session.begin_records(0.5))
+    assert (begin.seq, begin.records, begin.client_infos) == (0, (), {"IOCNAME": "X"})
+    assert session.begin_records(0.6) == []
+    assert make_session().begin_records(0.0) == []  # not uploading yet
+
+
+def test_unchanged_run_is_committed_as_kept_with_every_digest_in_order() -> None:
+    session = greeted()
+    session.receive([wire.AddRecord(1, 0, "ai", "A"), wire.AddInfo(1, "k", "v"),
+                     wire.RunEnd(0, "d0")], 0.0)
+    run = wire.UnchangedRun(1, "d1", [2, 3], ["B", "C"], ["B:A"])
+    (txn,) = commits(session.receive([run], 0.0))
+    assert [r.name for r in txn.records] == ["A"]  # the records before it go first
+    assert txn.kept == (KeptRun(1, "d1", ["B", "C"], ["B:A"]),)
+    assert txn.digests == ("d0", "d1")
+    assert session.records_total == 3
+    # Its records are known by id: a DelRecord of one is reported by name.
+    effects = session.receive([wire.DelRecord(3), wire.RunEnd(2, ""), wire.UploadDone()], 1.0)
+    (last,) = commits(effects)
+    assert (last.removed, last.kept, last.digests, last.upload_done) == (
+        ("C",), (), ("",), True)
+
+
+def test_unchanged_run_beyond_max_records_closes() -> None:
+    session = greeted(max_records=2)
+    effects = session.receive([wire.UnchangedRun(0, "d", [1, 2, 3], ["A", "B", "C"], [])], 0.0)
+    assert closes(effects) == ["upload exceeds maxRecords=2"]
 
 
 def test_messages_after_upload_done_are_skipped_with_one_notice() -> None:

@@ -15,10 +15,10 @@ from typing import Any, cast
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 from zope.interface.verify import verifyObject
 
-from bridge.interfaces import IProcessor, IProcessorFactory
+from bridge.interfaces import IProcessor, IProcessorFactory, IUnchangedRuns
 from bridge.model import Transaction
 
 
@@ -63,6 +63,16 @@ class ProcessorChain(MultiService):
         self.processors = list(processors)
         for processor in self.processors:
             self.addService(processor)  # type: ignore[no-untyped-call]
+        if self.processors and all(IUnchangedRuns.providedBy(p) for p in self.processors):
+            alsoProvides(self, IUnchangedRuns)
+
+    def known_runs(self, session_id: int) -> Sequence[str] | None:
+        """The digests every processor holds for the session's IOC, if they agree."""
+        answers = [p.known_runs(session_id)  # type: ignore[attr-defined]
+                   for p in self.processors]
+        if not answers or any(a is None or a != answers[0] for a in answers):
+            return None
+        return cast(Sequence[str], answers[0])
 
     def commit(self, transaction: Transaction) -> Deferred[None]:
         if len(self.processors) == 1:

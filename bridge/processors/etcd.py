@@ -52,7 +52,7 @@ import bridge
 from bridge import keys as k
 from bridge.errors import ConfigError, StoreError
 from bridge.etcdclient import make_client
-from bridge.interfaces import IProcessor
+from bridge.interfaces import IProcessor, IUnchangedRuns
 from bridge.model import Transaction, iso_time
 from bridge.processors.etcdwriter import EtcdWriter
 from bridge.processors.sweep import Sweeper
@@ -81,7 +81,7 @@ DEFAULT_GRACE_S = 2.0
 EndpointsReady = Callable[[], "Deferred[list[str]]"]
 
 
-@implementer(IProcessor)
+@implementer(IProcessor, IUnchangedRuns)
 class EtcdProcessor(Service):
     """Stores transactions in etcd; holds the bridge's lease; sweeps dead bridges' IOCs.
 
@@ -146,6 +146,10 @@ class EtcdProcessor(Service):
         if self._ready is True:
             return self._in_pool(self._apply, transaction)
         return self.whenReady().addCallback(lambda _: self._in_pool(self._apply, transaction))
+
+    def known_runs(self, session_id: int) -> list[str] | None:
+        """IUnchangedRuns: the run digests of the IOC's stored upload (`EtcdWriter`)."""
+        return self.writer.known_runs(session_id) if self.writer is not None else None
 
     def whenReady(self) -> Deferred[None]:
         """Fires once the client is connected and the bridge's lease is granted."""

@@ -11,16 +11,16 @@ claimed so far in this upload. Both go away when the upload is done.
 
 Unchanged re-uploads (every IOC after a restart of the bridges or of the network) take
 a fast path. A complete upload leaves ``record_digests`` in the IOC document: one
-digest per run of `keys.DIGEST_RUN` records, over the stored values in upload order.
-A new upload of an IOC whose document has them is hashed run by run, holding at most
-one run of records. A run whose digest matches the stored one is known to be stored
-exactly as sent: its records are neither read nor written, and their name-index
-entries are left alone, or, if the IOC has a shared mark (some entry lists another
-claimant, see nameindex.py), confirmed (`NameIndex.confirm`: value compares, no
-reads). Unchanged records found on the normal path are treated the same way. The
-first run that differs (or a DelRecord, or a different record count at the end)
-switches the session to the normal path: it loads the stored fingerprints then and
-carries on from the held run. The digests are dropped from the document when an
+digest per run of records, over the frames the IOC sent (`bridge.wire.Decoder.start_runs`
+computes them; they arrive in ``Transaction.digests``). When a new upload of the IOC
+begins, `known_runs` hands the stored digests to the server, if the IOC's last upload
+completed and it has no shared mark (see nameindex.py: then the name-index entries of
+its records are exactly as it left them). Runs whose frames match arrive as `KeptRun`
+values instead of records: they are neither read nor written, and their index
+entries are left alone. The first run that arrives as records (changed), a DelRecord,
+or a different run or record count at the end switches the session to the normal
+path: it loads the stored fingerprints then, and takes the names of the kept runs off
+the list of what may be stale. The digests are dropped from the document when an
 upload begins, so a partial upload is never mistaken for a complete one.
 """
 
@@ -41,6 +41,7 @@ from bridge.errors import StoreError
 from bridge.logs import printable
 from bridge.model import (
     IOCIdentity,
+    KeptRun,
     Peer,
     Record,
     Transaction,
@@ -77,11 +78,6 @@ def lease_not_found(exc: BaseException) -> bool:
 def fingerprint(value: bytes) -> bytes:
     """8 bytes that tell an unchanged stored record from a changed one."""
     return hashlib.blake2b(value, digest_size=8).digest()
-
-
-def _run_hash() -> Any:
-    """A hash for one run of record values (``record_digests``)."""
-    return hashlib.blake2b(digest_size=16)
 
 
 def name_hash(name: str) -> int:
@@ -133,21 +129,17 @@ class _Session:
     records: int = 0
     aliases: int = 0
     written: int = 0
-    #: Fast path (module docstring): True while every run so far matched the stored one.
+    #: Fast path (module docstring): True while every run so far arrived as a `KeptRun`.
     skipping: bool = False
     stored_digests: list[str] = field(default_factory=list)
     stored_records: int = 0
     #: The IOC's last upload completed and it has no shared mark (nameindex.py): the
     #: index entries of its unchanged records are exactly as it left them.
     index_trusted: bool = False
-    #: Digests of this upload's complete runs, and the hash of the run in progress.
+    #: Digests of this upload's runs so far (``Transaction.digests``).
     digests: list[str] = field(default_factory=list)
-    run: Any = None
-    run_length: int = 0
-    #: While skipping: the current run's records (with their encoded values), and
-    #: (name, aliases) of every record of the matched runs.
-    held: list[tuple[Record, bytes]] = field(default_factory=list)
-    skipped: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    #: While skipping: the runs kept so far.
+    kept: list[KeptRun] = field(default_factory=list)
     #: A DelRecord withdrew records: the digests (over every record sent) would not
     #: describe what is stored, so none are kept for this upload.
     withdrew: bool = False
@@ -212,8 +204,22 @@ class EtcdWriter:
             self._withdraw(session, txn.removed)
         if txn.records:
             self._store(session, txn.records)
+        for run in txn.kept:
+            self._keep(session, run)
+        session.digests.extend(txn.digests)
         if txn.upload_done:
             self._finish(session, txn.client_infos)
+
+    def known_runs(self, session_id: int) -> list[str] | None:
+        """The run digests of the session's IOC as stored, if its runs may be kept.
+
+        Call it once the session's first transaction is applied (module docstring).
+        """
+        with self._lock:
+            session = self._sessions.get(session_id)
+        if session is None or not session.skipping:
+            return None
+        return list(session.stored_digests)
 
     def serves(self, iocid: str) -> bool:
         """True while one of this writer's sessions (or an unwritten disconnect) has `iocid`."""
@@ -307,13 +313,11 @@ class EtcdWriter:
         if self.stopping:
             raise StoreError("the bridge is stopping; the IOC will upload elsewhere")
         stored = self._stored_digests(session.iocid)
-        if stored is not None:
-            session.skipping = True
-            session.stored_digests, session.stored_records, shared = stored
-            session.index_trusted = not shared
+        if stored is not None and not stored[2]:
+            session.skipping = session.index_trusted = True
+            session.stored_digests, session.stored_records, _ = stored
         else:
             session.existing = self._load(session.iocid)
-        session.run = _run_hash()
         session.connected = iso_time(self._now())
         session.env = dict(env)
         session.alive = k.dumps(k.alive_document(self.bridge_id, session.connected))
@@ -357,54 +361,42 @@ class EtcdWriter:
         return existing
 
     def _store(self, session: _Session, records: Sequence[Record]) -> None:
-        """Hash the records run by run; store them unless their run matches (fast path)."""
-        todo: list[tuple[Record, bytes]] = []
+        """Write the records that changed (a changed run ends the fast path)."""
+        if session.skipping:
+            self._leave_fast_path(session)
+        items: list[tuple[Record, bytes]] = []
         for record in records:
-            value = self._encode(session, record)
-            session.run.update(len(value).to_bytes(4, "big"))
-            session.run.update(value)
-            session.run_length += 1
+            items.append((record, self._encode(session, record)))
             session.records += 1
             session.aliases += len(record.aliases)
-            if session.skipping:
-                session.held.append((record, value))
-            else:
-                todo.append((record, value))
-            if session.run_length == k.DIGEST_RUN:
-                self._end_run(session, todo)
-        if todo:
-            self._write_records(session, todo)
+        self._write_records(session, items)
 
-    def _end_run(self, session: _Session, todo: list[tuple[Record, bytes]]) -> None:
-        """Close the run in progress; while skipping, keep or leave the fast path."""
-        index = len(session.digests)
-        session.digests.append(session.run.hexdigest())
-        session.run, session.run_length = _run_hash(), 0
-        if not session.skipping:
-            return
-        if index < len(session.stored_digests) and \
-                session.stored_digests[index] == session.digests[index]:
-            held, session.held = session.held, []
-            session.skipped.extend((r.name, tuple(r.aliases)) for r, _ in held)
-            if not session.index_trusted:
-                self.index.confirm(session.iocid, [
-                    Claim(name, r.name, r.rtype, is_alias, False)
-                    for r, _ in held for name, is_alias in k.pv_names(r)
-                ])
+    def _keep(self, session: _Session, run: KeptRun) -> None:
+        """A run sent exactly as stored: count it, and keep its records off the stale list."""
+        stored = session.stored_digests
+        if run.index >= len(stored) or stored[run.index] != run.digest:
+            raise StoreError(f"run {run.index} of IOC {session.iocid!r} came as unchanged, "
+                             "but its digest is not the stored one")
+        session.records += len(run.names)
+        session.aliases += len(run.aliases)
+        if session.skipping:
+            session.kept.append(run)
         else:
-            self._leave_fast_path(session, todo)
+            self._account_kept(session, run)
 
-    def _leave_fast_path(self, session: _Session, todo: list[tuple[Record, bytes]]) -> None:
-        """Go on the normal path: load the stored fingerprints, queue the held run."""
-        session.skipping = False
-        session.existing = self._load(session.iocid)
-        for name, aliases in session.skipped:
+    def _account_kept(self, session: _Session, run: KeptRun) -> None:
+        for name in run.names:
             session.existing.pop(name, None)  # stored exactly as sent
             session.claimed.add(name_hash(name))
-            session.claimed.update(name_hash(a) for a in aliases)
-        session.skipped = []
-        todo.extend(session.held)
-        session.held = []
+        session.claimed.update(name_hash(a) for a in run.aliases)
+
+    def _leave_fast_path(self, session: _Session) -> None:
+        """Go on the normal path: load the stored fingerprints, account the kept runs."""
+        session.skipping = False
+        session.existing = self._load(session.iocid)
+        for run in session.kept:
+            self._account_kept(session, run)
+        session.kept = []
 
     def _write_records(self, session: _Session, items: Sequence[tuple[Record, bytes]]) -> None:
         """Write new and changed records, then their claims in the name index."""
@@ -456,9 +448,7 @@ class EtcdWriter:
     def _withdraw(self, session: _Session, removed: Sequence[str]) -> None:
         """Delete records withdrawn by DelRecord (earlier in this upload) and their claims."""
         if session.skipping:
-            todo: list[tuple[Record, bytes]] = []
-            self._leave_fast_path(session, todo)
-            self._write_records(session, todo)
+            self._leave_fast_path(session)
         session.withdrew = True
         keys = [self.keys.record(session.iocid, name) for name in removed]
         found = self.store.get_many(keys)
@@ -477,14 +467,9 @@ class EtcdWriter:
 
     def _finish(self, session: _Session, env: Mapping[str, str]) -> None:
         """Delete what the IOC no longer has, then mark it active."""
-        todo: list[tuple[Record, bytes]] = []
-        if session.run_length:
-            self._end_run(session, todo)
         if session.skipping and (len(session.digests) != len(session.stored_digests)
                                  or session.records != session.stored_records):
-            self._leave_fast_path(session, todo)
-        if todo:
-            self._write_records(session, todo)
+            self._leave_fast_path(session)
         unchanged = session.skipping
         stale, session.existing = session.existing, {}
         names = list(stale)
@@ -493,10 +478,13 @@ class EtcdWriter:
             self.store.write((self.keys.record(session.iocid, n).encode(), None) for n in step)
             self._unclaim(session, [x for n in step for x in (n, *stale[n][1])])
         session.claimed = set()
-        session.skipped = []
+        session.kept = []
         session.env = dict(env)
         session.doc = self._document(session, k.STATUS_ACTIVE, uploaded=iso_time(self._now()))
-        session.doc["record_digests"] = None if session.withdrew else session.digests
+        # No digests: a DelRecord withdrew records (the frames no longer describe what
+        # is stored), or the server did not cut runs (another processor cannot).
+        complete = not session.withdrew and (session.digests or not session.records)
+        session.doc["record_digests"] = session.digests if complete else None
         self._put_ioc(session, alive_too=False)
         self.log.info(
             "{peer} IOC {iocid} active: {records} records, {aliases} aliases; "
