@@ -9,7 +9,9 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
+from zope.interface import implementer
 
+from bridge.interfaces import IUnchangedRuns
 from bridge.model import Transaction
 
 
@@ -34,6 +36,23 @@ class RecordingProcessor:
 
     def of(self, session_id: int) -> list[Transaction]:
         return [t for t in self.transactions if t.session_id == session_id]
+
+
+@implementer(IUnchangedRuns)
+class RunsProcessor(RecordingProcessor):
+    """A `RecordingProcessor` that takes unchanged runs and holds the digests `stored`.
+
+    `asked` lists (session id, number of transactions committed by then) per question.
+    """
+
+    def __init__(self, stored: list[str] | None = None, manual: bool = False) -> None:
+        super().__init__(manual)
+        self.stored = stored
+        self.asked: list[tuple[int, int]] = []
+
+    def known_runs(self, session_id: int) -> list[str] | None:
+        self.asked.append((session_id, len(self.of(session_id))))
+        return self.stored
 
 
 def poll(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:

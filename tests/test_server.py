@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+from twisted.application.service import Service
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from bridge import wire
-from bridge.interfaces import IProcessor
+from bridge.fakeioc import make_ioc, upload_bytes
+from bridge.interfaces import IProcessor, IUnchangedRuns
 from bridge.processors import ProcessorChain
 from bridge.processors.show import ShowProcessor
 from bridge.server import MAX_INFLIGHT, BridgeFactory, RecSyncProtocol
 from bridge.session import SessionLimits
-from tests.helpers import RecordingProcessor
+from tests.helpers import RecordingProcessor, RunsProcessor
 
 
 def upload(*records: str) -> bytes:
@@ -194,6 +197,104 @@ class ServerTests(SynchronousTestCase):
         self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 9)))
         self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 9)))
         self.assertEqual(factory.counters["maxConnectionsPerHost"], 1)
+
+
+class RunsTests(SynchronousTestCase):
+    """The server with processors that take unchanged runs (`IUnchangedRuns`)."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+
+    def connect(self, processor: RunsProcessor) -> tuple[RecSyncProtocol, StringTransport]:
+        factory = BridgeFactory(processor, self.clock, SessionLimits(), nonce=lambda: 1)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+        assert protocol is not None
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def digests_of(self, data: bytes) -> list[str]:
+        processor = RunsProcessor()
+        protocol, _ = self.connect(processor)
+        protocol.dataReceived(data)
+        return [d for t in processor.transactions for d in t.digests]
+
+    def test_unchanged_upload_commits_its_start_then_kept_runs_only(self) -> None:
+        spec = make_ioc("K", 2500)
+        stored = self.digests_of(upload_bytes(spec))
+        self.assertEqual(len(stored), 3)
+        processor = RunsProcessor(stored, manual=True)
+        protocol, transport = self.connect(processor)
+        protocol.dataReceived(upload_bytes(spec, first_rid=2501))
+        # Stopped in front of the first record: the upload's start is committed (with
+        # the client infos) and reading is paused until it is done.
+        (start,) = processor.transactions
+        self.assertEqual((start.seq, start.records, start.client_infos), (0, (), dict(spec.env)))
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(processor.asked, [])
+        processor.pending.pop().callback(None)
+        self.assertEqual(processor.asked, [(protocol.session.session_id, 1)])
+        while processor.pending:
+            processor.pending.pop(0).callback(None)
+        txns = processor.transactions[1:]
+        self.assertEqual([r.index for t in txns for r in t.kept], [0, 1, 2])
+        self.assertEqual([d for t in txns for d in t.digests], stored)
+        self.assertFalse([r for t in txns for r in t.records])
+        self.assertTrue(txns[-1].upload_done)
+        self.assertEqual(protocol.session.records_total, 2500)
+
+    def test_client_infos_after_the_first_record_are_waited_for(self) -> None:
+        # As pyreccaster sends them: the IOC is named only after its first record.
+        def data(rid: int) -> bytes:
+            return b"".join([
+                wire.ClientGreet().encode(),
+                wire.AddRecord(rid, 0, "ai", "P:1").encode(),
+                wire.AddInfo(0, "IOCNAME", "PY").encode(),
+                wire.AddInfo(rid, "recordDesc", "d").encode(),
+                wire.UploadDone().encode(),
+            ])
+        stored = self.digests_of(data(100))
+        processor = RunsProcessor(stored)
+        protocol, _ = self.connect(processor)
+        protocol.dataReceived(data(100))
+        start = processor.transactions[0]
+        self.assertEqual((start.records, start.client_infos), ((), {"IOCNAME": "PY"}))
+        kept = [r for t in processor.transactions for r in t.kept]
+        self.assertEqual([(r.index, list(r.names)) for r in kept], [(0, ["P:1"])])
+
+    def test_nothing_stored_decodes_everything_and_reports_the_digests(self) -> None:
+        spec = make_ioc("N", 1500)
+        processor = RunsProcessor(None)
+        protocol, _ = self.connect(processor)
+        protocol.dataReceived(upload_bytes(spec))
+        records = [r.name for t in processor.transactions for r in t.records]
+        self.assertEqual(records, [r.name for r in spec.records])
+        self.assertEqual(len([d for t in processor.transactions for d in t.digests]), 2)
+        self.assertFalse([r for t in processor.transactions for r in t.kept])
+
+    def test_a_chain_takes_runs_only_if_every_processor_does_and_they_agree(self) -> None:
+        @implementer(IProcessor, IUnchangedRuns)
+        class Runs(Service):
+            def __init__(self, stored: list[str] | None) -> None:
+                self.stored = stored
+
+            def commit(self, transaction: object) -> None:
+                return None
+
+            def known_runs(self, session_id: int) -> list[str] | None:
+                return self.stored
+
+        def chain(*processors: object) -> ProcessorChain:
+            return ProcessorChain(processors)  # type: ignore[arg-type]
+
+        def cuts(processor: ProcessorChain) -> bool:
+            return BridgeFactory(processor, self.clock, SessionLimits()).cuts_runs
+
+        self.assertTrue(cuts(chain(Runs(["a"]), Runs(["a"]))))
+        self.assertFalse(cuts(chain(Runs(["a"]), ShowProcessor())))
+        self.assertEqual(chain(Runs(["a"]), Runs(["a"])).known_runs(1), ["a"])
+        self.assertIsNone(chain(Runs(["a"]), Runs(["b"])).known_runs(1))
+        self.assertIsNone(chain(Runs(["a"]), Runs(None)).known_runs(1))
 
 
 def test_builtin_processor_factories_provide_the_interface() -> None:
