@@ -64,13 +64,17 @@ class KeptRun:
         index: the run's position in the upload, from 0.
         digest: its digest, equal to the expected one.
         names: its records' names, in order.
+        rtypes: their record types.
         aliases: its records' alias names.
+        alias_of: for each alias, the position of its record in `names`.
     """
 
     index: int
     digest: str
     names: Sequence[str]
+    rtypes: Sequence[str]
     aliases: Sequence[str]
+    alias_of: Sequence[int]
 
 
 @dataclass(frozen=True, slots=True)

@@ -429,7 +429,7 @@ class Session:
         self.records_total += len(message.names)
         self._committed_names.update(zip(message.rids, message.names, strict=True))
         self._kept.append(KeptRun(message.index, message.digest, message.names,
-                                  message.aliases))
+                                  message.rtypes, message.aliases, message.alias_of))
         self._digests.append(message.digest)
         return self._cut(now)
 

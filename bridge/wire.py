@@ -226,15 +226,19 @@ class UnchangedRun:
     """A run of record frames whose digest matched the expected one (see `Decoder`).
 
     Not a wire message: its AddRecord and AddInfo frames were checked, not decoded.
-    It carries what the session and the store still need: the id and name of each
-    record, in order, and the alias names (each record's own name and repeats left out).
+    It carries what the session and the store still need: the id, name and type of
+    each record, in order, and the alias names (each record's own name and repeats
+    left out) with their records.
     """
 
     index: int
     digest: str
     rids: list[int]
     names: list[str]
+    rtypes: list[str]
     aliases: list[str]
+    #: For each alias, the position of its record in `names`.
+    alias_of: list[int]
 
 
 @dataclass(slots=True)
@@ -367,6 +371,7 @@ class Decoder:
         self._run_index = 0
         self._expected: Sequence[str] | None | _Pending = None
         self._seed = b""
+        self._max_aliases = 0
 
     @property
     def buffered(self) -> int:
@@ -455,7 +460,7 @@ class Decoder:
 
     # -- runs: finding unchanged records without decoding them ---------------------------
 
-    def start_runs(self, seed: bytes) -> None:
+    def start_runs(self, seed: bytes, max_aliases: int = 1000) -> None:
         """Cut the record frames of the upload into runs and digest each, from now on.
 
         A run is `RUN_RECORDS` records (fewer once it holds `RUN_BYTES`), each record
@@ -477,9 +482,13 @@ class Decoder:
         out as its decoded messages followed by a `RunEnd` with its digest. Other
         frames come out at once, so a client-wide info or a Pong may overtake held
         record frames; DelRecord and UploadDone end the run first and switch runs off.
+
+        A record with more than `max_aliases` alias frames (the session's limit) makes
+        its run one that cannot be compared, so that the session applies the limit.
         """
         self._expected = PENDING
         self._seed = seed
+        self._max_aliases = max_aliases
         self._run_index = 0
         self._run = self._new_run()
 
@@ -577,14 +586,18 @@ class Decoder:
                         run = self._end_run(out)
                         through, regular = run.through, True
                     run.records += 1
+                    run.alias_frames = 0
                     current = bytes(buf[start : start + 4])
                     if not through:
-                        run.begin_record(rid_n, decode_text(buf[name_at : name_at + rnlen]))
+                        run.begin_record(rid_n, decode_text(buf[name_at : name_at + rnlen]),
+                                         decode_text(buf[start + 8 : name_at]))
                     linked = True
                 elif atype == ATYPE_ALIAS and whole and buf[start : start + 4] == current:
-                    if not through:
+                    # More aliases than the session takes: the run must be decoded.
+                    run.alias_frames += 1
+                    linked = run.alias_frames <= self._max_aliases
+                    if linked and not through:
                         run.add_alias(decode_text(buf[name_at : name_at + rnlen]))
-                    linked = True
                 else:
                     linked = False
             elif (msgid == MSG_DEL_RECORD or msgid == MSG_UPLOAD_DONE) and length:
@@ -665,7 +678,8 @@ class Decoder:
             expected = self._expected
             if digest and isinstance(expected, Sequence) and run.index < len(expected) \
                     and expected[run.index] == digest:
-                out.append(UnchangedRun(run.index, digest, run.rids, run.names, run.aliases))
+                out.append(UnchangedRun(run.index, digest, run.rids, run.names, run.rtypes,
+                                        run.aliases, run.alias_of))
                 return following
             out.extend(self._decode_held(run))
         out.append(RunEnd(run.index, digest))
@@ -735,9 +749,10 @@ class _Run:
     and only hashed.
     """
 
-    __slots__ = ("aliases", "current", "current_aliases", "current_name", "data", "ended",
-                 "hasher", "index", "names", "normalized", "records", "regular", "rids",
-                 "size", "through", "waited", "waiting")
+    __slots__ = ("alias_frames", "alias_of", "aliases", "current", "current_aliases",
+                 "current_name", "data", "ended", "hasher", "index", "names", "normalized",
+                 "records", "regular", "rids", "rtypes", "size", "through", "waited",
+                 "waiting")
 
     def __init__(self, index: int, hasher: typing.Any, through: bool) -> None:
         self.index = index
@@ -756,19 +771,24 @@ class _Run:
         self.waiting = False
         self.waited = index > 0
         self.ended = False
-        #: Raw id of the record in progress.
+        #: Raw id of the record in progress, and alias frames sent for it.
         self.current = b""
-        #: Compared runs only: ids and names of its records, its aliases, and the name
-        #: and aliases of the record in progress.
+        self.alias_frames = 0
+        #: Compared runs only: ids, names and types of its records, its aliases with
+        #: the position of their record, and the name and aliases of the record in
+        #: progress.
         self.rids: list[int] = []
         self.names: list[str] = []
+        self.rtypes: list[str] = []
         self.aliases: list[str] = []
+        self.alias_of: list[int] = []
         self.current_name = ""
         self.current_aliases: list[str] = []
 
-    def begin_record(self, rid: int, name: str) -> None:
+    def begin_record(self, rid: int, name: str, rtype: str) -> None:
         self.rids.append(rid)
         self.names.append(name)
+        self.rtypes.append(rtype)
         self.current_name = name
         self.current_aliases = []
 
@@ -777,6 +797,7 @@ class _Run:
         if alias != self.current_name and alias not in self.current_aliases:
             self.current_aliases.append(alias)
             self.aliases.append(alias)
+            self.alias_of.append(len(self.names) - 1)
 
     def add(self, buf: bytearray, start: int, end: int) -> None:
         """Take the record frames ``buf[start:end]`` (ids already blanked)."""

@@ -155,9 +155,10 @@ class FakeSession:
         for index, run in enumerate(runs):
             digest = run_digest(run)
             if expected is not None and index < len(expected) and expected[index] == digest:
-                aliases = [a for r in run for a in r.aliases]
-                self.send(kept=[KeptRun(index, digest, [r.name for r in run], aliases)],
-                          digests=[digest])
+                aliases = [(a, i) for i, r in enumerate(run) for a in r.aliases]
+                kept = KeptRun(index, digest, [r.name for r in run], [r.rtype for r in run],
+                               [a for a, _ in aliases], [i for _, i in aliases])
+                self.send(kept=[kept], digests=[digest])
                 continue
             chunks = [run[i : i + batch] for i in range(0, len(run), batch)]
             for i, chunk in enumerate(chunks):
@@ -600,6 +601,32 @@ def test_unchanged_reupload_reads_and_writes_no_record_or_index_key(
     doc2 = json.loads(etcd_client.get(keys.ioc("vm:RUN"))[0])
     assert (doc2["status"], doc2["records"], doc2["aliases"]) == ("active", 2500, 250)
     assert doc2["record_digests"] == doc["record_digests"]
+
+
+def test_unchanged_reupload_of_a_marked_ioc_confirms_its_entries_without_reading(
+    etcd_client: Any, keys: Keys, lease: Any, clock: Clock, prefix: str
+) -> None:
+    records = fleet_records(1500)
+    writer = make_writer(etcd_client, keys, BRIDGE, lease, clock)
+    first = FakeSession(writer, ioc_infos("MARKED"))
+    first.upload(records, batch=300)
+    first.close()
+    FakeSession(writer, ioc_infos("OTHER")).upload([rec("RUN:7")])  # shares RUN:7
+    assert etcd_client.get(keys.shared("vm:MARKED"))[0] is not None
+    before = mod_revisions(etcd_client, prefix)
+
+    counting = CountingClient(etcd_client)
+    again = FakeSession(make_writer(counting, keys, BRIDGE, lease, clock), ioc_infos("MARKED"))
+    again.upload(records, batch=300)
+    # Kept runs: no record read; every index entry compared, and only the batch of
+    # compares holding the shared name read (OTHER owns that one, and is live).
+    assert not [key for key in counting.reads if b"/records/" in key]
+    pv_compares = [key for key in counting.compared if b"/pvs/" in key]
+    assert sorted(set(pv_compares)) == sorted({keys.pv(n).encode() for r in records
+                                                for n in [r.name, *r.aliases]})
+    pv_reads = [key for key in counting.reads if b"/pvs/" in key]
+    assert keys.pv("RUN:7").encode() in pv_reads and len(pv_reads) <= 128
+    assert mod_revisions(etcd_client, prefix) == before
 
 
 def test_disconnect_of_an_ioc_without_shared_names_reads_nothing_else(

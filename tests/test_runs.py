@@ -68,6 +68,9 @@ def test_a_reconnect_with_new_record_ids_is_found_unchanged() -> None:
     assert [n for r in runs for n in r.names] == [r.name for r in spec.records]
     assert [n for r in runs for n in r.rids] == list(range(2501, 5001))
     assert [a for r in runs for a in r.aliases] == [a for r in spec.records for a in r.aliases]
+    assert [t for r in runs for t in r.rtypes] == [r.rtype for r in spec.records]
+    owners = [r.names[i] for r in runs for i in r.alias_of]
+    assert owners == [r.name for r in spec.records for _ in r.aliases]
 
 
 def test_one_changed_record_reveals_only_its_own_run() -> None:
@@ -171,8 +174,25 @@ def test_client_infos_between_records_leave_runs_comparable() -> None:
     assert isinstance(run, wire.UnchangedRun)
     assert (run.names, run.aliases, run.rids) == (["P0", "P1", "P2"], ["P0:A", "P1:A", "P2:A"],
                                                   [100, 101, 102])
+    assert (run.rtypes, run.alias_of) == (["ai"] * 3, [0, 1, 2])
     assert digests(feed_runs(upload("other"), digests(first), first_run=True)) != \
         digests(first)
+
+
+def test_a_record_with_more_aliases_than_the_session_takes_is_decoded() -> None:
+    many = IOCSpec((), (RecordSpec("A", "ai", tuple(f"A:{i}" for i in range(5))),
+                        RecordSpec("B", "ai", ("B:0",))))
+    data = upload_bytes(many)
+    decoder = wire.Decoder()
+    decoder.start_runs(SEED, max_aliases=4)
+    decoder.feed(data)
+    decoder.expect(None)
+    assert digests(decoder.feed(b"")) == [""]  # a run no later upload can match
+    decoder = wire.Decoder()
+    decoder.start_runs(SEED, max_aliases=5)
+    decoder.feed(data)
+    decoder.expect(None)
+    assert all(digests(decoder.feed(b"")))
 
 
 def test_the_seed_is_part_of_every_digest() -> None:

@@ -183,10 +183,10 @@ def test_unchanged_run_is_committed_as_kept_with_every_digest_in_order() -> None
     session = greeted()
     session.receive([wire.AddRecord(1, 0, "ai", "A"), wire.AddInfo(1, "k", "v"),
                      wire.RunEnd(0, "d0")], 0.0)
-    run = wire.UnchangedRun(1, "d1", [2, 3], ["B", "C"], ["B:A"])
+    run = wire.UnchangedRun(1, "d1", [2, 3], ["B", "C"], ["ai", "bo"], ["B:A"], [0])
     (txn,) = commits(session.receive([run], 0.0))
     assert [r.name for r in txn.records] == ["A"]  # the records before it go first
-    assert txn.kept == (KeptRun(1, "d1", ["B", "C"], ["B:A"]),)
+    assert txn.kept == (KeptRun(1, "d1", ["B", "C"], ["ai", "bo"], ["B:A"], [0]),)
     assert txn.digests == ("d0", "d1")
     assert session.records_total == 3
     # Its records are known by id: a DelRecord of one is reported by name.
@@ -198,7 +198,8 @@ def test_unchanged_run_is_committed_as_kept_with_every_digest_in_order() -> None
 
 def test_unchanged_run_beyond_max_records_closes() -> None:
     session = greeted(max_records=2)
-    effects = session.receive([wire.UnchangedRun(0, "d", [1, 2, 3], ["A", "B", "C"], [])], 0.0)
+    run = wire.UnchangedRun(0, "d", [1, 2, 3], ["A", "B", "C"], ["ai"] * 3, [], [])
+    effects = session.receive([run], 0.0)
     assert closes(effects) == ["upload exceeds maxRecords=2"]
 
 

@@ -13,11 +13,13 @@ Unchanged re-uploads (every IOC after a restart of the bridges or of the network
 a fast path. A complete upload leaves ``record_digests`` in the IOC document: one
 digest per run of records, over the frames the IOC sent (`bridge.wire.Decoder.start_runs`
 computes them; they arrive in ``Transaction.digests``). When a new upload of the IOC
-begins, `known_runs` hands the stored digests to the server, if the IOC's last upload
-completed and it has no shared mark (see nameindex.py: then the name-index entries of
-its records are exactly as it left them). Runs whose frames match arrive as `KeptRun`
-values instead of records: they are neither read nor written, and their index
-entries are left alone. The first run that arrives as records (changed), a DelRecord,
+begins, `known_runs` hands the stored digests to the server if the IOC's last upload
+completed. Runs whose frames match arrive as `KeptRun` values instead of records:
+they are neither read nor written, and their name-index entries are left alone if
+the IOC has no shared mark (see nameindex.py: then the entries are exactly as it left
+them), or else confirmed (`NameIndex.confirm`: value compares, no reads). Unchanged
+records found on the normal path are treated the same way. The first run that
+arrives as records (changed), a DelRecord,
 or a different run or record count at the end switches the session to the normal
 path: it loads the stored fingerprints then, and takes the names of the kept runs off
 the list of what may be stale. The digests are dropped from the document when an
@@ -313,9 +315,10 @@ class EtcdWriter:
         if self.stopping:
             raise StoreError("the bridge is stopping; the IOC will upload elsewhere")
         stored = self._stored_digests(session.iocid)
-        if stored is not None and not stored[2]:
-            session.skipping = session.index_trusted = True
-            session.stored_digests, session.stored_records, _ = stored
+        if stored is not None:
+            session.skipping = True
+            session.stored_digests, session.stored_records, shared = stored
+            session.index_trusted = not shared
         else:
             session.existing = self._load(session.iocid)
         session.connected = iso_time(self._now())
@@ -379,6 +382,12 @@ class EtcdWriter:
                              "but its digest is not the stored one")
         session.records += len(run.names)
         session.aliases += len(run.aliases)
+        if not session.index_trusted:
+            names, rtypes = run.names, run.rtypes
+            self.index.confirm(session.iocid, [
+                *(Claim(n, n, t, False, False) for n, t in zip(names, rtypes, strict=True)),
+                *(Claim(a, names[i], rtypes[i], True, False)
+                  for a, i in zip(run.aliases, run.alias_of, strict=True))])
         if session.skipping:
             session.kept.append(run)
         else:
