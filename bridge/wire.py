@@ -8,7 +8,11 @@ type, and text that is not valid UTF-8 is decoded as Latin-1 instead of failing.
 
 The `Decoder` takes bytes in any chunking and returns whole messages. It checks
 each declared body length against a limit *before* buffering the body, so a peer
-can never make it hold more than ``8 + max_body_length`` bytes.
+can never make it hold more than ``8 + max_body_length`` bytes of a partial frame.
+
+For uploads it can also cut the record frames into runs and find the runs that an
+IOC sent exactly as last time from a digest of their bytes, without decoding them
+(`Decoder.start_runs`); such a run holds at most about `RUN_HOLD_LIMIT` bytes.
 """
 
 from __future__ import annotations
@@ -375,7 +379,9 @@ class Decoder:
 
     @property
     def buffered(self) -> int:
-        """Bytes held while waiting for the rest of a frame (≤ 8 + max_body_length)."""
+        """Bytes not decoded yet: a partial frame (≤ 8 + max_body_length), or also what
+        arrived while the decoder waits (`hold`, `awaiting`), which callers bound by
+        not reading more meanwhile."""
         return len(self._buffer)
 
     @property
