@@ -10,6 +10,12 @@ chunked one whenever neither raised.
 Input layout: byte 0 selects how the rest is used.
 
 * bits 0-5: chunk size; 0 feeds everything in one read, N feeds N bytes at a time;
+* bit 6: runs mode (`Decoder.start_runs`, as the server uses it for uploads): the
+  stream is also decoded with runs, first expecting nothing, then expecting the
+  digests that gave; it must give the plain decoder's messages (in any order; the
+  record frames of a run that never ended may still be held), and the unchanged
+  runs must stand for the same number of records. Bit 0 then also makes the
+  decoder wait for the first run instead of stopping before the first record;
 * bit 7: "framed" mode. The rest is read as records ``[msgid byte][len byte][body]``
   and turned into frames with the right magic and declared length, so the fuzzer
   reaches the body decoders without first having to learn the framing. In raw
@@ -40,6 +46,7 @@ coverage but needs nothing beyond the standard library:
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import random
 import struct
@@ -110,12 +117,74 @@ def _feed(stream: bytes, step: int) -> tuple[list[wire.Decoded], bool, int]:
     return out, False, decoder.buffered
 
 
+def _feed_runs(stream: bytes, step: int, expected: list[str] | None,
+               first_run: bool) -> tuple[list[wire.Decoded], bool]:
+    """`_feed` with runs on, answering the decoder whenever it waits (as the server)."""
+    decoder = wire.Decoder(max_body_length=MAX_BODY)
+    decoder.start_runs(b"fuzz", max_aliases=2)
+    chunks = [stream] if step == 0 else [stream[i : i + step] for i in range(0, len(stream), step)]
+    out: list[wire.Decoded] = []
+    for chunk in chunks:
+        try:
+            got = decoder.feed(chunk)
+            while decoder.awaiting:
+                if first_run and decoder.before_records:
+                    decoder.wait_for_first_run()
+                else:
+                    decoder.expect(expected)
+                got += decoder.feed(b"")
+        except RemoteProtocolError:
+            return out, True
+        if not all(isinstance(m, (*_DECODED, wire.UnchangedRun, wire.RunEnd)) for m in got):
+            raise AssertionError(f"feed returned {got!r}")
+        if decoder.buffered > BOUND or decoder.held > wire.RUN_HOLD_LIMIT + len(chunk):
+            raise AssertionError(f"buffered {decoder.buffered}, held {decoder.held}")
+        out.extend(got)
+    return out, False
+
+
+def _records(out: list[wire.Decoded]) -> int:
+    return sum(len(m.names) if isinstance(m, wire.UnchangedRun) else
+               isinstance(m, wire.AddRecord) and m.atype == wire.ATYPE_RECORD for m in out)
+
+
+def _check_runs(stream: bytes, step: int, first_run: bool) -> None:
+    plain, plain_raised, _ = _feed(stream, step)
+    runs, raised = _feed_runs(stream, step, None, first_run)
+    if raised != plain_raised:
+        raise AssertionError("runs and plain decoding disagree on raising")
+    if raised:
+        return
+    plain_count = collections.Counter(map(repr, plain))
+    decoded = collections.Counter(repr(m) for m in runs if not isinstance(m, wire.RunEnd))
+    if decoded - plain_count:
+        raise AssertionError(f"runs gave more than plain: {decoded - plain_count}")
+    missing = plain_count - decoded
+    for message in plain:
+        if repr(message) in missing and not (
+                isinstance(message, wire.AddRecord)
+                or (isinstance(message, wire.AddInfo) and message.rid)
+                or (isinstance(message, wire.Skipped) and message.msgid in (3, 6))):
+            raise AssertionError(f"runs lost {message!r}")
+    if wire.UploadDone() not in plain:
+        return
+    if missing:
+        raise AssertionError(f"runs lost {missing} of a finished upload")
+    digests = [m.digest for m in runs if isinstance(m, wire.RunEnd)]
+    again, _ = _feed_runs(stream, step, digests, first_run)
+    if _records(again) != _records(plain):
+        raise AssertionError("unchanged runs do not stand for the same records")
+
+
 def test_one_input(data: bytes) -> None:
     if not data:
         return
     mode, payload = data[0], data[1:]
     stream = _framed(payload) if mode & 0x80 else payload
     step = mode & 0x3F
+    if mode & 0x40:
+        _check_runs(stream, step, bool(mode & 0x01))
+        return
     chunked, chunked_raised, chunked_buffered = _feed(stream, step)
     if mode & 0x80 and (chunked_raised or chunked_buffered):
         raise AssertionError("well-framed input within the limit raised or left bytes over")
@@ -153,7 +222,17 @@ def seeds() -> list[bytes]:
     latin1 = (
         _FRAME.pack(wire.PROTO_ID, 6, 19) + bytes.fromhex("0000000504000007") + b"DESC\xb0C abc"
     )
+    c_upload = b"".join(m.encode() for m in [
+        wire.ClientGreet(0, 0, 1), wire.AddInfo(0, "IOCNAME", "F"),
+        *(m for rid in (5, 6, 7) for m in (
+            wire.AddRecord(rid, wire.ATYPE_RECORD, "ai", f"F:{rid}"),
+            wire.AddRecord(rid, wire.ATYPE_ALIAS, "", f"F:{rid}:A"),
+            wire.AddInfo(rid, "archive", "Monitor"))),
+        wire.UploadDone()])
     return [
+        b"\x40" + c_upload,
+        b"\x43" + c_upload,
+        b"\x47" + stream,
         b"\x00" + stream,
         b"\x01" + stream,
         b"\x07" + stream,

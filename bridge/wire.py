@@ -578,10 +578,8 @@ class Decoder:
                 whole = rnlen > 0 and name_at + rnlen <= frame_end
                 if atype == ATYPE_RECORD and rtlen and whole:
                     if not run.waited and self._expected is PENDING:
-                        run.current = current
-                        run.add(buf, seg, offset)
                         run.waiting = run.waited = True
-                        break
+                        break  # in front of it; what came before is added below
                     size = run.size + offset - seg
                     if size and (run.records >= RUN_RECORDS or size >= RUN_BYTES):
                         run.current = current

@@ -16,6 +16,7 @@ The whole file is kept to a few seconds: every test sets `max_examples`.
 
 from __future__ import annotations
 
+import collections
 import struct
 
 from hypothesis import HealthCheck, assume, given, settings
@@ -434,3 +435,72 @@ def test_any_chunking_decodes_the_same_as_one_read(
     # The outcome never depends on how TCP split the stream, broken or not.
     assert (chunked_out, chunked_raised) == (whole_out, whole_raised)
     assert chunked.buffered == whole.buffered
+
+
+# --- runs ---------------------------------------------------------------------------
+
+
+def feed_runs_checked(stream: bytes, chunks: list[bytes], expected: list[str] | None,
+                      first_run: bool) -> tuple[list[wire.Decoded], bool]:
+    """Feed as the server does with runs on: whenever the decoder waits, say what to
+    expect (after `wait_for_first_run` first, with `first_run`). Checks the bounds."""
+    decoder = wire.Decoder()
+    decoder.start_runs(b"seed", max_aliases=3)
+    out: list[wire.Decoded] = []
+    for chunk in chunks:
+        try:
+            got = decoder.feed(chunk)
+            while decoder.awaiting:
+                if first_run and decoder.before_records:
+                    decoder.wait_for_first_run()
+                else:
+                    decoder.expect(expected)
+                got += decoder.feed(b"")
+        except wire.FramingError as error:
+            out.extend(error.decoded)
+            return out, True
+        assert all(isinstance(m, (*DECODED_TYPES, wire.UnchangedRun, wire.RunEnd))
+                   for m in got), got
+        assert decoder.buffered <= wire.HEADER_SIZE + decoder.max_body_length
+        assert decoder.held <= wire.RUN_HOLD_LIMIT + len(chunk)
+        out.extend(got)
+    return out, False
+
+
+def record_count(out: list[wire.Decoded]) -> int:
+    return sum(len(m.names) if isinstance(m, wire.UnchangedRun) else
+               isinstance(m, wire.AddRecord) and m.atype == wire.ATYPE_RECORD for m in out)
+
+
+@FAST
+@given(st.lists(small_messages, min_size=1, max_size=30).map(lambda m: [*m, wire.UploadDone()]),
+       st.data())
+def test_runs_of_any_stream_give_the_plain_messages_or_unchanged_runs_of_them(
+    stream_messages: list[wire.Message], data: st.DataObject
+) -> None:
+    stream = bytearray(b"".join(m.encode() for m in stream_messages))
+    if data.draw(st.booleans()):  # and maybe broken
+        for bit in data.draw(st.lists(st.integers(0, len(stream) * 8 - 1), max_size=4)):
+            stream[bit // 8] ^= 1 << (bit % 8)
+    chunks = data.draw(chunkings(bytes(stream)))
+    first_run = data.draw(st.booleans())
+    plain, plain_raised = feed_checked(wire.Decoder(), chunks)
+    # Nothing expected: the same messages (client infos and other frames may overtake
+    # held record frames, so the order may differ), plus a RunEnd per run; except that
+    # record frames of a run that never ended (no UploadDone) are still held.
+    runs, raised = feed_runs_checked(bytes(stream), chunks, None, first_run)
+    assert raised == plain_raised
+    if raised:
+        return
+    decoded = collections.Counter(repr(m) for m in runs if not isinstance(m, wire.RunEnd))
+    missing = collections.Counter(map(repr, plain)) - decoded
+    assert not decoded - collections.Counter(map(repr, plain))
+    held = [m for m in plain if repr(m) in missing]
+    assert all(isinstance(m, wire.AddRecord) or (isinstance(m, wire.AddInfo) and m.rid)
+               or (isinstance(m, wire.Skipped) and m.msgid in (3, 6)) for m in held), held
+    if wire.UploadDone() in plain:
+        assert not missing
+        # Expecting what that gave: unchanged runs stand for the same records.
+        digests = [m.digest for m in runs if isinstance(m, wire.RunEnd)]
+        again, _ = feed_runs_checked(bytes(stream), chunks, digests, first_run)
+        assert record_count(again) == record_count(plain)
