@@ -29,6 +29,7 @@ States (shared reference recsync-protocol.md §2.3-2.5)::
 from __future__ import annotations
 
 import enum
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -138,7 +139,7 @@ class Session:
         #: Text bytes held per record id in `_by_rid`, and for `client_infos`.
         self._record_bytes: dict[int, int] = {}
         self._client_bytes = 0
-        self._committed_names: dict[int, str] = {}
+        self._committed_names = _NameLog()
         self._removed: list[str] = []
         #: Runs (`wire.Decoder.start_runs`) ended since the last cut.
         self._kept: list[KeptRun] = []
@@ -401,7 +402,7 @@ class Session:
         if record is not None:
             self._pending.remove(record)
             return []
-        name = self._committed_names.pop(message.rid, None)
+        name = self._committed_names.pop(message.rid)
         if name is None:
             return self._notice_once("del-rid", f"DelRecord for unknown record id {message.rid}")
         self._removed.append(name)
@@ -427,7 +428,8 @@ class Session:
                 f"upload exceeds maxRecords={self.limits.max_records}", limit="maxRecords"
             )
         self.records_total += len(message.names)
-        self._committed_names.update(zip(message.rids, message.names, strict=True))
+        for rid, name in zip(message.rids, message.names, strict=True):
+            self._committed_names.add(rid, name)
         self._kept.append(KeptRun(message.index, message.digest, message.names,
                                   message.rtypes, message.aliases, message.alias_of))
         self._digests.append(message.digest)
@@ -465,7 +467,7 @@ class Session:
     def _cut(self, now: float, upload_done: bool = False) -> list[Effect]:
         records = self._pending
         for record in records:
-            self._committed_names[record.rid] = record.name
+            self._committed_names.add(record.rid, record.name)
         txn = Transaction(
             session_id=self.session_id,
             peer=self.peer,
@@ -527,6 +529,45 @@ class Session:
         if self._paused_at is not None:
             return float("inf")
         return self.upload_started_at + self.limits.upload_timeout + paused
+
+
+class _NameLog:
+    """Record id -> name of each record committed so far in the upload, for DelRecord.
+
+    Flat arrays, about 12 bytes plus the UTF-8 name per record, instead of a dict of
+    objects (about 130 bytes per record): the log grows with the upload, and no known
+    client sends DelRecord. The dict its lookups need is built at the first one.
+    A record id sent again stands for the later record, as in a dict.
+    """
+
+    __slots__ = ("_ends", "_index", "_names", "_rids")
+
+    def __init__(self) -> None:
+        self._rids = array("I")
+        self._ends = array("Q")
+        self._names = bytearray()
+        self._index: dict[int, int] | None = None
+
+    def clear(self) -> None:
+        self._rids, self._ends = array("I"), array("Q")
+        self._names, self._index = bytearray(), None
+
+    def add(self, rid: int, name: str) -> None:
+        if self._index is not None:
+            self._index[rid] = len(self._rids)
+        self._rids.append(rid)
+        self._names += name.encode()
+        self._ends.append(len(self._names))
+
+    def pop(self, rid: int) -> str | None:
+        """The name of record `rid`, which is then forgotten; None if there is none."""
+        if self._index is None:
+            self._index = {r: i for i, r in enumerate(self._rids)}
+        position = self._index.pop(rid, None)
+        if position is None:
+            return None
+        start = self._ends[position - 1] if position else 0
+        return self._names[start : self._ends[position]].decode()
 
 
 def _short(name: str, limit: int = 80) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import sys
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -594,7 +595,7 @@ class Decoder:
                     current = bytes(buf[start : start + 4])
                     if not through:
                         run.begin_record(rid_n, decode_text(buf[name_at : name_at + rnlen]),
-                                         decode_text(buf[start + 8 : name_at]))
+                                         sys.intern(decode_text(buf[start + 8 : name_at])))
                     linked = True
                 elif atype == ATYPE_ALIAS and whole and buf[start : start + 4] == current:
                     # More aliases than the session takes: the run must be decoded.

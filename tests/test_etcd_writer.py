@@ -629,6 +629,18 @@ def test_unchanged_reupload_of_a_marked_ioc_confirms_its_entries_without_reading
     assert mod_revisions(etcd_client, prefix) == before
 
 
+def test_an_alias_moving_to_a_later_record_of_the_same_batch_stays_claimed(
+    writer: EtcdWriter, etcd_client: Any, keys: Keys
+) -> None:
+    first = FakeSession(writer, ioc_infos("MOVE"))
+    first.upload([rec("R", aliases=["A"]), rec("S")])
+    first.close()
+    # R comes first and drops A; S, later in the same transaction, takes it.
+    FakeSession(writer, ioc_infos("MOVE")).upload([rec("R"), rec("S", aliases=["A"])])
+    assert json.loads(etcd_client.get(keys.pv("A"))[0]) == pv("vm:MOVE", "S", "ai", True,
+                                                              ["vm:MOVE"])
+
+
 def test_disconnect_of_an_ioc_without_shared_names_reads_nothing_else(
     etcd_client: Any, keys: Keys, lease: Any, clock: Clock, prefix: str
 ) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -123,7 +124,10 @@ class _Session:
     env: dict[str, str] = field(default_factory=dict)
     doc: dict[str, Any] = field(default_factory=dict)
     existing: dict[str, Stored] = field(default_factory=dict)
+    #: `name_hash` of the names claimed so far in this upload; kept only if the IOC had
+    #: records stored when they were loaded (without, nothing is ever unclaimed).
     claimed: set[int] = field(default_factory=set)
+    tracks_claims: bool = False
     begun: bool = False
     ended: bool = False
     #: The connection is gone; only the session's end is still to be written.
@@ -140,8 +144,9 @@ class _Session:
     index_trusted: bool = False
     #: Digests of this upload's runs so far (``Transaction.digests``).
     digests: list[str] = field(default_factory=list)
-    #: While skipping: the runs kept so far.
-    kept: list[KeptRun] = field(default_factory=list)
+    #: While skipping: `name_hash` of each record name and alias of the runs kept so far.
+    kept_names: array[int] = field(default_factory=lambda: array("q"))
+    kept_aliases: array[int] = field(default_factory=lambda: array("q"))
     #: A DelRecord withdrew records: the digests (over every record sent) would not
     #: describe what is stored, so none are kept for this upload.
     withdrew: bool = False
@@ -320,7 +325,7 @@ class EtcdWriter:
             session.stored_digests, session.stored_records, shared = stored
             session.index_trusted = not shared
         else:
-            session.existing = self._load(session.iocid)
+            self._load_existing(session)
         session.connected = iso_time(self._now())
         session.env = dict(env)
         session.alive = k.dumps(k.alive_document(self.bridge_id, session.connected))
@@ -352,6 +357,10 @@ class EtcdWriter:
                 or not isinstance(records, int) or records < 0):
             return None
         return digests, records, shared_key in found
+
+    def _load_existing(self, session: _Session) -> None:
+        session.existing = self._load(session.iocid)
+        session.tracks_claims = bool(session.existing)
 
     def _load(self, iocid: str) -> dict[str, Stored]:
         existing: dict[str, Stored] = {}
@@ -389,23 +398,28 @@ class EtcdWriter:
                 *(Claim(a, names[i], rtypes[i], True, False)
                   for a, i in zip(run.aliases, run.alias_of, strict=True))])
         if session.skipping:
-            session.kept.append(run)
-        else:
-            self._account_kept(session, run)
-
-    def _account_kept(self, session: _Session, run: KeptRun) -> None:
+            # Only their hashes are kept, 8 bytes a name (`_leave_fast_path`).
+            session.kept_names.extend(map(name_hash, run.names))
+            session.kept_aliases.extend(map(name_hash, run.aliases))
+            return
+        # Stored exactly as sent: off the stale list, and their names claimed.
         for name in run.names:
-            session.existing.pop(name, None)  # stored exactly as sent
-            session.claimed.add(name_hash(name))
-        session.claimed.update(name_hash(a) for a in run.aliases)
+            session.existing.pop(name, None)
+        if session.tracks_claims:
+            session.claimed.update(map(name_hash, run.names))
+            session.claimed.update(map(name_hash, run.aliases))
 
     def _leave_fast_path(self, session: _Session) -> None:
         """Go on the normal path: load the stored fingerprints, account the kept runs."""
         session.skipping = False
-        session.existing = self._load(session.iocid)
-        for run in session.kept:
-            self._account_kept(session, run)
-        session.kept = []
+        self._load_existing(session)
+        kept = set(session.kept_names)
+        for name in [n for n in session.existing if name_hash(n) in kept]:
+            del session.existing[name]  # stored exactly as sent
+        if session.tracks_claims:
+            session.claimed.update(kept)
+            session.claimed.update(session.kept_aliases)
+        session.kept_names, session.kept_aliases = array("q"), array("q")
 
     def _write_records(self, session: _Session, items: Sequence[tuple[Record, bytes]]) -> None:
         """Write new and changed records, then their claims in the name index."""
@@ -421,7 +435,8 @@ class EtcdWriter:
             if old is not None:
                 dropped.extend(a for a in old[1] if a not in record.aliases)
             for name, is_alias in k.pv_names(record):
-                session.claimed.add(name_hash(name))
+                if session.tracks_claims:
+                    session.claimed.add(name_hash(name))
                 # A name is new to the index unless the IOC stored it before (as this
                 # record's name or alias): then it is created without reading first.
                 fresh = old is None or (is_alias and name not in old[1])
@@ -486,8 +501,8 @@ class EtcdWriter:
             step = names[start : start + DELETE_STEP]
             self.store.write((self.keys.record(session.iocid, n).encode(), None) for n in step)
             self._unclaim(session, [x for n in step for x in (n, *stale[n][1])])
-        session.claimed = set()
-        session.kept = []
+        session.claimed, session.tracks_claims = set(), False
+        session.kept_names, session.kept_aliases = array("q"), array("q")
         session.env = dict(env)
         session.doc = self._document(session, k.STATUS_ACTIVE, uploaded=iso_time(self._now()))
         # No digests: a DelRecord withdrew records (the frames no longer describe what
