@@ -5,8 +5,9 @@ says where per-record memory of a single upload goes. It starts a single-node et
 drives one simulated C RecCaster upload (`bridge.fakeioc`) through the bridge's pure
 core on one thread, exactly as the server would (`wire.Decoder` with runs, `Session`,
 `EtcdWriter`), and measures with tracemalloc what is still allocated just before the
-upload's UploadDone, once for a first upload and once for an unchanged re-upload
-(which takes the fast path: runs kept, never decoded):
+upload's UploadDone: for a first upload, an unchanged re-upload (the fast path: runs
+kept, never decoded) and a re-upload with 1 % of the records changed (every run
+differs, so the IOC's stored records are loaded and compared one by one):
 
     python bench/upload_memory.py [--records 65000] [--top 6]
 
@@ -91,9 +92,13 @@ def main() -> None:
         writer = EtcdWriter(client, Keys("/bench-memory"), "bench", lambda: lease, time.time,
                             deadline_s=30.0)
         try:
-            for label, first_rid, session_id in (("first upload", 1, 1),
-                                                 ("unchanged re-upload", args.records + 1, 2)):
-                per_record, lines = measure(writer, spec, first_rid, session_id, args.top)
+            changed = fakeioc.make_ioc("MEM", args.records, changed=0.01, variant=1)
+            for label, upload_spec, first_rid, session_id in (
+                    ("first upload", spec, 1, 1),
+                    ("unchanged re-upload", spec, args.records + 1, 2),
+                    ("re-upload with 1 % changed", changed, 2 * args.records + 1, 3)):
+                per_record, lines = measure(writer, upload_spec, first_rid, session_id,
+                                            args.top)
                 print(f"{label}: {per_record:.0f} bytes per record held before UploadDone "
                       f"({args.records} records)")
                 for line in lines:
