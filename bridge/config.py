@@ -610,7 +610,8 @@ commitSizeLimit = {c.commit_size_limit}
 # IOCs that may upload at the same time; the others are greeted and wait, unread.
 maxActive = {c.max_active}
 # Processors, comma list of name[:instance]: etcd (stores PV metadata) and show
-# (logs it). The reference's cf and db are accepted but ignored, with a warning.
+# (logs it; with show, unchanged re-uploads are decoded in full). The reference's
+# cf and db are accepted but ignored, with a warning.
 procs = {procs}
 # Log level: DEBUG, INFO, WARN(ING), ERROR or CRITICAL.
 loglevel = {c.loglevel}

@@ -7,7 +7,9 @@ sessions in parallel; state shared between sessions sits behind one lock.
 Per session it keeps only what an incremental upload needs: for every record the IOC
 had stored when the session began, an 8-byte fingerprint of the stored value and the
 alias names (to find its name-index entries again), plus 8-byte hashes of the names
-claimed so far in this upload. Both go away when the upload is done.
+claimed so far in this upload (only if it had records stored: without, nothing is
+ever unclaimed). They are loaded only when the upload leaves the fast path below,
+and go away when the upload is done.
 
 Unchanged re-uploads (every IOC after a restart of the bridges or of the network) take
 a fast path. A complete upload leaves ``record_digests`` in the IOC document: one
@@ -19,11 +21,11 @@ they are neither read nor written, and their name-index entries are left alone i
 the IOC has no shared mark (see nameindex.py: then the entries are exactly as it left
 them), or else confirmed (`NameIndex.confirm`: value compares, no reads). Unchanged
 records found on the normal path are treated the same way. The first run that
-arrives as records (changed), a DelRecord,
-or a different run or record count at the end switches the session to the normal
-path: it loads the stored fingerprints then, and takes the names of the kept runs off
-the list of what may be stale. The digests are dropped from the document when an
-upload begins, so a partial upload is never mistaken for a complete one.
+arrives as records (changed), a DelRecord, or a different run or record count at the
+end switches the session to the normal path: it loads the stored fingerprints then,
+and takes the kept runs' records (remembered by name hash) off the list of what may
+be stale. The digests are dropped from the document when an upload begins, so a
+partial upload is never mistaken for a complete one.
 """
 
 from __future__ import annotations
