@@ -70,6 +70,7 @@ How figures are taken:
 * ``--profile DIR``: py-spy records the bridge during each scenario (collapsed
   stacks, all threads, idle frames left out, 50 Hz, without pausing the process) into
   ``DIR/<group>-<scenario>.txt``; ``--profile-gil`` keeps only GIL-holding samples.
+  With ``--bridges N`` only the first bridge is recorded.
 
 ``--bridges N`` runs N bridge processes against the one etcd, each announcing its
 own port (the README's answer for more than one core's worth of uploads); the IOCs
@@ -1012,7 +1013,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", help="where etcd data, logs and uploads go (default: temp)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--profile", metavar="DIR",
-                   help="record the bridge with py-spy (raw collapsed stacks) per scenario")
+                   help="record the bridge (the first, with --bridges) with py-spy (raw "
+                        "collapsed stacks) per scenario")
     p.add_argument("--profile-gil", action="store_true",
                    help="with --profile: only samples of the thread holding the GIL")
     p.add_argument("--skip-verify", action="store_true",
