@@ -4,12 +4,16 @@ From the moment it starts, and then every ``announceInterval`` seconds, the
 announcer sends the 16-byte announcement (SERV ADDR 255.255.255.255 = "connect
 to the sender", the bound TCP port, a random key) to every ``addrlist``
 destination. Send errors are logged once per destination and never stop the loop.
+
+While the bridge cannot store (its ``ready`` check says so: etcd unreachable for
+longer than the lease), it does not announce, so IOCs that look for a server find
+another bridge instead; connected IOCs are not affected.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -63,7 +67,11 @@ class Announcer(DatagramProtocol):
 
 
 class AnnounceService(Service):
-    """Owns the UDP socket and the announcement timer for one TCP port."""
+    """Owns the UDP socket and the announcement timer for one TCP port.
+
+    `ready`, if given, is asked before each announcement; none goes out while it
+    returns False.
+    """
 
     log = Logger()
 
@@ -75,6 +83,7 @@ class AnnounceService(Service):
         interval: float,
         bind_host: str = "",
         key: int | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self.reactor = reactor
         self.key = random.SystemRandom().getrandbits(32) if key is None else key
@@ -83,6 +92,9 @@ class AnnounceService(Service):
         self.tcp_port = tcp_port
         self.interval = interval
         self.bind_host = bind_host
+        self.ready = ready
+        #: Announcements are held back (`ready` said no).
+        self.holding = False
         self._loop: LoopingCall | None = None
         self._udp: Any = None
 
@@ -95,7 +107,7 @@ class AnnounceService(Service):
             self._udp = udp.listenUDP(self.tcp_port, self.announcer, interface=self.bind_host)
         except OSError:
             self._udp = udp.listenUDP(0, self.announcer, interface=self.bind_host)
-        loop = LoopingCall(self.announcer.announce)
+        loop = LoopingCall(self._tick)
         clock: IReactorTime = self.reactor
         loop.clock = clock
         loop.start(self.interval, now=True)
@@ -105,6 +117,18 @@ class AnnounceService(Service):
             port=self.tcp_port, interval=self.interval,
             destinations=", ".join(f"{h}:{p}" for h, p in self.announcer.destinations),
         )
+
+    def _tick(self) -> None:
+        if self.ready is not None and not self.ready():
+            if not self.holding:
+                self.holding = True
+                self.log.warn("not announcing while the bridge cannot store (etcd "
+                              "unreachable); IOCs looking for a server go elsewhere")
+            return
+        if self.holding:
+            self.holding = False
+            self.log.info("announcing again: the bridge can store")
+        self.announcer.announce()
 
     def stopService(self) -> Any:
         super().stopService()  # type: ignore[no-untyped-call]

@@ -5,7 +5,8 @@ Start-up order matters and is kept here in one place:
 1. the embedded etcd, when no ``[etcd] endpoints`` are configured;
 2. the TCP listener (so the bound port and the default bridge id are known);
 3. the processors, and wait until the etcd processor holds its lease;
-4. only then the UDP announcer, so IOCs never connect to a bridge that cannot store.
+4. only then the UDP announcer, so IOCs never connect to a bridge that cannot store;
+   for the same reason it holds back while etcd is unreachable (`bridge.announce`).
 
 Shutdown runs the other way: stop announcing, stop listening, let the processors
 prepare (the etcd processor decides whether this bridge hands its IOCs over to the
@@ -124,11 +125,14 @@ class BridgeService(MultiService):
         )
         self.announcer = AnnounceService(
             self.reactor, tcp_port, self.config.addrlist, self.config.announce_interval,
-            bind_host=self.config.bind_host,
+            bind_host=self.config.bind_host, ready=self._can_store,
         )
         self.announcer.startService()
         self._start_status()
         return self
+
+    def _can_store(self) -> bool:
+        return self.processor is not None and self.processor.can_store()
 
     def _etcd_description(self) -> str:
         if self.embedded is not None:

@@ -42,7 +42,7 @@ from bridge.keys import Keys
 from bridge.model import Peer, Record, Transaction
 from bridge.processors.etcd import EtcdProcessor
 from bridge.processors.etcdwriter import EtcdWriter
-from tests.helpers import until
+from tests.helpers import poll, until
 
 pytestmark = [pytest.mark.etcd, pytest.mark.failover]
 
@@ -117,9 +117,11 @@ class Scenario:
 
     # -- IOCs -----------------------------------------------------------------------------
 
-    def connect(self, iocids: Iterable[str], bridge: str) -> None:
-        """(Re)connect IOCs to `bridge`, found through its announcement, with new ids."""
-        host, port, key = find_bridge(self.udp[bridge], timeout=10)
+    def connect(self, iocids: Iterable[str], bridge: str,
+                heard: tuple[str, int, int] | None = None) -> None:
+        """(Re)connect IOCs to `bridge`, found through its announcement (or the one
+        `heard` earlier), with new ids."""
+        host, port, key = heard or find_bridge(self.udp[bridge], timeout=10)
         assert port == self.bridges[bridge].port
         for iocid in iocids:
             old = self.iocs.pop(iocid, None)
@@ -483,12 +485,16 @@ def test_all_of_etcd_down_for_30_s_during_uploads(tmp_path: Path,
         s.connect(b_up, "b")
         wait_mid_upload(s, uploads)
         pings = {i: s.iocs[i].pings for i in live}
+        heard = find_bridge(s.udp["a"], timeout=10)
         for member in etcd_cluster.members:
             member.kill()
         time.sleep(10)  # the outage, 30 s in all
+        # Bridges stop announcing once etcd has been away longer than the lease; the
+        # IOC reconnects with the announcement it heard before.
+        assert "not announcing" in s.bridges["a"].log_text()
         rebooted = live[0]
         checker.unprotect([rebooted])
-        s.connect([rebooted], "a")
+        s.connect([rebooted], "a", heard)
         time.sleep(20)
         assert all(not s.iocs[i].closed_by_server.is_set() for i in live + a_up)
         assert all(s.iocs[i].pings > pings[i] for i in live[1:]), "sessions were not pinged"
@@ -505,6 +511,30 @@ def test_all_of_etcd_down_for_30_s_during_uploads(tmp_path: Path,
         assert "storing the upload failed" in s.bridges["b"].log_text()
     finally:
         s.close()
+
+
+def test_a_bridge_stops_announcing_while_etcd_is_unreachable(tmp_path: Path) -> None:
+    with EtcdCluster(1, tmp_path / "etcd") as etcd:
+        udp = free_port()
+        process = BridgeProcess(tmp_path / "bridge", endpoints=etcd.endpoints, prefix=PREFIX,
+                                announce_to=[f"127.0.0.1:{udp}"],
+                                recceiver={"announceInterval": 0.3},
+                                etcd={"lease_ttl": 2.0, "timeout": 0.5})
+        process.start()
+        try:
+            process.wait_ready()
+            assert find_bridge(udp, timeout=5)[1] == process.port
+            etcd.members[0].freeze()
+            try:
+                poll(lambda: "not announcing" in process.log_text(), what="holding back")
+                with pytest.raises(TimeoutError):  # five intervals without one
+                    find_bridge(udp, timeout=1.5)
+            finally:
+                etcd.members[0].thaw()
+            poll(lambda: "announcing again" in process.log_text(), what="announcing again")
+            assert find_bridge(udp, timeout=5)[1] == process.port
+        finally:
+            process.stop()
 
 
 def test_liveness_checker_sees_a_flap(scenario: Scenario) -> None:

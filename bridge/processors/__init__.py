@@ -66,6 +66,11 @@ class ProcessorChain(MultiService):
         if self.processors and all(IUnchangedRuns.providedBy(p) for p in self.processors):
             alsoProvides(self, IUnchangedRuns)
 
+    def can_store(self) -> bool:
+        """Every processor that can tell says it can store now (`bridge.announce`)."""
+        checks = [getattr(p, "can_store", None) for p in self.processors]
+        return all(check() for check in checks if check is not None)
+
     def known_runs(self, session_id: int) -> Sequence[str] | None:
         """The digests every processor holds for the session's IOC, if they agree."""
         answers = [p.known_runs(session_id)  # type: ignore[attr-defined]

@@ -130,6 +130,8 @@ class EtcdProcessor(Service):
         #: The member (``host:port``) the current watch was added on.
         self._watch_endpoint: str | None = None
         self._stopping = False
+        #: When etcd last answered the lease refresh (reactor seconds).
+        self._last_contact = -math.inf
         #: Set by `prepare_stop` when no other bridge is registered.
         self._last_bridge = False
         #: True while the alive-key watch is established (diagnostics, tests).
@@ -146,6 +148,13 @@ class EtcdProcessor(Service):
         if self._ready is True:
             return self._in_pool(self._apply, transaction)
         return self.whenReady().addCallback(lambda _: self._in_pool(self._apply, transaction))
+
+    def can_store(self) -> bool:
+        """False before the lease is granted, and while etcd has not answered the lease
+        refresh for longer than the lease TTL (the bridge's alive keys are gone then).
+        The announcer asks it (`bridge.announce`)."""
+        return (self._ready is True
+                and self.reactor.seconds() - self._last_contact <= self.config.lease_ttl)
 
     def known_runs(self, session_id: int) -> list[str] | None:
         """IUnchangedRuns: the run digests of the IOC's stored upload (`EtcdWriter`)."""
@@ -204,6 +213,7 @@ class EtcdProcessor(Service):
         await self._in_control(self._connect, endpoints)
         if self._stopping:
             return
+        self._contact()
         self._set_ready(True)
         self._refresher = LoopingCall(self._refresh)
         self._refresher.clock = self.reactor
@@ -268,9 +278,13 @@ class EtcdProcessor(Service):
 
     def _refresh(self) -> Deferred[None]:
         d = self._in_control(self._refresh_blocking)
+        d.addCallback(self._contact)
         d.addErrback(self._log_failure, "lease refresh")
         d.addBoth(lambda _: self._follow_client())
         return d
+
+    def _contact(self, _: object = None) -> None:
+        self._last_contact = self.reactor.seconds()
 
     def _refresh_blocking(self) -> None:
         """(thread) Keep the lease alive; if it expired meanwhile, start over with a new one."""
