@@ -577,7 +577,8 @@ class Decoder:
                 rid_n, atype, rtlen, rnlen = _ADD_RECORD.unpack_from(buf, start)
                 name_at = start + 8 + rtlen
                 whole = rnlen > 0 and name_at + rnlen <= frame_end
-                if atype == ATYPE_RECORD and rtlen and whole:
+                # A record with id 0 breaks the pattern: its infos would be client-wide.
+                if atype == ATYPE_RECORD and rtlen and whole and rid_n:
                     if not run.waited and self._expected is PENDING:
                         run.waiting = run.waited = True
                         break  # in front of it; what came before is added below

@@ -279,3 +279,15 @@ def test_an_upload_without_records_never_waits() -> None:
     decoder = wire.Decoder()
     decoder.start_runs(SEED)
     assert decoder.feed(data) == plain(data) and not decoder.awaiting
+
+
+def test_a_record_with_id_0_breaks_the_pattern_and_its_infos_stay_client_wide() -> None:
+    data = b"".join(m.encode() for m in [
+        wire.ClientGreet(), wire.AddRecord(0, wire.ATYPE_RECORD, "ai", "ZERO"),
+        wire.AddInfo(0, "IOCNAME", "Z"), wire.AddRecord(1, wire.ATYPE_RECORD, "ai", "ONE"),
+        wire.UploadDone()])
+    first = feed_runs(data, None)
+    assert sorted(map(repr, without_run_ends(first))) == sorted(map(repr, plain(data)))
+    assert digests(first) == [""]
+    again = feed_runs(data, [""])
+    assert wire.AddInfo(0, "IOCNAME", "Z") in again and "UnchangedRun" not in kinds(again)
