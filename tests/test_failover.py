@@ -484,13 +484,13 @@ def test_all_of_etcd_down_for_30_s_during_uploads(tmp_path: Path,
         s.connect(live[4:], "b")
         s.wait_status(live, "active")
         checker.protect(live)
+        heard = find_bridge(s.udp["a"], timeout=10)  # used during the outage, below
         uploads = s.iocids[8:]
         a_up, b_up = uploads[:8], uploads[8:]
         s.connect(a_up, "a")
         s.connect(b_up, "b")
         wait_mid_upload(s, uploads)
         pings = {i: s.iocs[i].pings for i in live}
-        heard = find_bridge(s.udp["a"], timeout=10)
         for member in etcd_cluster.members:
             member.kill()
         time.sleep(10)  # the outage, 30 s in all
