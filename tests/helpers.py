@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import reactor
@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
+from bridge import wire
 from bridge.interfaces import IUnchangedRuns
 from bridge.model import Transaction
 
@@ -53,6 +54,21 @@ class RunsProcessor(RecordingProcessor):
     def known_runs(self, session_id: int) -> list[str] | None:
         self.asked.append((session_id, len(self.of(session_id))))
         return self.stored
+
+
+def answer_runs(decoder: wire.Decoder, expected: Sequence[str] | None,
+                first_run: bool = False) -> list[wire.Decoded]:
+    """While `decoder` waits (`wire.Decoder.start_runs`), answer it as the server does:
+    with `expected`, or with `first_run` first wait for the first run to end when it
+    stops in front of the first record. Returns what it decodes meanwhile."""
+    out: list[wire.Decoded] = []
+    while decoder.awaiting:
+        if first_run and decoder.before_records:
+            decoder.wait_for_first_run()
+        else:
+            decoder.expect(expected)
+        out += decoder.feed(b"")
+    return out
 
 
 def poll(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:

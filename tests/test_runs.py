@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from bridge import wire
 from bridge.fakeioc import IOCSpec, RecordSpec, make_ioc, upload_bytes
+from tests.helpers import answer_runs
 
 SEED = b"test seed"
 
@@ -26,12 +27,7 @@ def feed_runs(data: bytes, expected: Sequence[str] | None, chunk: int = 65536,
     out: list[wire.Decoded] = []
     for i in range(0, len(data), chunk):
         out += decoder.feed(data[i : i + chunk])
-        while decoder.awaiting:
-            if first_run and decoder.before_records:
-                decoder.wait_for_first_run()
-            else:
-                decoder.expect(expected)
-            out += decoder.feed(b"")
+        out += answer_runs(decoder, expected, first_run)
     return out
 
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from bridge import wire
 from bridge.errors import RemoteProtocolError
+from tests.helpers import answer_runs
 
 FAST = settings(
     max_examples=150,
@@ -450,12 +451,7 @@ def feed_runs_checked(stream: bytes, chunks: list[bytes], expected: list[str] | 
     for chunk in chunks:
         try:
             got = decoder.feed(chunk)
-            while decoder.awaiting:
-                if first_run and decoder.before_records:
-                    decoder.wait_for_first_run()
-                else:
-                    decoder.expect(expected)
-                got += decoder.feed(b"")
+            got += answer_runs(decoder, expected, first_run)
         except wire.FramingError as error:
             out.extend(error.decoded)
             return out, True
