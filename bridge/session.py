@@ -556,7 +556,8 @@ class _NameLog:
         if self._index is not None:
             self._index[rid] = len(self._rids)
         self._rids.append(rid)
-        self._names += name.encode()
+        # Any str round-trips (the decoder never makes lone surrogates; callers might).
+        self._names += name.encode("utf-8", "surrogatepass")
         self._ends.append(len(self._names))
 
     def pop(self, rid: int) -> str | None:
@@ -567,7 +568,7 @@ class _NameLog:
         if position is None:
             return None
         start = self._ends[position - 1] if position else 0
-        return self._names[start : self._ends[position]].decode()
+        return self._names[start : self._ends[position]].decode("utf-8", "surrogatepass")
 
 
 def _short(name: str, limit: int = 80) -> str:

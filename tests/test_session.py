@@ -203,6 +203,15 @@ def test_unchanged_run_beyond_max_records_closes() -> None:
     assert closes(effects) == ["upload exceeds maxRecords=2"]
 
 
+def test_del_record_names_any_committed_record_by_its_exact_name() -> None:
+    session = greeted(batch_records=1)
+    names = ["A", "Temp \xb0C", "odd \ud800", "B"]
+    session.receive([wire.AddRecord(rid, 0, "ai", n) for rid, n in enumerate(names, 1)], 0.0)
+    effects = session.receive([wire.DelRecord(2), wire.DelRecord(3), wire.DelRecord(2),
+                               wire.UploadDone()], 1.0)
+    assert commits(effects)[-1].removed == ("Temp \xb0C", "odd \ud800")
+
+
 def test_messages_after_upload_done_are_skipped_with_one_notice() -> None:
     session = greeted()
     session.receive([wire.UploadDone()], 1.0)
