@@ -79,8 +79,11 @@ def main() -> None:
     expected = [m.digest for m in runs(chunks, None) if isinstance(m, wire.RunEnd)]
     again = fakeioc.upload_bytes(fakeioc.make_ioc("B", args.records), first_rid=args.records + 1)
     again_chunks = [again[i : i + CHUNK] for i in range(0, len(again), CHUNK)]
-    assert all(isinstance(m, wire.UnchangedRun) for m in runs(again_chunks, expected)
-               if isinstance(m, wire.UnchangedRun | wire.RunEnd))
+    assert all(
+        isinstance(m, wire.UnchangedRun)
+        for m in runs(again_chunks, expected)
+        if isinstance(m, wire.UnchangedRun | wire.RunEnd)
+    )
     print(f"{args.records} records, {len(data) / args.records:.0f} bytes each on the wire")
     for label, fn in (
         ("plain", lambda: plain(chunks)),

@@ -63,8 +63,7 @@ class Bench:
         self.workdir = workdir
         self.cluster = EtcdCluster(3, workdir / "etcd")
         self.keys = Keys(PREFIX)
-        specs = [make_ioc(f"FLT{i:03d}", args.records, hostname="bench")
-                 for i in range(args.iocs)]
+        specs = [make_ioc(f"FLT{i:03d}", args.records, hostname="bench") for i in range(args.iocs)]
         self.specs: dict[str, IOCSpec] = {spec_iocid(s): s for s in specs}
         self.iocids = list(self.specs)
         self.bridges: dict[str, BridgeProcess] = {}
@@ -88,17 +87,30 @@ class Bench:
         if name not in self.bridges:
             self.udp[name] = free_port()
             self.bridges[name] = BridgeProcess(
-                self.workdir / name, endpoints=self.cluster.endpoints, prefix=PREFIX,
-                announce_to=[f"127.0.0.1:{self.udp[name]}"], name=name,
-                recceiver={"announceInterval": 0.5, "tcptimeout": 2.0, "commitSizeLimit": 50,
-                           "maxActive": 6, "loglevel": "WARNING"},
-                etcd={"lease_ttl": self.args.ttl, "grace": self.args.grace, "timeout": 1.0,
-                      "max_outage": self.args.outage + 30},
+                self.workdir / name,
+                endpoints=self.cluster.endpoints,
+                prefix=PREFIX,
+                announce_to=[f"127.0.0.1:{self.udp[name]}"],
+                name=name,
+                recceiver={
+                    "announceInterval": 0.5,
+                    "tcptimeout": 2.0,
+                    "commitSizeLimit": 50,
+                    "maxActive": 6,
+                    "loglevel": "WARNING",
+                },
+                etcd={
+                    "lease_ttl": self.args.ttl,
+                    "grace": self.args.grace,
+                    "timeout": 1.0,
+                    "max_outage": self.args.outage + 30,
+                },
             )
         return self.bridges[name].start()
 
-    def connect(self, iocids: Iterable[str], bridge: str,
-                specs: dict[str, IOCSpec] | None = None) -> None:
+    def connect(
+        self, iocids: Iterable[str], bridge: str, specs: dict[str, IOCSpec] | None = None
+    ) -> None:
         host, port, key = find_bridge(self.udp[bridge], timeout=10)
         for iocid in iocids:
             old = self.iocs.pop(iocid, None)
@@ -126,7 +138,9 @@ class Bench:
     def all_active(self, iocids: Iterable[str], bridge: str | None = None) -> bool:
         docs = self.statuses()
         return all(
-            i in docs and docs[i][0] == "active" and docs[i][2] >= self.since[i]
+            i in docs
+            and docs[i][0] == "active"
+            and docs[i][2] >= self.since[i]
             and (bridge is None or docs[i][1] == bridge)
             for i in iocids
         )
@@ -175,8 +189,11 @@ def crash(bench: Bench) -> dict[str, Any]:
     killed = time.monotonic()
     bench.bridges["a"].kill()
     away, back = a_iocs[:STAY_AWAY], a_iocs[STAY_AWAY:]
-    bench.wait(lambda: all(bench.iocs[i].closed_by_server.is_set() for i in a_iocs), 10,
-               "the IOCs to see the crash")
+    bench.wait(
+        lambda: all(bench.iocs[i].closed_by_server.is_set() for i in a_iocs),
+        10,
+        "the IOCs to see the crash",
+    )
     bench.connect(back, "b")
     bench.wait(lambda: bench.all_active(back, "b"), 120, "a's IOCs active on b")
     failover = time.monotonic() - killed
@@ -187,15 +204,25 @@ def crash(bench: Bench) -> dict[str, Any]:
 
     bench.wait(swept, 60, "the sweep of IOCs that stayed away")
     bench.checker.wait_revision(int(bench.client.get_response("/").header.revision))
-    sweep = max(
-        next(t for t, status, _ in bench.checker.history[i] if t > killed and status == "inactive")
-        for i in away
-    ) - killed
+    sweep = (
+        max(
+            next(
+                t
+                for t, status, _ in bench.checker.history[i]
+                if t > killed and status == "inactive"
+            )
+            for i in away
+        )
+        - killed
+    )
     bench.connect(away, "b")
     bench.wait(lambda: bench.all_active(bench.iocids, "b"), 120, "every IOC on b")
     bench.wait(lambda: not bench.bridges["a"].running(), 10, "a to be gone")
-    bench.wait(lambda: bench.checker is not None and "a" not in bench.checker.bridges,
-               bench.args.ttl + 10, "a's lease to expire")
+    bench.wait(
+        lambda: bench.checker is not None and "a" not in bench.checker.bridges,
+        bench.args.ttl + 10,
+        "a's lease to expire",
+    )
     lost, problems = bench.lost(["b"])
     return {
         "iocs_moved": len(a_iocs),
@@ -212,8 +239,12 @@ def outage(bench: Bench) -> dict[str, Any]:
     bench.bridge("a").wait_ready()
     half = len(bench.iocids) // 2
     # New data (a third of the records changed), so the re-uploads have writes to do.
-    changed = {i: make_ioc(bench.specs[i].iocname, bench.args.records, hostname="bench",
-                           variant=1, changed=0.3) for i in bench.iocids}
+    changed = {
+        i: make_ioc(
+            bench.specs[i].iocname, bench.args.records, hostname="bench", variant=1, changed=0.3
+        )
+        for i in bench.iocids
+    }
     bench.connect(bench.iocids[:half], "a", changed)
     bench.connect(bench.iocids[half:], "b", changed)
     time.sleep(0.2)  # the uploads begin
@@ -287,28 +318,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def report(r: dict[str, Any]) -> None:
     s, c, o, live = r["settings"], r["crash"], r["outage"], r["liveness"]
-    print(f"recsync-bridge fault benchmark: 2 bridges, 3-member etcd, {s['iocs']} IOCs x "
-          f"{s['records']} records; lease_ttl {s['ttl']:g} s, grace {s['grace']:g} s")
-    print(f"  bridge SIGKILLed mid-upload ({c['active_on_a_at_kill']}/{c['iocs_moved']} of its "
-          f"IOCs active at the kill)")
+    print(
+        f"recsync-bridge fault benchmark: 2 bridges, 3-member etcd, {s['iocs']} IOCs x "
+        f"{s['records']} records; lease_ttl {s['ttl']:g} s, grace {s['grace']:g} s"
+    )
+    print(
+        f"  bridge SIGKILLed mid-upload ({c['active_on_a_at_kill']}/{c['iocs_moved']} of its "
+        f"IOCs active at the kill)"
+    )
     print(f"    every IOC active again on the other bridge after  {c['failover_s']:6.2f} s")
-    print(f"    IOCs that stayed away marked inactive after       {c['sweep_of_iocs_that_stayed_away_s']:6.2f} s")  # noqa: E501
+    swept = c["sweep_of_iocs_that_stayed_away_s"]
+    print(f"    IOCs that stayed away marked inactive after       {swept:6.2f} s")
     print(f"    records lost                                      {c['records_lost']:6d}")
     print(f"  whole etcd cluster down {o['outage_s']:g} s during uploads of every IOC")
     for name in sorted(o["rss_peak_during_outage_mb"]):
-        print(f"    bridge {name} RSS at outage start / peak / after  "
-              f"{o['rss_before_mb'][name]:6.1f} / {o['rss_peak_during_outage_mb'][name]:.1f}"
-              f" / {o['rss_after_recovery_mb'][name]:.1f} MB")
-    print(f"    sessions closed during the outage                 "
-          f"{o['sessions_closed_during_outage']:6d}")
-    print(f"    every IOC active again after etcd returned        "
-          f"{o['all_active_after_etcd_back_s']:6.2f} s")
+        print(
+            f"    bridge {name} RSS at outage start / peak / after  "
+            f"{o['rss_before_mb'][name]:6.1f} / {o['rss_peak_during_outage_mb'][name]:.1f}"
+            f" / {o['rss_after_recovery_mb'][name]:.1f} MB"
+        )
+    print(
+        f"    sessions closed during the outage                 "
+        f"{o['sessions_closed_during_outage']:6d}"
+    )
+    print(
+        f"    every IOC active again after etcd returned        "
+        f"{o['all_active_after_etcd_back_s']:6.2f} s"
+    )
     print(f"    records lost                                      {o['records_lost']:6d}")
     print("  over the whole run")
-    print(f"    longest active/uploading for a dead session       {live['max_stale_s']:6.2f} s "
-          f"({live['max_stale_ioc']})")
-    print(f"    longest active/uploading without its alive key    "
-          f"{live['max_unmatched_s']:6.2f} s ({live['max_unmatched_ioc']})")
+    print(
+        f"    longest active/uploading for a dead session       {live['max_stale_s']:6.2f} s "
+        f"({live['max_stale_ioc']})"
+    )
+    print(
+        f"    longest active/uploading without its alive key    "
+        f"{live['max_unmatched_s']:6.2f} s ({live['max_unmatched_ioc']})"
+    )
     print(f"    healthy-bridge IOCs marked inactive               {len(live['violations']):6d}")
     for problem in c["problems"] + o["problems"]:
         print(f"  PROBLEM: {problem}")

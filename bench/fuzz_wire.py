@@ -117,8 +117,9 @@ def _feed(stream: bytes, step: int) -> tuple[list[wire.Decoded], bool, int]:
     return out, False, decoder.buffered
 
 
-def _feed_runs(stream: bytes, step: int, expected: list[str] | None,
-               first_run: bool) -> tuple[list[wire.Decoded], bool]:
+def _feed_runs(
+    stream: bytes, step: int, expected: list[str] | None, first_run: bool
+) -> tuple[list[wire.Decoded], bool]:
     """`_feed` with runs on, answering the decoder whenever it waits (as the server)."""
     decoder = wire.Decoder(max_body_length=MAX_BODY)
     decoder.start_runs(b"fuzz", max_aliases=2)
@@ -144,8 +145,12 @@ def _feed_runs(stream: bytes, step: int, expected: list[str] | None,
 
 
 def _records(out: list[wire.Decoded]) -> int:
-    return sum(len(m.names) if isinstance(m, wire.UnchangedRun) else
-               isinstance(m, wire.AddRecord) and m.atype == wire.ATYPE_RECORD for m in out)
+    return sum(
+        len(m.names)
+        if isinstance(m, wire.UnchangedRun)
+        else isinstance(m, wire.AddRecord) and m.atype == wire.ATYPE_RECORD
+        for m in out
+    )
 
 
 def _check_runs(stream: bytes, step: int, first_run: bool) -> None:
@@ -162,9 +167,10 @@ def _check_runs(stream: bytes, step: int, first_run: bool) -> None:
     missing = plain_count - decoded
     for message in plain:
         if repr(message) in missing and not (
-                isinstance(message, wire.AddRecord)
-                or (isinstance(message, wire.AddInfo) and message.rid)
-                or (isinstance(message, wire.Skipped) and message.msgid in (3, 6))):
+            isinstance(message, wire.AddRecord)
+            or (isinstance(message, wire.AddInfo) and message.rid)
+            or (isinstance(message, wire.Skipped) and message.msgid in (3, 6))
+        ):
             raise AssertionError(f"runs lost {message!r}")
     if wire.UploadDone() not in plain:
         return
@@ -222,13 +228,23 @@ def seeds() -> list[bytes]:
     latin1 = (
         _FRAME.pack(wire.PROTO_ID, 6, 19) + bytes.fromhex("0000000504000007") + b"DESC\xb0C abc"
     )
-    c_upload = b"".join(m.encode() for m in [
-        wire.ClientGreet(0, 0, 1), wire.AddInfo(0, "IOCNAME", "F"),
-        *(m for rid in (5, 6, 7) for m in (
-            wire.AddRecord(rid, wire.ATYPE_RECORD, "ai", f"F:{rid}"),
-            wire.AddRecord(rid, wire.ATYPE_ALIAS, "", f"F:{rid}:A"),
-            wire.AddInfo(rid, "archive", "Monitor"))),
-        wire.UploadDone()])
+    c_upload = b"".join(
+        m.encode()
+        for m in [
+            wire.ClientGreet(0, 0, 1),
+            wire.AddInfo(0, "IOCNAME", "F"),
+            *(
+                m
+                for rid in (5, 6, 7)
+                for m in (
+                    wire.AddRecord(rid, wire.ATYPE_RECORD, "ai", f"F:{rid}"),
+                    wire.AddRecord(rid, wire.ATYPE_ALIAS, "", f"F:{rid}:A"),
+                    wire.AddInfo(rid, "archive", "Monitor"),
+                )
+            ),
+            wire.UploadDone(),
+        ]
+    )
     return [
         b"\x40" + c_upload,
         b"\x43" + c_upload,

@@ -156,9 +156,7 @@ def prepare_uploads(
     else:
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            done = list(
-                pool.map(write_upload, plans, [str(directory)] * len(plans), chunksize=8)
-            )
+            done = list(pool.map(write_upload, plans, [str(directory)] * len(plans), chunksize=8))
     return [(plan, Path(path), size) for plan, (path, size) in zip(plans, done, strict=True)]
 
 
@@ -192,8 +190,9 @@ class SimIOC:
     until `close` is called.
     """
 
-    def __init__(self, plan: UploadPlan, path: Path, size: int, host: str, port: int,
-                 key: int) -> None:
+    def __init__(
+        self, plan: UploadPlan, path: Path, size: int, host: str, port: int, key: int
+    ) -> None:
         self.plan = plan
         self.path = path
         self.host = host
@@ -256,8 +255,7 @@ class SimIOC:
             writer.write(chunk)
             await writer.drain()
 
-    async def _connect(self, deadline: float
-                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _connect(self, deadline: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Connect, retrying like a client whose connect failed (the listen queue overflowed)."""
         while True:
             self.stats.connect_attempts += 1
@@ -373,8 +371,16 @@ class LoadGen:
 # -- responsiveness probes -------------------------------------------------------------
 
 
-async def _probe(index: int, spec: IOCSpec, host: str, port: int, key: int, tcptimeout: float,
-                 out: TextIO, stop: asyncio.Event) -> None:
+async def _probe(
+    index: int,
+    spec: IOCSpec,
+    host: str,
+    port: int,
+    key: int,
+    tcptimeout: float,
+    out: TextIO,
+    stop: asyncio.Event,
+) -> None:
     """One probe IOC: upload, then only Pongs; one JSON line per Ping (see module doc)."""
     while not stop.is_set():
         try:
@@ -407,8 +413,16 @@ async def _probe(index: int, spec: IOCSpec, host: str, port: int, key: int, tcpt
                         _emit(out, {"event": "live", "probe": index, "t": now})
                     else:
                         interval = now - last_pong
-                        _emit(out, {"event": "ping", "probe": index, "t": now,
-                                    "interval": interval, "lateness": interval - tcptimeout})
+                        _emit(
+                            out,
+                            {
+                                "event": "ping",
+                                "probe": index,
+                                "t": now,
+                                "interval": interval,
+                                "lateness": interval - tcptimeout,
+                            },
+                        )
                     writer.write(wire.Pong(message.nonce).encode())
                     last_pong = time.monotonic()
         except (OSError, RemoteProtocolError) as exc:
@@ -424,8 +438,9 @@ def _emit(out: TextIO, doc: dict[str, Any]) -> None:
     out.flush()
 
 
-async def run_probes(host: str, port: int, key: int, count: int, records: int,
-                     tcptimeout: float, out: TextIO) -> None:
+async def run_probes(
+    host: str, port: int, key: int, count: int, records: int, tcptimeout: float, out: TextIO
+) -> None:
     """Run `count` probes until SIGTERM/SIGINT; lines go to `out` as they happen."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -457,8 +472,14 @@ def read_probe_log(path: Path) -> list[dict[str, Any]]:
 
 def _run(args: argparse.Namespace) -> None:
     plans = [
-        UploadPlan(f"IOC{i:05d}", args.records, variant=args.variant, changed=args.changed,
-                   removed=args.removed, first_rid=args.first_rid)
+        UploadPlan(
+            f"IOC{i:05d}",
+            args.records,
+            variant=args.variant,
+            changed=args.changed,
+            removed=args.removed,
+            first_rid=args.first_rid,
+        )
         for i in range(args.iocs)
     ]
     directory = Path(args.cache)
@@ -471,8 +492,11 @@ def _run(args: argparse.Namespace) -> None:
         iocs = gen.start(uploads)
         stats = gen.wait_sent(iocs, args.timeout)
         sent = [s for s in stats if s.upload_sent is not None]
-        print(f"{len(sent)}/{len(stats)} uploads written in {time.monotonic() - started:.1f} s;"
-              f" reconnects: {sum(s.server_closes for s in stats)}", flush=True)
+        print(
+            f"{len(sent)}/{len(stats)} uploads written in {time.monotonic() - started:.1f} s;"
+            f" reconnects: {sum(s.server_closes for s in stats)}",
+            flush=True,
+        )
         if args.hold > 0:
             time.sleep(args.hold)
     finally:
@@ -501,8 +525,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe = sub.choices["probe"]
     probe.add_argument("--count", type=int, default=4)
     probe.add_argument("--records", type=int, default=10)
-    probe.add_argument("--tcptimeout", type=float, required=True,
-                       help="the bridge's tcptimeout, to compute lateness")
+    probe.add_argument(
+        "--tcptimeout",
+        type=float,
+        required=True,
+        help="the bridge's tcptimeout, to compute lateness",
+    )
     probe.add_argument("--out", default="-", help="JSON lines file (default stdout)")
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -511,12 +539,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         _run(args)
         return 0
     if args.out == "-":
-        asyncio.run(run_probes(args.host, args.port, args.key, args.count, args.records,
-                               args.tcptimeout, sys.stdout))
+        asyncio.run(
+            run_probes(
+                args.host,
+                args.port,
+                args.key,
+                args.count,
+                args.records,
+                args.tcptimeout,
+                sys.stdout,
+            )
+        )
     else:
         with open(args.out, "a") as out:
-            asyncio.run(run_probes(args.host, args.port, args.key, args.count, args.records,
-                                   args.tcptimeout, out))
+            asyncio.run(
+                run_probes(
+                    args.host, args.port, args.key, args.count, args.records, args.tcptimeout, out
+                )
+            )
     return 0
 
 

@@ -186,8 +186,9 @@ def prefix_end(prefix: bytes) -> bytes:
     return bytes(data)
 
 
-def scan(client: Any, prefix: str, page: int = SCAN_PAGE,
-         keys_only: bool = False) -> Iterator[Any]:
+def scan(
+    client: Any, prefix: str, page: int = SCAN_PAGE, keys_only: bool = False
+) -> Iterator[Any]:
     """Every KeyValue under `prefix` in key order, one bounded page per round trip."""
     start = prefix.encode()
     end = prefix_end(start)
@@ -355,8 +356,9 @@ class StatusWatch:
     def count(self, iocids: Sequence[str], status: str, fresh: bool = False) -> int:
         with self.lock:
             if fresh:
-                return sum(1 for i in iocids
-                           if i in self.first_active and self.status.get(i) == status)
+                return sum(
+                    1 for i in iocids if i in self.first_active and self.status.get(i) == status
+                )
             return sum(1 for i in iocids if self.status.get(i) == status)
 
     def cancel(self) -> None:
@@ -381,8 +383,10 @@ def ceiling_batches(plans: Sequence[UploadPlan]) -> tuple[list[list[tuple[str, b
             n_records += 1
             puts = [(keys.record(iocid, record.name), k.record_value(record, iocid))]
             puts += [
-                (keys.pv(name), k.dumps(
-                    k.pv_document(iocid, record.name, record.rtype, alias, [iocid])))
+                (
+                    keys.pv(name),
+                    k.dumps(k.pv_document(iocid, record.name, record.rtype, alias, [iocid])),
+                )
                 for name, alias in k.pv_names(record)
             ]
             for put in puts:
@@ -399,14 +403,16 @@ def write_batches(endpoints: list[str], batches: Sequence[list[tuple[str, bytes]
     client = make_client(endpoints, timeout=CLIENT_TIMEOUT_S)
     try:
         for batch in batches:
-            client.transaction(compare=[], success=[tx.Put(key, v) for key, v in batch],
-                               failure=[])
+            client.transaction(
+                compare=[], success=[tx.Put(key, v) for key, v in batch], failure=[]
+            )
     finally:
         client.close()
 
 
-def timed_write(endpoints: list[str], batches: Sequence[list[tuple[str, bytes]]],
-                threads: int) -> float:
+def timed_write(
+    endpoints: list[str], batches: Sequence[list[tuple[str, bytes]]], threads: int
+) -> float:
     """Seconds to write every batch with `threads` threads, one client each."""
     parts = [batches[i::threads] for i in range(threads)]
     errors: list[BaseException] = []
@@ -429,8 +435,7 @@ def timed_write(endpoints: list[str], batches: Sequence[list[tuple[str, bytes]]]
     return took
 
 
-def measure_ceiling(workdir: Path, plans: Sequence[UploadPlan], threads: int
-                    ) -> dict[str, Any]:
+def measure_ceiling(workdir: Path, plans: Sequence[UploadPlan], threads: int) -> dict[str, Any]:
     """Records/s of raw 128-put transactions; each thread count gets a fresh etcd."""
     batches, n_records = ceiling_batches(plans)
     n_puts = sum(len(b) for b in batches)
@@ -442,8 +447,13 @@ def measure_ceiling(workdir: Path, plans: Sequence[UploadPlan], threads: int
         rates[f"threads_{n}"] = n_records / took
     del batches
     best = max(rates.values())
-    return {"records": n_records, "puts": n_puts, "records_per_s": rates,
-            "best_records_per_s": best, "best_puts_per_s": best * n_puts / n_records}
+    return {
+        "records": n_records,
+        "puts": n_puts,
+        "records_per_s": rates,
+        "best_records_per_s": best,
+        "best_puts_per_s": best * n_puts / n_records,
+    }
 
 
 # -- one group of scenarios on its own etcd and bridge -------------------------------------
@@ -517,18 +527,22 @@ class Group:
         count = args.bridges
         udp_ports = [free_port() for _ in range(count)]
         for i, udp_port in enumerate(udp_ports):
-            self.bridges.append(BridgeProcess(
-                self.workdir, endpoints=self.etcd.endpoints, prefix=PREFIX,
-                announce_to=[f"127.0.0.1:{udp_port}"],
-                name="bridge" if count == 1 else f"bridge-{i + 1}",
-                recceiver={
-                    "announceInterval": 0.5,
-                    "tcptimeout": args.tcptimeout,
-                    "maxActive": args.max_active,
-                    "maxConnections": 20000,
-                    "maxConnectionsPerHost": 20000,
-                },
-            ))
+            self.bridges.append(
+                BridgeProcess(
+                    self.workdir,
+                    endpoints=self.etcd.endpoints,
+                    prefix=PREFIX,
+                    announce_to=[f"127.0.0.1:{udp_port}"],
+                    name="bridge" if count == 1 else f"bridge-{i + 1}",
+                    recceiver={
+                        "announceInterval": 0.5,
+                        "tcptimeout": args.tcptimeout,
+                        "maxActive": args.max_active,
+                        "maxConnections": 20000,
+                        "maxConnectionsPerHost": 20000,
+                    },
+                )
+            )
         saved = {key: os.environ.get(key) for key in args.bridge_env}
         os.environ.update(args.bridge_env)  # BridgeProcess passes our environment on
         try:
@@ -550,17 +564,31 @@ class Group:
         self.gen = LoadGen(targets)
         host, port, key = targets[0]  # the probes use the first bridge
         probe_cmd = [
-            sys.executable, str(BENCH_DIR / "loadgen.py"), "probe", "--host", host,
-            "--port", str(port), "--key", str(key), "--count", str(args.probes),
-            "--records", "10", "--tcptimeout", str(args.tcptimeout),
-            "--out", str(self.probe_log),
+            sys.executable,
+            str(BENCH_DIR / "loadgen.py"),
+            "probe",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--key",
+            str(key),
+            "--count",
+            str(args.probes),
+            "--records",
+            "10",
+            "--tcptimeout",
+            str(args.tcptimeout),
+            "--out",
+            str(self.probe_log),
         ]
         if args.probes:
             self.probe_proc = subprocess.Popen(probe_cmd, start_new_session=True)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                live = {e["probe"] for e in read_probe_log(self.probe_log)
-                        if e.get("event") == "live"}
+                live = {
+                    e["probe"] for e in read_probe_log(self.probe_log) if e.get("event") == "live"
+                }
                 if len(live) == args.probes:
                     break
                 time.sleep(0.1)
@@ -604,11 +632,19 @@ class Group:
         pings = [e for e in events if e.get("event") == "ping" and t0 <= e["t"] <= t1]
         bad = [e for e in events if e.get("event") in ("closed_by_server", "error")]
         worst = max((e["lateness"] for e in pings), default=None)
-        return {"probe_pings": len(pings), "probe_lateness_max_s": worst,
-                "probe_disconnects_total": len(bad)}
+        return {
+            "probe_pings": len(pings),
+            "probe_lateness_max_s": worst,
+            "probe_disconnects_total": len(bad),
+        }
 
-    def wait_until(self, what: str, condition: Callable[[], bool], timeout: float,
-                   hopeless: Callable[[], bool] | None = None) -> bool:
+    def wait_until(
+        self,
+        what: str,
+        condition: Callable[[], bool],
+        timeout: float,
+        hopeless: Callable[[], bool] | None = None,
+    ) -> bool:
         """Wait for `condition`; give up after `timeout` or once `hopeless()` is true."""
         assert self.watch is not None
         deadline = time.monotonic() + timeout
@@ -648,10 +684,23 @@ class Group:
         out = Path(self.args.profile) / f"{self.name}-{scenario}.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
         self.profiler = subprocess.Popen(
-            [py_spy(), "record", "--pid", str(self.bridges[0].pid), "--format", "raw",
-             "--rate", "50", "--nonblocking", "--threads",
-             *(["--gil"] if self.args.profile_gil else []), "-o", str(out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                py_spy(),
+                "record",
+                "--pid",
+                str(self.bridges[0].pid),
+                "--format",
+                "raw",
+                "--rate",
+                "50",
+                "--nonblocking",
+                "--threads",
+                *(["--gil"] if self.args.profile_gil else []),
+                "-o",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
     def stop_profile(self) -> None:
@@ -665,9 +714,15 @@ class Group:
 
     # -- a scenario: some IOCs upload, we wait until they are all active
 
-    def upload(self, scenario: str, plans: Sequence[UploadPlan], *, close_first: Sequence[SimIOC]
-               = (), expected_writes: tuple[int, int] | None = None,
-               timeout: float | None = None) -> tuple[Result, list[SimIOC]]:
+    def upload(
+        self,
+        scenario: str,
+        plans: Sequence[UploadPlan],
+        *,
+        close_first: Sequence[SimIOC] = (),
+        expected_writes: tuple[int, int] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[Result, list[SimIOC]]:
         """Run one upload scenario; returns its result and the (still open) connections."""
         assert self.watch is not None and self.gen is not None and self.bridges
         assert self.sampler is not None
@@ -676,8 +731,12 @@ class Group:
         fig = result.figures
         iocids = [p.iocid for p in plans]
         n_records = sum(len(p.spec().records) if p.removed else p.records for p in plans)
-        fig.update(iocs=len(plans), records_per_ioc=plans[0].records, records=n_records,
-                   max_active=self.args.max_active)
+        fig.update(
+            iocs=len(plans),
+            records_per_ioc=plans[0].records,
+            records=n_records,
+            max_active=self.args.max_active,
+        )
         say(f"[{self.name}] {scenario}: preparing {len(plans)} uploads ...")
         uploads = prepare_uploads(plans, self.cache, self.args.workers)
         fig["upload_mb"] = round(sum(size for *_, size in uploads) / 1e6, 1)
@@ -686,7 +745,8 @@ class Group:
             self.gen.close(close_first)
             closed = [c.plan.iocid for c in close_first]
             self.wait_until(
-                "inactive", lambda: watch.count(closed, k.STATUS_INACTIVE) == len(closed), 120)
+                "inactive", lambda: watch.count(closed, k.STATUS_INACTIVE) == len(closed), 120
+            )
             fig["all_inactive_after_close_s"] = round(time.monotonic() - started, 3)
             # The bridge goes on working after the IOC documents say inactive (name-index
             # hand-over); the storm starts once it is idle, so that it is measured alone.
@@ -695,8 +755,10 @@ class Group:
         self.watch.reset()
         usage = self.usage()
         timeout = timeout or self.args.timeout
-        say(f"[{self.name}] {scenario}: {len(plans)} IOCs x {n_records // max(1, len(plans))}"
-            f" records connect ...")
+        say(
+            f"[{self.name}] {scenario}: {len(plans)} IOCs x {n_records // max(1, len(plans))}"
+            f" records connect ..."
+        )
         self.start_profile(scenario)
         usage.begin()
         t0 = usage.t0
@@ -710,8 +772,10 @@ class Group:
 
         done = self.wait_until(
             "all active",
-            lambda: watch.count(iocids, k.STATUS_ACTIVE, fresh=True) == len(iocids), timeout,
-            hopeless)
+            lambda: watch.count(iocids, k.STATUS_ACTIVE, fresh=True) == len(iocids),
+            timeout,
+            hopeless,
+        )
         usage.end()
         self.stop_profile()
         t1 = usage.t1
@@ -741,8 +805,10 @@ class Group:
         fig["etcd_revisions_used"] = rev1 - rev0
         status = self.client.status()
         fig["etcd_db_mb"] = round(status.db_size / 1e6, 1)
-        say(f"[{self.name}] {scenario}: {fig['active_iocs']}/{len(plans)} active after "
-            f"{seconds:.2f} s; verifying content ...")
+        say(
+            f"[{self.name}] {scenario}: {fig['active_iocs']}/{len(plans)} active after "
+            f"{seconds:.2f} s; verifying content ..."
+        )
         if self.args.skip_verify:
             fig["verified"] = False
         else:
@@ -759,8 +825,10 @@ class Group:
         written_records = written_pvs = 0
         problems = result.problems
         not_active: list[str] = []
-        docs = {self.keys.split(kv.key.decode())[1]: json.loads(kv.value)
-                for kv in scan(self.client, self.keys.iocs_prefix())}
+        docs = {
+            self.keys.split(kv.key.decode())[1]: json.loads(kv.value)
+            for kv in scan(self.client, self.keys.iocs_prefix())
+        }
         for plan in plans:
             iocid = plan.iocid
             records, pvs = expected_keys(self.keys, plan)
@@ -771,11 +839,12 @@ class Group:
                 # its records may legitimately be incomplete.
                 not_active.append(f"{iocid}: {doc and doc.get('status')}")
                 continue
-            if doc.get("records") != len(records) or doc.get("aliases") != len(pvs) - len(
-                    records):
-                problems.append(f"{iocid}: IOC document counts {doc.get('records')}/"
-                                f"{doc.get('aliases')}, expected {len(records)}/"
-                                f"{len(pvs) - len(records)}")
+            if doc.get("records") != len(records) or doc.get("aliases") != len(pvs) - len(records):
+                problems.append(
+                    f"{iocid}: IOC document counts {doc.get('records')}/"
+                    f"{doc.get('aliases')}, expected {len(records)}/"
+                    f"{len(pvs) - len(records)}"
+                )
             for kind, prefix, want in (
                 ("record", self.keys.records_prefix(iocid), records),
                 ("pv", pv_scan_prefix(self.keys, plan), pvs),
@@ -800,9 +869,11 @@ class Group:
                         else:
                             written_pvs += 1
                         if active_rev and kv.mod_revision > active_rev:
-                            problems.append(f"{iocid}: {key} written at revision "
-                                            f"{kv.mod_revision}, after the IOC turned active "
-                                            f"at {active_rev}")
+                            problems.append(
+                                f"{iocid}: {key} written at revision "
+                                f"{kv.mod_revision}, after the IOC turned active "
+                                f"at {active_rev}"
+                            )
                 if seen != len(want):
                     problems.append(f"{iocid}: {seen} of {len(want)} {kind} keys present")
         total_records = count_prefix(self.client, f"{PREFIX}/{k.RECORDS}/")
@@ -810,14 +881,19 @@ class Group:
         if not_active:
             result.figures["not_active_iocs"] = len(not_active)
             result.figures["not_active_first"] = not_active[:5]
-        result.figures.update(record_keys_written=written_records,
-                              pv_keys_written=written_pvs,
-                              record_keys_total=total_records, pv_keys_total=total_pvs,
-                              verify_s=round(time.monotonic() - started, 1))
+        result.figures.update(
+            record_keys_written=written_records,
+            pv_keys_written=written_pvs,
+            record_keys_total=total_records,
+            pv_keys_total=total_pvs,
+            verify_s=round(time.monotonic() - started, 1),
+        )
         if problems:
             result.content_ok = False
-            say(f"[{self.name}] {result.scenario}: CONTENT WRONG: {len(problems)} problems, "
-                f"first: {problems[:3]}")
+            say(
+                f"[{self.name}] {result.scenario}: CONTENT WRONG: {len(problems)} problems, "
+                f"first: {problems[:3]}"
+            )
 
     def check_targets(self, result: Result, expected_writes: tuple[int, int] | None) -> None:
         fig = result.figures
@@ -825,42 +901,88 @@ class Group:
         name = result.scenario
         if name in ("cold", "big") and self.ceiling is not None:
             best = self.ceiling["best_records_per_s"]
-            fig["ceiling_records_per_s"] = {n: round(r) for n, r in
-                                            self.ceiling["records_per_s"].items()}
+            fig["ceiling_records_per_s"] = {
+                n: round(r) for n, r in self.ceiling["records_per_s"].items()
+            }
             fig["ceiling_best_records_per_s"] = round(best)
             rate = fig["records_per_s"] or 0
             fig["ratio_to_ceiling"] = round(rate / best, 3)
             need = min(RATE_TARGET, CEILING_FRACTION * best)
-            targets.append(Target("records_per_s", rate, f">= {need:,.0f} (min(16,000, 0.8 x "
-                                  f"ceiling {best:,.0f}))", rate >= need))
+            targets.append(
+                Target(
+                    "records_per_s",
+                    rate,
+                    f">= {need:,.0f} (min(16,000, 0.8 x ceiling {best:,.0f}))",
+                    rate >= need,
+                )
+            )
         verified = "record_keys_written" in fig
         if name == "storm":
             s = fig["seconds_to_all_active"]
-            targets.append(Target("seconds_to_all_active", s, f"<= {STORM_TARGET_S:g}",
-                                  fig["all_active"] and s <= STORM_TARGET_S))
+            targets.append(
+                Target(
+                    "seconds_to_all_active",
+                    s,
+                    f"<= {STORM_TARGET_S:g}",
+                    fig["all_active"] and s <= STORM_TARGET_S,
+                )
+            )
         if name == "storm" and verified:
             written = fig["record_keys_written"] + fig["pv_keys_written"]
             targets.append(Target("record+pv keys written", written, "== 0", written == 0))
         if name == "changed" and expected_writes is not None and verified:
-            targets.append(Target("record keys written", fig["record_keys_written"],
-                                  f"== {expected_writes[0]}",
-                                  fig["record_keys_written"] == expected_writes[0]))
-            targets.append(Target("pv keys written", fig["pv_keys_written"],
-                                  f"<= {expected_writes[1]} (names of changed records)",
-                                  fig["pv_keys_written"] <= expected_writes[1]))
+            targets.append(
+                Target(
+                    "record keys written",
+                    fig["record_keys_written"],
+                    f"== {expected_writes[0]}",
+                    fig["record_keys_written"] == expected_writes[0],
+                )
+            )
+            targets.append(
+                Target(
+                    "pv keys written",
+                    fig["pv_keys_written"],
+                    f"<= {expected_writes[1]} (names of changed records)",
+                    fig["pv_keys_written"] <= expected_writes[1],
+                )
+            )
         if verified:
-            targets.append(Target("all active, exact content", fig["all_active"] and
-                                  result.content_ok, "yes",
-                                  bool(fig["all_active"] and result.content_ok)))
+            targets.append(
+                Target(
+                    "all active, exact content",
+                    fig["all_active"] and result.content_ok,
+                    "yes",
+                    bool(fig["all_active"] and result.content_ok),
+                )
+            )
         else:
-            targets.append(Target("all active (content NOT verified)", fig["all_active"],
-                                  "yes", bool(fig["all_active"])))
-        targets.append(Target("bridge_rss_peak_mb", fig["bridge_rss_peak_mb"],
-                              f"<= {RSS_TARGET_MB:g}", fig["bridge_rss_peak_mb"] <= RSS_TARGET_MB))
+            targets.append(
+                Target(
+                    "all active (content NOT verified)",
+                    fig["all_active"],
+                    "yes",
+                    bool(fig["all_active"]),
+                )
+            )
+        targets.append(
+            Target(
+                "bridge_rss_peak_mb",
+                fig["bridge_rss_peak_mb"],
+                f"<= {RSS_TARGET_MB:g}",
+                fig["bridge_rss_peak_mb"] <= RSS_TARGET_MB,
+            )
+        )
         late = fig["probe_lateness_max_s"]
         if late is not None:
-            targets.append(Target("probe_lateness_max_s", round(late, 3),
-                                  f"< {PROBE_TARGET_S:g}", late < PROBE_TARGET_S))
+            targets.append(
+                Target(
+                    "probe_lateness_max_s",
+                    round(late, 3),
+                    f"< {PROBE_TARGET_S:g}",
+                    late < PROBE_TARGET_S,
+                )
+            )
 
 
 def py_spy() -> str:
@@ -897,8 +1019,9 @@ def run_fleet(group: Group, args: argparse.Namespace, chosen: set[str]) -> list[
         per_ioc = [r for r in changed[0].spec().records if r.desc and r.desc.endswith(" v1")]
         n_changed = len(per_ioc) * len(changed)
         n_names = sum(1 + len(r.aliases) for r in per_ioc) * len(changed)
-        result, iocs = group.upload("changed", changed, close_first=iocs,
-                                    expected_writes=(n_changed, n_names))
+        result, iocs = group.upload(
+            "changed", changed, close_first=iocs, expected_writes=(n_changed, n_names)
+        )
         results.append(result)
     return results
 
@@ -931,10 +1054,20 @@ def run_huge(group: Group, args: argparse.Namespace) -> list[Result]:
     # against the revision that turned the IOC active; the IOC must also never have
     # been active before its last record landed (its statuses: uploading..., active).
     first = history.index(k.STATUS_ACTIVE) if k.STATUS_ACTIVE in history else -1
-    ok = first >= 0 and all(s == k.STATUS_UPLOADING for s in history[:first]) and all(
-        s == k.STATUS_ACTIVE for s in history[first:])
-    result.targets.insert(0, Target("turns active only at the end", history[-3:], "uploading"
-                                    " ... then active (last)", ok and result.content_ok))
+    ok = (
+        first >= 0
+        and all(s == k.STATUS_UPLOADING for s in history[:first])
+        and all(s == k.STATUS_ACTIVE for s in history[first:])
+    )
+    result.targets.insert(
+        0,
+        Target(
+            "turns active only at the end",
+            history[-3:],
+            "uploading ... then active (last)",
+            ok and result.content_ok,
+        ),
+    )
     return [warm, result]
 
 
@@ -946,14 +1079,35 @@ def say(text: str) -> None:
 
 
 TABLE_FIELDS = (
-    "iocs", "records_per_ioc", "records", "upload_mb", "seconds_to_all_active", "records_per_s",
-    "ceiling_best_records_per_s", "ratio_to_ceiling", "etcd_revisions_used",
-    "record_keys_written", "pv_keys_written", "bridge_rss_peak_mb", "bridge_vmhwm_mb",
-    "bridge_cpu_s", "etcd_cpu_s", "bench_cpu_s", "softirq_cpu_s", "other_cpu_s",
-    "machine_busy_cpu_s", "loadavg_1m_at_start",
-    "all_inactive_after_close_s", "bridge_idle_after_close_s",
-    "probe_lateness_max_s", "probe_pings", "connect_s_max", "connect_retries",
-    "reconnects", "conn_gave_up", "etcd_db_mb",
+    "iocs",
+    "records_per_ioc",
+    "records",
+    "upload_mb",
+    "seconds_to_all_active",
+    "records_per_s",
+    "ceiling_best_records_per_s",
+    "ratio_to_ceiling",
+    "etcd_revisions_used",
+    "record_keys_written",
+    "pv_keys_written",
+    "bridge_rss_peak_mb",
+    "bridge_vmhwm_mb",
+    "bridge_cpu_s",
+    "etcd_cpu_s",
+    "bench_cpu_s",
+    "softirq_cpu_s",
+    "other_cpu_s",
+    "machine_busy_cpu_s",
+    "loadavg_1m_at_start",
+    "all_inactive_after_close_s",
+    "bridge_idle_after_close_s",
+    "probe_lateness_max_s",
+    "probe_pings",
+    "connect_s_max",
+    "connect_retries",
+    "reconnects",
+    "conn_gave_up",
+    "etcd_db_mb",
     "verify_s",
 )
 
@@ -992,38 +1146,66 @@ def print_table(results: Sequence[Result]) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="recsync-bridge scale benchmark (issue #4)")
-    p.add_argument("--scenario", default="all",
-                   help="all, or a comma-separated subset of " + ", ".join(SCENARIOS))
+    p.add_argument(
+        "--scenario",
+        default="all",
+        help="all, or a comma-separated subset of " + ", ".join(SCENARIOS),
+    )
     p.add_argument("--iocs", type=int, default=1000)
     p.add_argument("--records", type=int, default=1000)
     p.add_argument("--big-iocs", type=int, default=100)
     p.add_argument("--big-records", type=int, default=10_000)
     p.add_argument("--huge-records", type=int, default=65_000)
     p.add_argument("--max-active", type=int, default=20, help="the bridge's maxActive")
-    p.add_argument("--bridges", type=int, default=1,
-                   help="bridge processes, each announcing its own port; IOCs are dealt "
-                        "out among them (README: Scale)")
+    p.add_argument(
+        "--bridges",
+        type=int,
+        default=1,
+        help="bridge processes, each announcing its own port; IOCs are dealt "
+        "out among them (README: Scale)",
+    )
     p.add_argument("--tcptimeout", type=float, default=2.0, help="the bridge's tcptimeout")
     p.add_argument("--probes", type=int, default=4, help="responsiveness probe IOCs")
-    p.add_argument("--ceiling-records", type=int, default=200_000,
-                   help="records in the raw-ceiling sample (0: no ceiling)")
+    p.add_argument(
+        "--ceiling-records",
+        type=int,
+        default=200_000,
+        help="records in the raw-ceiling sample (0: no ceiling)",
+    )
     p.add_argument("--ceiling-threads", type=int, default=4)
     p.add_argument("--workers", type=int, default=2, help="processes encoding uploads")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per scenario")
     p.add_argument("--workdir", help="where etcd data, logs and uploads go (default: temp)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
-    p.add_argument("--profile", metavar="DIR",
-                   help="record the bridge (the first, with --bridges) with py-spy (raw "
-                        "collapsed stacks) per scenario")
-    p.add_argument("--profile-gil", action="store_true",
-                   help="with --profile: only samples of the thread holding the GIL")
-    p.add_argument("--skip-verify", action="store_true",
-                   help="diagnostics only: skip the content check (and the key-write counts)")
-    p.add_argument("--bridge-env", metavar="NAME=VALUE", action="append", default=[],
-                   help="extra environment for the bridge process, e.g. MALLOC_ARENA_MAX=2")
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="record the bridge (the first, with --bridges) with py-spy (raw "
+        "collapsed stacks) per scenario",
+    )
+    p.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: only samples of the thread holding the GIL",
+    )
+    p.add_argument(
+        "--skip-verify",
+        action="store_true",
+        help="diagnostics only: skip the content check (and the key-write counts)",
+    )
+    p.add_argument(
+        "--bridge-env",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="extra environment for the bridge process, e.g. MALLOC_ARENA_MAX=2",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the JSON result here")
-    p.add_argument("--quick", action="store_true",
-                   help="small sizes for a smoke test: 50 x 200, 5 x 2,000, huge 6,500")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes for a smoke test: 50 x 200, 5 x 2,000, huge 6,500",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.iocs, args.records = 50, 200
@@ -1052,14 +1234,19 @@ def raise_fd_limit() -> None:
 
 def git_state() -> dict[str, Any]:
     """The commit measured, and which tracked files differed from it (a working tree)."""
+
     def git(*argv: str) -> str:
         try:
-            return subprocess.run(["git", *argv], cwd=REPO_ROOT, capture_output=True,
-                                  text=True, timeout=10).stdout.strip()
+            return subprocess.run(
+                ["git", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    return {"head": git("rev-parse", "--short", "HEAD"),
-            "modified": git("diff", "--name-only", "HEAD").split()}
+
+    return {
+        "head": git("rev-parse", "--short", "HEAD"),
+        "modified": git("diff", "--name-only", "HEAD").split(),
+    }
 
 
 def interrupt(signum: int, frame: Any) -> None:
@@ -1073,11 +1260,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # when started in the background, where the shell ignores SIGINT.
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, interrupt)
-    workdir = Path(args.workdir) if args.workdir else Path(
-        tempfile.mkdtemp(prefix="recsync-bench-"))
+    workdir = (
+        Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="recsync-bench-"))
+    )
     workdir.mkdir(parents=True, exist_ok=True)
-    say(f"work directory {workdir}; {psutil.cpu_count()} CPUs; load "
-        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    say(
+        f"work directory {workdir}; {psutil.cpu_count()} CPUs; load "
+        f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     results: list[Result] = []
     crashed: str | None = None
     chosen = args.chosen

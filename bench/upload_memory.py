@@ -57,12 +57,14 @@ def upload(writer: EtcdWriter, session: Session, decoder: wire.Decoder, data: by
             messages = decoder.feed(b"")
 
 
-def measure(writer: EtcdWriter, spec: fakeioc.IOCSpec, first_rid: int, session_id: int,
-            top: int) -> tuple[float, list[Any]]:
+def measure(
+    writer: EtcdWriter, spec: fakeioc.IOCSpec, first_rid: int, session_id: int, top: int
+) -> tuple[float, list[Any]]:
     data = fakeioc.upload_bytes(spec, first_rid=first_rid)
     body, done = data[:-12], data[-12:]  # everything but UploadDone
-    session = Session(session_id, Peer("127.0.0.1", 40000 + session_id), SessionLimits(),
-                      lambda: 1)
+    session = Session(
+        session_id, Peer("127.0.0.1", 40000 + session_id), SessionLimits(), lambda: 1
+    )
     session.start(0.0)
     decoder = wire.Decoder()
     decoder.start_runs(session.digest_seed, session.limits.max_aliases)
@@ -89,18 +91,21 @@ def main() -> None:
     with EtcdCluster(1) as etcd:
         client = make_client(etcd.endpoints, timeout=5.0)
         lease = client.lease(600)
-        writer = EtcdWriter(client, Keys("/bench-memory"), "bench", lambda: lease, time.time,
-                            deadline_s=30.0)
+        writer = EtcdWriter(
+            client, Keys("/bench-memory"), "bench", lambda: lease, time.time, deadline_s=30.0
+        )
         try:
             changed = fakeioc.make_ioc("MEM", args.records, changed=0.01, variant=1)
             for label, upload_spec, first_rid, session_id in (
-                    ("first upload", spec, 1, 1),
-                    ("unchanged re-upload", spec, args.records + 1, 2),
-                    ("re-upload with 1 % changed", changed, 2 * args.records + 1, 3)):
-                per_record, lines = measure(writer, upload_spec, first_rid, session_id,
-                                            args.top)
-                print(f"{label}: {per_record:.0f} bytes per record held before UploadDone "
-                      f"({args.records} records)")
+                ("first upload", spec, 1, 1),
+                ("unchanged re-upload", spec, args.records + 1, 2),
+                ("re-upload with 1 % changed", changed, 2 * args.records + 1, 3),
+            ):
+                per_record, lines = measure(writer, upload_spec, first_rid, session_id, args.top)
+                print(
+                    f"{label}: {per_record:.0f} bytes per record held before UploadDone "
+                    f"({args.records} records)"
+                )
                 for line in lines:
                     print(f"    {line}")
         finally:

@@ -56,14 +56,19 @@ class Announcer(DatagramProtocol):
                     self._failing.add(destination)
                     self.log.error(
                         "cannot announce to {host}:{port}: {error}",
-                        host=destination[0], port=destination[1], error=error,
+                        host=destination[0],
+                        port=destination[1],
+                        error=error,
                     )
             else:
                 self.sent += 1
                 if destination in self._failing:
                     self._failing.discard(destination)
-                    self.log.info("announcing to {host}:{port} again",
-                                  host=destination[0], port=destination[1])
+                    self.log.info(
+                        "announcing to {host}:{port} again",
+                        host=destination[0],
+                        port=destination[1],
+                    )
 
 
 class AnnounceService(Service):
@@ -114,7 +119,8 @@ class AnnounceService(Service):
         self._loop = loop
         _startup_log.info(
             "announcing TCP port {port} every {interval:g} s to {destinations}",
-            port=self.tcp_port, interval=self.interval,
+            port=self.tcp_port,
+            interval=self.interval,
             destinations=", ".join(f"{h}:{p}" for h, p in self.announcer.destinations),
         )
 
@@ -122,8 +128,10 @@ class AnnounceService(Service):
         if self.ready is not None and not self.ready():
             if not self.holding:
                 self.holding = True
-                self.log.warn("not announcing while the bridge cannot store (etcd "
-                              "unreachable); IOCs looking for a server go elsewhere")
+                self.log.warn(
+                    "not announcing while the bridge cannot store (etcd "
+                    "unreachable); IOCs looking for a server go elsewhere"
+                )
             return
         if self.holding:
             self.holding = False

@@ -46,8 +46,13 @@ def connect(etcd: EtcdConfig) -> Any:
             )
         endpoints = [found]
     return make_client(
-        endpoints, timeout=etcd.timeout, username=etcd.username, password=etcd.password,
-        ca=etcd.ca, cert=etcd.cert, key=etcd.key,
+        endpoints,
+        timeout=etcd.timeout,
+        username=etcd.username,
+        password=etcd.password,
+        ca=etcd.ca,
+        cert=etcd.cert,
+        key=etcd.key,
     )
 
 
@@ -68,9 +73,9 @@ def cmd_iocs(client: Any, k: keys.Keys, args: argparse.Namespace, out: TextIO) -
     rows: list[Sequence[object]] = [("IOCID", "STATUS", "HOST", "RECORDS", "SINCE")]
     for _, doc in sorted(_prefix_items(client, k.iocs_prefix())):
         status = doc.get("status")
-        since = {
-            "active": doc.get("uploaded"), "inactive": doc.get("disconnected")
-        }.get(status, doc.get("connected"))
+        since = {"active": doc.get("uploaded"), "inactive": doc.get("disconnected")}.get(
+            status, doc.get("connected")
+        )
         rows.append((doc.get("iocid"), status, doc.get("hostname"), doc.get("records"), since))
     _table(rows, out)
     return 0
@@ -91,10 +96,16 @@ def cmd_pv(client: Any, k: keys.Keys, args: argparse.Namespace, out: TextIO) -> 
             missing += 1
             continue
         ioc = _get(client, k.ioc(entry["iocid"])) or {}
-        rows.append((
-            name, entry["iocid"], entry["record"], entry["type"], ioc.get("status"),
-            ",".join(entry["claims"]),
-        ))
+        rows.append(
+            (
+                name,
+                entry["iocid"],
+                entry["record"],
+                entry["type"],
+                ioc.get("status"),
+                ",".join(entry["claims"]),
+            )
+        )
     _table(rows, out)
     return 1 if missing else 0
 
@@ -121,8 +132,12 @@ def cmd_watch(client: Any, k: keys.Keys, args: argparse.Namespace, out: TextIO) 
     for change in watch_changes(client, k.everything(), start_revision=start):
         parts = k.split(change.key)
         if args.json:
-            record = {"event": change.kind, "revision": change.revision, "key": list(parts),
-                      "value": change.value}
+            record = {
+                "event": change.kind,
+                "revision": change.revision,
+                "key": list(parts),
+                "value": change.value,
+            }
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
             out.write(_describe(change.kind, parts, change.value) + "\n")

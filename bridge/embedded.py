@@ -222,9 +222,7 @@ class EmbeddedEtcdService(Service):
         )
         process = _EtcdProtocol(self._tail)
         command = detached(self._command)
-        self._process_reactor.spawnProcess(
-            process, command[0], command, env=etcd_environment()
-        )
+        self._process_reactor.spawnProcess(process, command[0], command, env=etcd_environment())
         self._process = process
         process.whenEnded().addCallback(self._on_exit, process)
 

@@ -49,7 +49,6 @@ BACKOFF_MAX_S = 1.0
 AUTH_DEADLINE_S = 10.0
 
 
-
 class TokenRenewed(Exception):
     """etcd no longer knew the auth token; the client authenticated again: retry the call."""
 
@@ -66,7 +65,11 @@ _RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADL
 # "context deadline exceeded": etcd's own deadline, e.g. a follower forwarding to a
 # leader that was just killed.
 _TRANSIENT_DETAILS = (
-    "leader changed", "no leader", "proposal dropped", "timed out", "context deadline exceeded",
+    "leader changed",
+    "no leader",
+    "proposal dropped",
+    "timed out",
+    "context deadline exceeded",
 )
 _FAILED_NODE_MESSAGE = "Trying to use a failed node"
 # How etcd answers a bad user name or password.
@@ -84,8 +87,13 @@ _INVALID_TOKEN = "invalid auth token"
 # What gRPC says when TLS fails, lower case: the server's certificate is not trusted,
 # or the server refused ours (it then aborts the connection right after the handshake).
 _TLS_SERVER_REFUSED = ("certificate_verify_failed", "peer name", "self signed", "self-signed")
-_TLS_CLIENT_REFUSED = ("tsi_data_corrupted", "bad_certificate", "certificate_required",
-                       "unknown_ca", "alert")
+_TLS_CLIENT_REFUSED = (
+    "tsi_data_corrupted",
+    "bad_certificate",
+    "certificate_required",
+    "unknown_ca",
+    "alert",
+)
 _TLS_OTHER = ("handshake", "ssl", "tsi_", "tls")
 
 _log = Logger()
@@ -143,11 +151,15 @@ def tls_problem(exc: BaseException) -> str | None:
     details = str(getattr(error, "details", lambda: "")() or "")
     text = details.lower()
     if any(word in text for word in _TLS_SERVER_REFUSED):
-        return ("etcd's server certificate is not trusted (check [etcd] ca, and that the "
-                f"certificate names the endpoint's host): {details}")
+        return (
+            "etcd's server certificate is not trusted (check [etcd] ca, and that the "
+            f"certificate names the endpoint's host): {details}"
+        )
     if any(word in text for word in _TLS_CLIENT_REFUSED):
-        return ("etcd refused the TLS connection, most likely our client certificate "
-                f"(check [etcd] cert and key, and etcd's --trusted-ca-file): {details}")
+        return (
+            "etcd refused the TLS connection, most likely our client certificate "
+            f"(check [etcd] cert and key, and etcd's --trusted-ca-file): {details}"
+        )
     if any(word in text for word in _TLS_OTHER):
         return f"TLS handshake with etcd failed: {details}"
     return None
@@ -244,8 +256,10 @@ def _check_tls(client: pyetcd.MultiEndpointEtcd3Client, endpoints: Sequence[str]
     """One status request; a TLS failure becomes `ConfigError`, anything else is ignored."""
     try:
         client.maintenancestub.Status(
-            etcdrpc.StatusRequest(), client.timeout,
-            credentials=client.call_credentials, metadata=client.metadata,
+            etcdrpc.StatusRequest(),
+            client.timeout,
+            credentials=client.call_credentials,
+            metadata=client.metadata,
         )
     except grpc.RpcError as exc:
         problem = tls_problem(exc)
@@ -264,10 +278,10 @@ class AuthenticatedClient(pyetcd.MultiEndpointEtcd3Client):  # type: ignore[misc
     `call_with_retry` retries with the new token.
     """
 
-    def __init__(self, endpoints: list[pyetcd.Endpoint], *, timeout: float, user: str,
-                 password: str) -> None:
-        super().__init__(endpoints, timeout=timeout, user=user, password=password,
-                         failover=True)
+    def __init__(
+        self, endpoints: list[pyetcd.Endpoint], *, timeout: float, user: str, password: str
+    ) -> None:
+        super().__init__(endpoints, timeout=timeout, user=user, password=password, failover=True)
         self._login = etcdrpc.AuthenticateRequest(name=user, password=password)
         self._secure = bool(endpoints[0].secure)
         self._auth_lock = threading.Lock()
@@ -282,7 +296,8 @@ class AuthenticatedClient(pyetcd.MultiEndpointEtcd3Client):  # type: ignore[misc
         # which is all etcd reads, so plaintext channels go without.
         self.call_credentials = (
             grpc.metadata_call_credentials(EtcdTokenCallCredentials(token))
-            if self._secure else None
+            if self._secure
+            else None
         )
         watcher: Any = self._stubs.get("watcher")
         if watcher is not None:  # used when its stream is opened again
@@ -297,8 +312,9 @@ class AuthenticatedClient(pyetcd.MultiEndpointEtcd3Client):  # type: ignore[misc
             self.renewals += 1
 
     def _manage_grpc_errors(self, exc: grpc.RpcError) -> None:
-        if (exc.code() == grpc.StatusCode.UNAUTHENTICATED
-                and _INVALID_TOKEN in str(exc.details() or "")):
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED and _INVALID_TOKEN in str(
+            exc.details() or ""
+        ):
             try:
                 self.authenticate()
             except grpc.RpcError as again:
@@ -319,8 +335,9 @@ def send_txn(client: Any, request: Any) -> Any:
     exactly (pyproject.toml), which keeps this private hook stable.
     """
     try:
-        return client.kvstub.Txn(request, client.timeout, credentials=client.call_credentials,
-                                 metadata=client.metadata)
+        return client.kvstub.Txn(
+            request, client.timeout, credentials=client.call_credentials, metadata=client.metadata
+        )
     except grpc.RpcError as exc:
         client._manage_grpc_errors(exc)
         raise

@@ -196,8 +196,16 @@ class EtcdMember:
         self.data_dir = Path(data_dir)
         self.log_path = self.data_dir / LOG_NAME
         self.command = member_command(
-            binary, name, str(self.data_dir), client_port, peer_port, initial_cluster, token,
-            host, client_scheme=client_scheme, extra_flags=extra_flags,
+            binary,
+            name,
+            str(self.data_dir),
+            client_port,
+            peer_port,
+            initial_cluster,
+            token,
+            host,
+            client_scheme=client_scheme,
+            extra_flags=extra_flags,
         )
         self._proc: subprocess.Popen[bytes] | None = None
 

@@ -98,8 +98,14 @@ class BridgeProcess:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", "recsync-bridge", "-f", str(self.config),
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "recsync-bridge",
+            "-f",
+            str(self.config),
         ]
 
     def start(self) -> BridgeProcess:
@@ -107,8 +113,12 @@ class BridgeProcess:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                cwd=self.workdir, start_new_session=True,
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
+                start_new_session=True,
             )
         return self
 
@@ -466,8 +476,8 @@ class LivenessChecker:
         alive = self.alive.get(iocid)
         status = doc.get("status") if doc is not None else None
         live = doc is not None and status in (STATUS_ACTIVE, STATUS_UPLOADING)
-        matched = alive is not None and doc is not None and alive.get("bridge") == doc.get(
-            "bridge"
+        matched = (
+            alive is not None and doc is not None and alive.get("bridge") == doc.get("bridge")
         )
         self._interval(self._unmatched, iocid, live and not matched, now, now, "unmatched")
         died = self._died(doc) if live and doc is not None else None
@@ -486,8 +496,9 @@ class LivenessChecker:
                 return mono
         return None
 
-    def _interval(self, open_: dict[str, float], iocid: str, flag: bool, now: float,
-                  start: float, what: str) -> None:
+    def _interval(
+        self, open_: dict[str, float], iocid: str, flag: bool, now: float, start: float, what: str
+    ) -> None:
         if flag and iocid not in open_:
             open_[iocid] = start
         elif not flag and iocid in open_:

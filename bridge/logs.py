@@ -19,6 +19,7 @@ _PYTHON_TO_TWISTED = {
     "CRITICAL": LogLevel.critical,
 }
 
+
 def printable(text: str, limit: int = 200) -> str:
     """Peer-supplied text (an IOC id, a record name) for a log line.
 

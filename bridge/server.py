@@ -168,8 +168,10 @@ class RecSyncProtocol(Protocol):
         In front of the first record if the client infos so far name the IOC (the C
         RecCaster sends them all first), else at the end of the first run.
         """
-        if self.decoder.before_records and not derive_identity(
-                self.session.client_infos, self.peer).stable:
+        if (
+            self.decoder.before_records
+            and not derive_identity(self.session.client_infos, self.peer).stable
+        ):
             self.decoder.wait_for_first_run()
             self._decode(b"")
             return
@@ -233,8 +235,9 @@ class RecSyncProtocol(Protocol):
                 closing = any(isinstance(e, Close) and e.reason == effect.text for e in effects)
                 self.factory.notice(self.peer, effect, log=not closing)
             elif isinstance(effect, Close):
-                limited = any(isinstance(e, Notice) and e.limit and e.text == effect.reason
-                              for e in effects)
+                limited = any(
+                    isinstance(e, Notice) and e.limit and e.text == effect.reason for e in effects
+                )
                 self._drop(effect.reason, None if limited else PROTOCOL_ERROR)
         if not self.session.uploading and not self.session.upload_finished_at:
             self._release_slot()
@@ -278,8 +281,13 @@ class RecSyncProtocol(Protocol):
     def _committed(self, txn: Transaction) -> None:
         self._inflight -= 1
         self.factory.pending_commits -= 1
-        if (self._paused and self._inflight < MAX_INFLIGHT and not self._closing
-                and self._held is None and not self._awaiting_runs):
+        if (
+            self._paused
+            and self._inflight < MAX_INFLIGHT
+            and not self._closing
+            and self._held is None
+            and not self._awaiting_runs
+        ):
             self._resume()
         if txn.upload_done:
             self._log_upload()
@@ -288,8 +296,12 @@ class RecSyncProtocol(Protocol):
     def _commit_failed(self, txn: Transaction, failure: Failure) -> None:
         self._failed = True
         if isinstance(failure.value, StoreError):  # etcd away longer than max_outage
-            self.log.warn("{peer} could not store transaction {seq}: {error}", peer=self.peer,
-                          seq=txn.seq, error=failure.getErrorMessage())
+            self.log.warn(
+                "{peer} could not store transaction {seq}: {error}",
+                peer=self.peer,
+                seq=txn.seq,
+                error=failure.getErrorMessage(),
+            )
         else:
             self.log.failure(
                 "{peer} could not store transaction {seq}", failure, peer=self.peer, seq=txn.seq
@@ -315,7 +327,10 @@ class RecSyncProtocol(Protocol):
         took = max(self.factory.now() - s.upload_started_at, 1e-6)
         self.log.info(
             "{peer} uploaded {records} records, {kb:.1f} kB in {took:.3f} s",
-            peer=self.peer, records=s.records_total, kb=self.bytes_received / 1e3, took=took,
+            peer=self.peer,
+            records=s.records_total,
+            kb=self.bytes_received / 1e3,
+            took=took,
         )
 
     # -- slots and timers -------------------------------------------------------------

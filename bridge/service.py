@@ -93,7 +93,8 @@ class BridgeService(MultiService):
             self.log.warn(
                 "procs: {name!r} ({what}) is not supported by recsync-bridge; PV metadata goes "
                 "to etcd instead (README: 'Moving from recceiver')",
-                name=name, what=UNSUPPORTED.get(name.partition(":")[0], "unknown"),
+                name=name,
+                what=UNSUPPORTED.get(name.partition(":")[0], "unknown"),
             )
         d = defer.ensureDeferred(self._start())
         d.addCallbacks(self.ready.callback, self._start_failed)
@@ -103,7 +104,9 @@ class BridgeService(MultiService):
         if self.config.etcd.embedded:
             endpoints_ready = self._start_embedded()
         self.factory = BridgeFactory(
-            _Deferring(self), self.reactor, session_limits(self.config),
+            _Deferring(self),
+            self.reactor,
+            session_limits(self.config),
             max_active=self.config.max_active,
             max_body_length=self.config.limits.max_body_length,
             max_connections=self.config.limits.max_connections,
@@ -121,11 +124,17 @@ class BridgeService(MultiService):
                 await when_ready()
         _startup_log.info(
             "recsync-bridge {id} listening on TCP port {port}, etcd {etcd}",
-            id=self.bridge_id, port=tcp_port, etcd=self._etcd_description(),
+            id=self.bridge_id,
+            port=tcp_port,
+            etcd=self._etcd_description(),
         )
         self.announcer = AnnounceService(
-            self.reactor, tcp_port, self.config.addrlist, self.config.announce_interval,
-            bind_host=self.config.bind_host, ready=self._can_store,
+            self.reactor,
+            tcp_port,
+            self.config.addrlist,
+            self.config.announce_interval,
+            bind_host=self.config.bind_host,
+            ready=self._can_store,
         )
         self.announcer.startService()
         self._start_status()
@@ -164,8 +173,11 @@ class BridgeService(MultiService):
         for entry in self.config.procs:
             factory = BUILTIN[entry.partition(":")[0]]
             processor = factory.build(
-                entry, self.config, self.reactor,
-                bridge_id=self.bridge_id, endpoints_ready=endpoints_ready,
+                entry,
+                self.config,
+                self.reactor,
+                bridge_id=self.bridge_id,
+                endpoints_ready=endpoints_ready,
             )
             if hasattr(processor, "tcp_port"):
                 processor.tcp_port = tcp_port
@@ -176,8 +188,9 @@ class BridgeService(MultiService):
         if isinstance(failure.value, ConfigError | StoreError):
             # A setting, credentials, certificates, or etcd unreachable: say which, in
             # one line; a traceback would only hide it.
-            _startup_log.critical("recsync-bridge could not start: {error}",
-                                      error=failure.getErrorMessage())
+            _startup_log.critical(
+                "recsync-bridge could not start: {error}", error=failure.getErrorMessage()
+            )
         else:
             self.log.failure("recsync-bridge could not start", failure)
         self.ready.errback(failure)

@@ -200,9 +200,7 @@ class Session:
         if self._paused_at is not None or now < self._last_heard + self.limits.tcptimeout:
             return []
         if self._ping_nonce is not None:
-            return self._close(
-                f"no Pong within {self.limits.tcptimeout:g} s", limit="tcptimeout"
-            )
+            return self._close(f"no Pong within {self.limits.tcptimeout:g} s", limit="tcptimeout")
         self._last_heard = now
         return [self._ping()]
 
@@ -225,8 +223,10 @@ class Session:
         processor stores of them, would differ (so no old digest matches).
         """
         limits = self.limits
-        return (f"recsync-bridge runs 1 infos={limits.max_infos} "
-                f"aliases={limits.max_aliases} bytes={limits.max_record_bytes}").encode()
+        return (
+            f"recsync-bridge runs 1 infos={limits.max_infos} "
+            f"aliases={limits.max_aliases} bytes={limits.max_record_bytes}"
+        ).encode()
 
     def pause(self, now: float) -> None:
         """The server stopped reading from the peer (backpressure): stop the silence timer."""
@@ -430,8 +430,16 @@ class Session:
         self.records_total += len(message.names)
         for rid, name in zip(message.rids, message.names, strict=True):
             self._committed_names.add(rid, name)
-        self._kept.append(KeptRun(message.index, message.digest, message.names,
-                                  message.rtypes, message.aliases, message.alias_of))
+        self._kept.append(
+            KeptRun(
+                message.index,
+                message.digest,
+                message.names,
+                message.rtypes,
+                message.aliases,
+                message.alias_of,
+            )
+        )
         self._digests.append(message.digest)
         return self._cut(now)
 
@@ -444,8 +452,9 @@ class Session:
         assert isinstance(message, wire.Skipped)
         return self._notice_once(f"skip-{message.msgid}", f"skipped message: {message.reason}")
 
-    def _on_server_message(self, message: wire.ServerGreet | wire.Ping,
-                           now: float) -> list[Effect]:
+    def _on_server_message(
+        self, message: wire.ServerGreet | wire.Ping, now: float
+    ) -> list[Effect]:
         return self._close(f"peer sent a server-to-client message 0x{message.msgid:04x}")
 
     # -- helpers ----------------------------------------------------------------

@@ -294,8 +294,12 @@ def _decode_add_record(buf: bytes | bytearray, start: int, end: int) -> Decoded:
         return Skipped(MSG_ADD_RECORD, end - start, "AddRecord with no name or unknown kind")
     if atype == ATYPE_RECORD and rtlen == 0:
         return Skipped(MSG_ADD_RECORD, end - start, "AddRecord of a record without a type")
-    return AddRecord(rid, atype, decode_text(buf[start + 8 : name_at]),
-                     decode_text(buf[name_at : name_at + rnlen]))
+    return AddRecord(
+        rid,
+        atype,
+        decode_text(buf[start + 8 : name_at]),
+        decode_text(buf[name_at : name_at + rnlen]),
+    )
 
 
 def _decode_del_record(buf: bytes | bytearray, start: int, end: int) -> Decoded:
@@ -313,8 +317,9 @@ def _decode_add_info(buf: bytes | bytearray, start: int, end: int) -> Decoded:
         return Skipped(MSG_ADD_INFO, end - start, "AddInfo strings overrun the body")
     if keylen == 0:
         return Skipped(MSG_ADD_INFO, end - start, "AddInfo with an empty key")
-    return AddInfo(rid, decode_text(buf[start + 8 : value_at]),
-                   decode_text(buf[value_at : value_at + valen]))
+    return AddInfo(
+        rid, decode_text(buf[start + 8 : value_at]), decode_text(buf[value_at : value_at + valen])
+    )
 
 
 # msgid -> (minimum body length, decoder). Bodies shorter than the minimum are
@@ -342,8 +347,9 @@ def _decode_at(msgid: int, buf: bytes | bytearray, start: int, end: int) -> Deco
         return Skipped(msgid, end - start, f"unknown message id 0x{msgid:04x}")
     minimum, decode = entry
     if end - start < minimum:
-        return Skipped(msgid, end - start,
-                       f"body of {end - start} bytes, at least {minimum} needed")
+        return Skipped(
+            msgid, end - start, f"body of {end - start} bytes, at least {minimum} needed"
+        )
     return decode(buf, start, end)
 
 
@@ -437,8 +443,11 @@ class Decoder:
                 value_at = start + 8 + keylen
                 if keylen and value_at + valen <= offset:
                     try:
-                        message = AddInfo(rid, buf[start + 8 : value_at].decode(),
-                                          buf[value_at : value_at + valen].decode())
+                        message = AddInfo(
+                            rid,
+                            buf[start + 8 : value_at].decode(),
+                            buf[value_at : value_at + valen].decode(),
+                        )
                     except UnicodeDecodeError:
                         message = _decode_at(msgid, buf, start, offset)
                 else:
@@ -447,11 +456,18 @@ class Decoder:
                 # The same for AddRecord (records and aliases).
                 rid, atype, rtlen, rnlen = _ADD_RECORD.unpack_from(buf, start)
                 name_at = start + 8 + rtlen
-                if rnlen and name_at + rnlen <= offset and (
-                        atype == ATYPE_ALIAS or (atype == ATYPE_RECORD and rtlen)):
+                if (
+                    rnlen
+                    and name_at + rnlen <= offset
+                    and (atype == ATYPE_ALIAS or (atype == ATYPE_RECORD and rtlen))
+                ):
                     try:
-                        message = AddRecord(rid, atype, buf[start + 8 : name_at].decode(),
-                                            buf[name_at : name_at + rnlen].decode())
+                        message = AddRecord(
+                            rid,
+                            atype,
+                            buf[start + 8 : name_at].decode(),
+                            buf[name_at : name_at + rnlen].decode(),
+                        )
                     except UnicodeDecodeError:
                         message = _decode_at(msgid, buf, start, offset)
                 else:
@@ -557,12 +573,16 @@ class Decoder:
                         info: Decoded | None = None
                         if keylen and value_at + valen <= frame_end:
                             try:
-                                info = AddInfo(rid_n, buf[start + 8 : value_at].decode(),
-                                               buf[value_at : value_at + valen].decode())
+                                info = AddInfo(
+                                    rid_n,
+                                    buf[start + 8 : value_at].decode(),
+                                    buf[value_at : value_at + valen].decode(),
+                                )
                             except UnicodeDecodeError:
                                 pass
-                        out.append(info if info is not None
-                                   else _decode_at(msgid, buf, start, frame_end))
+                        out.append(
+                            info if info is not None else _decode_at(msgid, buf, start, frame_end)
+                        )
                     if regular:
                         buf[start : start + 4] = _NO_RID
                     offset = frame_end
@@ -595,8 +615,11 @@ class Decoder:
                     run.alias_frames = 0
                     current = bytes(buf[start : start + 4])
                     if not through:
-                        run.begin_record(rid_n, decode_text(buf[name_at : name_at + rnlen]),
-                                         sys.intern(decode_text(buf[start + 8 : name_at])))
+                        run.begin_record(
+                            rid_n,
+                            decode_text(buf[name_at : name_at + rnlen]),
+                            sys.intern(decode_text(buf[start + 8 : name_at])),
+                        )
                     linked = True
                 elif atype == ATYPE_ALIAS and whole and buf[start : start + 4] == current:
                     # More aliases than the session takes: the run must be decoded.
@@ -623,8 +646,11 @@ class Decoder:
                 return out + self.feed(b"")
             else:
                 run.add(buf, seg, offset)
-                out.append(_decode_at(msgid, buf, start, frame_end) if length
-                           else Skipped(msgid, 0, "empty body"))
+                out.append(
+                    _decode_at(msgid, buf, start, frame_end)
+                    if length
+                    else Skipped(msgid, 0, "empty body")
+                )
                 offset = seg = frame_end
                 continue
             # Any other frame of the run.
@@ -654,17 +680,20 @@ class Decoder:
         run.ended = True
         return True
 
-    def _framing_error(self, out: list[Decoded], magic: int, msgid: int,
-                       length: int) -> typing.NoReturn:
+    def _framing_error(
+        self, out: list[Decoded], magic: int, msgid: int, length: int
+    ) -> typing.NoReturn:
         if magic != PROTO_ID:
             self._fail(out, f"bad magic 0x{magic:04x}, expected 0x{PROTO_ID:04x}")
-        self._fail(out, f"message 0x{msgid:04x} declares a {length}-byte body, "
-                        f"the limit is {self.max_body_length}")
+        self._fail(
+            out,
+            f"message 0x{msgid:04x} declares a {length}-byte body, "
+            f"the limit is {self.max_body_length}",
+        )
 
     def _new_run(self) -> _Run:
         index, expected = self._run_index, self._expected
-        compare = expected is PENDING or (
-            isinstance(expected, Sequence) and index < len(expected))
+        compare = expected is PENDING or (isinstance(expected, Sequence) and index < len(expected))
         return _Run(index, hashlib.blake2b(self._seed, digest_size=16), through=not compare)
 
     def _end_run(self, out: list[Decoded]) -> _Run:
@@ -682,10 +711,23 @@ class Decoder:
             digest = run.hasher.hexdigest()
         if not run.through:
             expected = self._expected
-            if digest and isinstance(expected, Sequence) and run.index < len(expected) \
-                    and expected[run.index] == digest:
-                out.append(UnchangedRun(run.index, digest, run.rids, run.names, run.rtypes,
-                                        run.aliases, run.alias_of))
+            if (
+                digest
+                and isinstance(expected, Sequence)
+                and run.index < len(expected)
+                and expected[run.index] == digest
+            ):
+                out.append(
+                    UnchangedRun(
+                        run.index,
+                        digest,
+                        run.rids,
+                        run.names,
+                        run.rtypes,
+                        run.aliases,
+                        run.alias_of,
+                    )
+                )
                 return following
             out.extend(self._decode_held(run))
         out.append(RunEnd(run.index, digest))
@@ -730,18 +772,28 @@ def _decode_record(msgid: int, buf: bytearray, start: int, end: int) -> Decoded:
         value_at = start + 8 + keylen
         if keylen and value_at + valen <= end:
             try:
-                return AddInfo(rid, buf[start + 8 : value_at].decode(),
-                               buf[value_at : value_at + valen].decode())
+                return AddInfo(
+                    rid,
+                    buf[start + 8 : value_at].decode(),
+                    buf[value_at : value_at + valen].decode(),
+                )
             except UnicodeDecodeError:
                 pass
         return _decode_at(msgid, buf, start, end)
     rid, atype, rtlen, rnlen = _ADD_RECORD.unpack_from(buf, start)
     name_at = start + 8 + rtlen
-    if rnlen and name_at + rnlen <= end and (
-            atype == ATYPE_ALIAS or (atype == ATYPE_RECORD and rtlen)):
+    if (
+        rnlen
+        and name_at + rnlen <= end
+        and (atype == ATYPE_ALIAS or (atype == ATYPE_RECORD and rtlen))
+    ):
         try:
-            return AddRecord(rid, atype, buf[start + 8 : name_at].decode(),
-                             buf[name_at : name_at + rnlen].decode())
+            return AddRecord(
+                rid,
+                atype,
+                buf[start + 8 : name_at].decode(),
+                buf[name_at : name_at + rnlen].decode(),
+            )
         except UnicodeDecodeError:
             pass
     return _decode_at(msgid, buf, start, end)
@@ -755,10 +807,28 @@ class _Run:
     and only hashed.
     """
 
-    __slots__ = ("alias_frames", "alias_of", "aliases", "current", "current_aliases",
-                 "current_name", "data", "ended", "hasher", "index", "names", "normalized",
-                 "records", "regular", "rids", "rtypes", "size", "through", "waited",
-                 "waiting")
+    __slots__ = (
+        "alias_frames",
+        "alias_of",
+        "aliases",
+        "current",
+        "current_aliases",
+        "current_name",
+        "data",
+        "ended",
+        "hasher",
+        "index",
+        "names",
+        "normalized",
+        "records",
+        "regular",
+        "rids",
+        "rtypes",
+        "size",
+        "through",
+        "waited",
+        "waiting",
+    )
 
     def __init__(self, index: int, hasher: typing.Any, through: bool) -> None:
         self.index = index

@@ -96,9 +96,11 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="recsync-demo-"))
     udp_port = free_port()
     bridge = BridgeProcess(
-        workdir, endpoints=None,
+        workdir,
+        endpoints=None,
         announce_to=[f"127.0.0.1:{udp_port}", f"127.0.0.1:{PYRECCASTER_PORT}"],
-        recceiver={"announceInterval": 1.0}, name="demo-bridge",
+        recceiver={"announceInterval": 1.0},
+        name="demo-bridge",
     )
     print(f"starting the bridge with an embedded etcd (state in {workdir}) ...")
     bridge.start()
@@ -116,7 +118,8 @@ def main() -> int:
         expected = args.iocs + (1 if rust is not None else 0)
         wait_for(
             lambda: list(statuses(bridge.config).values()).count("active") >= expected,
-            60, "every IOC to be active",
+            60,
+            "every IOC to be active",
         )
         print("\n$ recsync iocs\n" + recsync(bridge.config, "iocs"))
         names = ["DEMO-IOC-1:PV000000", "DEMO-IOC-1:PV000000:ALIAS", "DEMO:RUST:T"]
@@ -126,8 +129,11 @@ def main() -> int:
         print("\n".join(records.splitlines()[:5]))
         print("\ndisconnecting DEMO-IOC-1 ...")
         iocs[0].close()
-        wait_for(lambda: statuses(bridge.config).get("demo-host:DEMO-IOC-1") == "inactive",
-                 30, "DEMO-IOC-1 to turn inactive")
+        wait_for(
+            lambda: statuses(bridge.config).get("demo-host:DEMO-IOC-1") == "inactive",
+            30,
+            "DEMO-IOC-1 to turn inactive",
+        )
         print("$ recsync iocs\n" + recsync(bridge.config, "iocs"))
         return 0
     finally:

@@ -56,8 +56,9 @@ class RunsProcessor(RecordingProcessor):
         return self.stored
 
 
-def answer_runs(decoder: wire.Decoder, expected: Sequence[str] | None,
-                first_run: bool = False) -> list[wire.Decoded]:
+def answer_runs(
+    decoder: wire.Decoder, expected: Sequence[str] | None, first_run: bool = False
+) -> list[wire.Decoded]:
     """While `decoder` waits (`wire.Decoder.start_runs`), answer it as the server does:
     with `expected`, or with `first_run` first wait for the first run to end when it
     stops in front of the first record. Returns what it decodes meanwhile."""
@@ -83,8 +84,9 @@ def poll(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condi
         time.sleep(0.05)
 
 
-async def until(condition: Callable[[], Any], timeout: float = 15.0,
-                what: str = "condition") -> None:
+async def until(
+    condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition"
+) -> None:
     """`poll` for trial tests: waits without blocking the reactor."""
     deadline = time.monotonic() + timeout
     while not condition():

@@ -11,8 +11,13 @@ from bridge.announce import AnnounceService
 class UDPClock(MemoryReactorClock):
     """A clock that also hands out (inert) UDP ports."""
 
-    def listenUDP(self, port: int, protocol: object, interface: str = "",  # noqa: N802
-                  maxPacketSize: int = 8192) -> object:  # noqa: N803
+    def listenUDP(
+        self,
+        port: int,
+        protocol: object,
+        interface: str = "",  # noqa: N802
+        maxPacketSize: int = 8192,
+    ) -> object:  # noqa: N803
         class Port:
             def stopListening(self) -> None:  # noqa: N802
                 return None
@@ -23,8 +28,7 @@ class UDPClock(MemoryReactorClock):
 def test_announcements_pause_while_the_bridge_cannot_store() -> None:
     clock = UDPClock()
     can_store = [True]
-    service = AnnounceService(clock, 5075, [("127.0.0.1", 9)], 1.0,
-                              ready=lambda: can_store[0])
+    service = AnnounceService(clock, 5075, [("127.0.0.1", 9)], 1.0, ready=lambda: can_store[0])
     sent: list[float] = []
     service.announcer.announce = lambda: sent.append(clock.seconds())  # type: ignore[method-assign]
     with capturedLogs() as events:
@@ -37,8 +41,11 @@ def test_announcements_pause_while_the_bridge_cannot_store() -> None:
         clock.advance(1.0)
     service.stopService()
     assert sent == [0.0, 1.0, 5.0]
-    lines = [formatEvent(e) for e in events if e.get("log_namespace", "").startswith(
-        "bridge.announce.AnnounceService")]
+    lines = [
+        formatEvent(e)
+        for e in events
+        if e.get("log_namespace", "").startswith("bridge.announce.AnnounceService")
+    ]
     assert len(lines) == 2
     assert "not announcing" in lines[0] and "etcd unreachable" in lines[0]
     assert "announcing again" in lines[1]

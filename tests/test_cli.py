@@ -28,8 +28,14 @@ def filled(etcd_client: Any, prefix: str) -> Iterator[EtcdWriter]:
     lease = etcd_client.lease(60)
     writer = EtcdWriter(etcd_client, Keys(prefix), "b1", lambda: lease, lambda: 1.8e9, 10.0)
     for sid, name, records in (
-        (1, "IOC-A", [Record(1, "A:PV1", "ai", ["A:PV1:AL"], {"archive": "x"}, "Current"),
-                      Record(2, "SHARED", "bo")]),
+        (
+            1,
+            "IOC-A",
+            [
+                Record(1, "A:PV1", "ai", ["A:PV1:AL"], {"archive": "x"}, "Current"),
+                Record(2, "SHARED", "bo"),
+            ],
+        ),
         (2, "IOC-B", [Record(1, "SHARED", "bo")]),
     ):
         infos = {"HOSTNAME": "h", "IOCNAME": name}
@@ -106,8 +112,9 @@ def test_watch_yields_changes_in_order_and_resumes_from_a_revision(
     done = threading.Event()
 
     def consume() -> None:
-        for change in watch_changes(etcd_client, prefix + "/", start_revision=head + 1,
-                                    stop=lambda: len(seen) >= 3):
+        for change in watch_changes(
+            etcd_client, prefix + "/", start_revision=head + 1, stop=lambda: len(seen) >= 3
+        ):
             seen.append((change.kind, change.key, change.value))
         done.set()
 
@@ -135,7 +142,9 @@ def test_watch_resynchronises_after_compaction(etcd_client: Any, prefix: str) ->
     assert first.kind == "resync"
     second = next(changes)
     assert (second.kind, second.key, second.value) == (
-        "put", prefix + "/iocs/y", {"status": "inactive"}
+        "put",
+        prefix + "/iocs/y",
+        {"status": "inactive"},
     )
 
 
@@ -144,8 +153,9 @@ def test_watch_command_prints_readable_and_json_lines(
 ) -> None:
     outputs: dict[str, io.StringIO] = {"text": io.StringIO(), "json": io.StringIO()}
     threads = [
-        threading.Thread(target=run_watch, args=(etcd_server, prefix, out, mode == "json"),
-                         daemon=True)
+        threading.Thread(
+            target=run_watch, args=(etcd_server, prefix, out, mode == "json"), daemon=True
+        )
         for mode, out in outputs.items()
     ]
     for thread in threads:

@@ -95,7 +95,9 @@ def test_fake_ioc_upload_lands_exactly(
         assert ioc_doc["status"] == "active"
         assert ioc_doc["env"] == dict(ENV)
         assert (ioc_doc["hostname"], ioc_doc["iocname"], ioc_doc["ip"]) == (
-            "vm", "IOC-TEST-01", "127.0.0.1"
+            "vm",
+            "IOC-TEST-01",
+            "127.0.0.1",
         )
         assert (ioc_doc["ca_port"], ioc_doc["pva_port"]) == (5064, None)
         assert (ioc_doc["epics_version"], ioc_doc["engineer"]) == ("EPICS 7.0.8", "jdoe")
@@ -106,31 +108,55 @@ def test_fake_ioc_upload_lands_exactly(
         claims = [IOCID]
         assert data == {
             f"/records/{IOCID}/IOC1:PV1": {
-                "name": "IOC1:PV1", "type": "ai", "iocid": IOCID, "desc": "Beam current",
-                "aliases": ["IOC1:PV1:ALIAS"], "infos": {"archive": "Monitor 1"},
+                "name": "IOC1:PV1",
+                "type": "ai",
+                "iocid": IOCID,
+                "desc": "Beam current",
+                "aliases": ["IOC1:PV1:ALIAS"],
+                "infos": {"archive": "Monitor 1"},
             },
             f"/records/{IOCID}/IOC1:PV2": {
-                "name": "IOC1:PV2", "type": "bo", "iocid": IOCID, "desc": "Temp \xb0C",
-                "aliases": [], "infos": {},
+                "name": "IOC1:PV2",
+                "type": "bo",
+                "iocid": IOCID,
+                "desc": "Temp \xb0C",
+                "aliases": [],
+                "infos": {},
             },
             f"/records/{IOCID}/IOC1:a%2Fb%25c": {
-                "name": "IOC1:a/b%c", "type": "calc", "iocid": IOCID, "desc": None,
-                "aliases": [], "infos": {"autosaveFields": "VAL"},
+                "name": "IOC1:a/b%c",
+                "type": "calc",
+                "iocid": IOCID,
+                "desc": None,
+                "aliases": [],
+                "infos": {"autosaveFields": "VAL"},
             },
             "/pvs/IOC1:PV1": {
-                "iocid": IOCID, "record": "IOC1:PV1", "type": "ai", "alias": False,
+                "iocid": IOCID,
+                "record": "IOC1:PV1",
+                "type": "ai",
+                "alias": False,
                 "claims": claims,
             },
             "/pvs/IOC1:PV1:ALIAS": {
-                "iocid": IOCID, "record": "IOC1:PV1", "type": "ai", "alias": True,
+                "iocid": IOCID,
+                "record": "IOC1:PV1",
+                "type": "ai",
+                "alias": True,
                 "claims": claims,
             },
             "/pvs/IOC1:PV2": {
-                "iocid": IOCID, "record": "IOC1:PV2", "type": "bo", "alias": False,
+                "iocid": IOCID,
+                "record": "IOC1:PV2",
+                "type": "bo",
+                "alias": False,
                 "claims": claims,
             },
             "/pvs/IOC1:a%2Fb%25c": {
-                "iocid": IOCID, "record": "IOC1:a/b%c", "type": "calc", "alias": False,
+                "iocid": IOCID,
+                "record": "IOC1:a/b%c",
+                "type": "calc",
+                "alias": False,
                 "claims": claims,
             },
         }
@@ -209,8 +235,10 @@ def test_unchanged_reconnect_is_found_from_the_frames_and_writes_nothing(
     assert len(stored) == 2500 + 2500 + 250
     assert {k: after[k] for k in stored} == stored  # not one record or index key written
     assert (doc["records"], doc["aliases"], doc["record_digests"]) == (2500, 250, digests)
-    assert f"IOC {iocid} active: 2500 records, 250 aliases; 0 written, 0 deleted " \
-           "(unchanged: nothing read)" in process.log_text()
+    assert (
+        f"IOC {iocid} active: 2500 records, 250 aliases; 0 written, 0 deleted "
+        "(unchanged: nothing read)" in process.log_text()
+    )
 
 
 def test_pyreccaster_end_to_end_through_udp_announcement(
@@ -219,8 +247,11 @@ def test_pyreccaster_end_to_end_through_udp_announcement(
     pyreccaster = pytest.importorskip("pyreccaster")
     # pyreccaster listens on 0.0.0.0:5049, fixed; announce to it on loopback only.
     process = BridgeProcess(
-        tmp_path, endpoints=etcd_server.endpoints, prefix=prefix,
-        announce_to=["127.0.0.1:5049"], recceiver={"announceInterval": 0.5},
+        tmp_path,
+        endpoints=etcd_server.endpoints,
+        prefix=prefix,
+        announce_to=["127.0.0.1:5049"],
+        recceiver={"announceInterval": 0.5},
     )
     process.start()
     stop = threading.Event()
@@ -255,14 +286,20 @@ def test_pyreccaster_end_to_end_through_udp_announcement(
         poll(lambda: ioc_status(etcd_client, prefix, iocid) == "active", what="pyreccaster")
         data = dump(etcd_client, prefix)
         assert data[f"/records/{iocid}/PYIOC:AI"] == {
-            "name": "PYIOC:AI", "type": "ai", "iocid": iocid, "desc": None,
-            "aliases": ["PYIOC:AI:ALIAS"], "infos": {"archive": "Monitor 1"},
+            "name": "PYIOC:AI",
+            "type": "ai",
+            "iocid": iocid,
+            "desc": None,
+            "aliases": ["PYIOC:AI:ALIAS"],
+            "infos": {"archive": "Monitor 1"},
         }
         assert data[f"/records/{iocid}/PYIOC:BO"]["desc"] == "A bo"
         assert data["/pvs/PYIOC:AI:ALIAS"]["alias"] is True
         assert data["/pvs/PYIOC:AI:ALIAS"]["record"] == "PYIOC:AI"
         assert data[f"/iocs/{iocid}"]["env"] == {
-            "IOCNAME": "PYIOC", "HOSTNAME": "pyhost", "ENGINEER": "rust"
+            "IOCNAME": "PYIOC",
+            "HOSTNAME": "pyhost",
+            "ENGINEER": "rust",
         }
         assert data[f"/iocs/{iocid}"]["records"] == 2
         assert data[f"/iocs/{iocid}"]["record_digests"]
@@ -279,8 +316,10 @@ def test_pyreccaster_end_to_end_through_udp_announcement(
         after = mod_revisions(etcd_client, prefix)
         kept = [k for k in before if "/records/" in k or "/pvs/" in k]
         assert len(kept) == 5 and {k: after[k] for k in kept} == {k: before[k] for k in kept}
-        assert f"IOC {iocid} active: 2 records, 1 aliases; 0 written, 0 deleted " \
-               "(unchanged: nothing read)" in process.log_text()
+        assert (
+            f"IOC {iocid} active: 2 records, 1 aliases; 0 written, 0 deleted "
+            "(unchanged: nothing read)" in process.log_text()
+        )
         assert not errors
     finally:
         stop.set()

@@ -200,8 +200,9 @@ def test_detached_command_has_its_own_session_and_ends_with_its_parent() -> None
         "sys.stdin.read()\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, env=env)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    )
     assert parent.stdout is not None
     pid = int(parent.stdout.readline())
     try:

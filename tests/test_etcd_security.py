@@ -53,8 +53,13 @@ class SecureEtcd:
 
     def settings(self, **changes: Any) -> dict[str, Any]:
         """[etcd] settings for a bridge that is allowed in."""
-        base = {"ca": self.files["ca"], "cert": self.files["cert"], "key": self.files["key"],
-                "username": USER, "password": self.password}
+        base = {
+            "ca": self.files["ca"],
+            "cert": self.files["cert"],
+            "key": self.files["key"],
+            "username": USER,
+            "password": self.password,
+        }
         base.update(changes)
         return {key: value for key, value in base.items() if value is not None}
 
@@ -70,10 +75,14 @@ def _certificates(directory: Path) -> dict[str, str]:
     client = ca.issue_cert("recsync-client@test", common_name="recsync-client")
     stranger = other.issue_cert("stranger@test", common_name=USER)
     files = {
-        "ca": ca.cert_pem, "server": server.cert_chain_pems[0],
-        "server_key": server.private_key_pem, "cert": client.cert_chain_pems[0],
-        "key": client.private_key_pem, "other_ca": other.cert_pem,
-        "other_cert": stranger.cert_chain_pems[0], "other_key": stranger.private_key_pem,
+        "ca": ca.cert_pem,
+        "server": server.cert_chain_pems[0],
+        "server_key": server.private_key_pem,
+        "cert": client.cert_chain_pems[0],
+        "key": client.private_key_pem,
+        "other_ca": other.cert_pem,
+        "other_cert": stranger.cert_chain_pems[0],
+        "other_key": stranger.private_key_pem,
     }
     paths = {}
     for name, blob in files.items():
@@ -87,8 +96,18 @@ def _etcdctl(endpoint: str, files: dict[str, str], *args: str) -> None:
     binary = shutil.which("etcdctl")
     if binary is None:
         pytest.skip("etcdctl not found (Debian package etcd-client)")
-    command = [binary, "--endpoints", endpoint, "--cacert", files["ca"], "--cert",
-               files["cert"], "--key", files["key"], *args]
+    command = [
+        binary,
+        "--endpoints",
+        endpoint,
+        "--cacert",
+        files["ca"],
+        "--cert",
+        files["cert"],
+        "--key",
+        files["key"],
+        *args,
+    ]
     env = {**etcd_environment(), "ETCDCTL_API": "3"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=30)
     assert result.returncode == 0, (args[:2], result.stdout, result.stderr)
@@ -104,14 +123,29 @@ def secure_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureEtcd
     files = _certificates(base)
     client_port, peer_port, metrics_port = free_ports(3)
     member = EtcdMember(
-        binary, "s1", base / "s1", client_port, peer_port,
-        f"s1=http://127.0.0.1:{peer_port}", f"sec-{uuid.uuid4().hex}",
-        client_scheme="https", health_port=metrics_port,
+        binary,
+        "s1",
+        base / "s1",
+        client_port,
+        peer_port,
+        f"s1=http://127.0.0.1:{peer_port}",
+        f"sec-{uuid.uuid4().hex}",
+        client_scheme="https",
+        health_port=metrics_port,
         extra_flags=(
-            "--cert-file", files["server"], "--key-file", files["server_key"],
-            "--trusted-ca-file", files["ca"], "--client-cert-auth",
-            "--listen-metrics-urls", f"http://127.0.0.1:{metrics_port}",
-            "--auth-token-ttl", str(TOKEN_TTL), "--bcrypt-cost", "4",
+            "--cert-file",
+            files["server"],
+            "--key-file",
+            files["server_key"],
+            "--trusted-ca-file",
+            files["ca"],
+            "--client-cert-auth",
+            "--listen-metrics-urls",
+            f"http://127.0.0.1:{metrics_port}",
+            "--auth-token-ttl",
+            str(TOKEN_TTL),
+            "--bcrypt-cost",
+            "4",
         ),
     )
     member.start()
@@ -121,8 +155,16 @@ def secure_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureEtcd
         password, root_password = secrets.token_hex(12), secrets.token_hex(12)
         _etcdctl(endpoint, files, "user", "add", f"root:{root_password}", "--interactive=false")
         _etcdctl(endpoint, files, "role", "add", "recsync")
-        _etcdctl(endpoint, files, "role", "grant-permission", "recsync", "--prefix=true",
-                 "readwrite", "/sec")
+        _etcdctl(
+            endpoint,
+            files,
+            "role",
+            "grant-permission",
+            "recsync",
+            "--prefix=true",
+            "readwrite",
+            "/sec",
+        )
         _etcdctl(endpoint, files, "user", "add", f"{USER}:{password}", "--interactive=false")
         _etcdctl(endpoint, files, "user", "grant-role", USER, "recsync")
         _etcdctl(endpoint, files, "auth", "enable")
@@ -179,8 +221,11 @@ def test_a_forgotten_token_is_renewed_and_the_call_retried(
 def test_a_wrong_password_is_one_clear_config_error(secure_etcd: SecureEtcd) -> None:
     started = time.monotonic()
     with pytest.raises(ConfigError) as caught:
-        make_client([secure_etcd.endpoint], timeout=2.0,
-                    **secure_etcd.settings(password="not-" + secure_etcd.password))
+        make_client(
+            [secure_etcd.endpoint],
+            timeout=2.0,
+            **secure_etcd.settings(password="not-" + secure_etcd.password),
+        )
     assert time.monotonic() - started < 5.0  # not retried: it will not get better
     message = str(caught.value)
     assert "authentication as 'bridge' refused" in message
@@ -205,8 +250,11 @@ def test_a_refused_client_certificate_is_one_clear_config_error(
     secure_etcd: SecureEtcd, cert: str
 ) -> None:
     files = secure_etcd.files
-    changes = ({"cert": None, "key": None} if cert == "none"
-               else {"cert": files["other_cert"], "key": files["other_key"]})
+    changes = (
+        {"cert": None, "key": None}
+        if cert == "none"
+        else {"cert": files["other_cert"], "key": files["other_key"]}
+    )
     with pytest.raises(ConfigError, match=r"client certificate.*\[etcd\] cert and key"):
         make_client([secure_etcd.endpoint], timeout=2.0, **secure_etcd.settings(**changes))
 
@@ -216,8 +264,11 @@ def test_a_refused_client_certificate_is_one_clear_config_error(
 
 def _bridge(tmp_path: Path, secure_etcd: SecureEtcd, prefix: str, **etcd: Any) -> BridgeProcess:
     return BridgeProcess(
-        tmp_path, endpoints=[secure_etcd.endpoint], prefix=prefix,
-        etcd=secure_etcd.settings(**etcd), recceiver={"tcptimeout": 2.0},
+        tmp_path,
+        endpoints=[secure_etcd.endpoint],
+        prefix=prefix,
+        etcd=secure_etcd.settings(**etcd),
+        recceiver={"tcptimeout": 2.0},
     )
 
 
@@ -234,12 +285,17 @@ def test_bridge_over_tls_with_auth_stores_uploads_and_never_logs_the_password(
             iocs.append(ioc)
             ioc.connect("127.0.0.1", process.port)
             key = f"{sec_prefix}/iocs/sechost:{name}"
-            doc = poll(lambda key=key: (_get(client, key) or {}).get("status") == "active"
-                        and _get(client, key), what=f"{name} active")
+            doc = poll(
+                lambda key=key: (
+                    (_get(client, key) or {}).get("status") == "active" and _get(client, key)
+                ),
+                what=f"{name} active",
+            )
             assert doc["records"] == 25
             records = call_with_retry(
                 lambda name=name: list(client.get_prefix(f"{sec_prefix}/records/sechost:{name}/")),
-                deadline_s=10.0)
+                deadline_s=10.0,
+            )
             assert len(records) == 25
             time.sleep(pause)  # the bridge idles: etcd forgets its token; SEC2 still lands
     finally:
@@ -261,8 +317,12 @@ def test_bridge_over_tls_with_auth_stores_uploads_and_never_logs_the_password(
     ],
 )
 def test_bridge_with_bad_credentials_exits_with_one_clear_line(
-    tmp_path: Path, secure_etcd: SecureEtcd, sec_prefix: str, problem: str,
-    changes: dict[str, str], words: list[str],
+    tmp_path: Path,
+    secure_etcd: SecureEtcd,
+    sec_prefix: str,
+    problem: str,
+    changes: dict[str, str],
+    words: list[str],
 ) -> None:
     resolved = {k: secure_etcd.files.get(v, v) for k, v in changes.items()}
     process = _bridge(tmp_path, secure_etcd, sec_prefix, **resolved)
@@ -288,13 +348,23 @@ def test_help_and_config_errors_never_show_credentials(tmp_path: Path) -> None:
         "[etcd]\nendpoints = https://127.0.0.1:1\nusername = u\n"
         f"password = {secret}\nlease_ttl = oops\n"
     )
-    env = {**os.environ, "RECCEIVER_ETCD_PASSWORD": secret,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
-                                                       os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "RECCEIVER_ETCD_PASSWORD": secret,
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+        ),
+    }
     twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
     for args in (["recsync-bridge", "--help"], ["recsync-bridge", "-f", str(config)]):
-        result = subprocess.run([*twistd, "-n", "--pidfile=", *args], capture_output=True,
-                                text=True, env=env, cwd=tmp_path, timeout=60)
+        result = subprocess.run(
+            [*twistd, "-n", "--pidfile=", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+        )
         output = result.stdout + result.stderr
         assert secret not in output, args
         assert "recsync-bridge" in output or "lease_ttl" in output, output

@@ -123,8 +123,12 @@ class FakeSession:
         self.seq = 0
 
     def send(
-        self, records: Iterable[Record] = (), removed: Sequence[str] = (), done: bool = False,
-        kept: Sequence[KeptRun] = (), digests: Sequence[str] = (),
+        self,
+        records: Iterable[Record] = (),
+        removed: Sequence[str] = (),
+        done: bool = False,
+        kept: Sequence[KeptRun] = (),
+        digests: Sequence[str] = (),
     ) -> None:
         txn = Transaction(
             self.session_id,
@@ -156,8 +160,14 @@ class FakeSession:
             digest = run_digest(run)
             if expected is not None and index < len(expected) and expected[index] == digest:
                 aliases = [(a, i) for i, r in enumerate(run) for a in r.aliases]
-                kept = KeptRun(index, digest, [r.name for r in run], [r.rtype for r in run],
-                               [a for a, _ in aliases], [i for _, i in aliases])
+                kept = KeptRun(
+                    index,
+                    digest,
+                    [r.name for r in run],
+                    [r.rtype for r in run],
+                    [a for a, _ in aliases],
+                    [i for _, i in aliases],
+                )
                 self.send(kept=[kept], digests=[digest])
                 continue
             chunks = [run[i : i + batch] for i in range(0, len(run), batch)]
@@ -557,8 +567,11 @@ class CountingClient(StubWrapper):
         self.compared: list[bytes] = []
 
     def txn(self, stub: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        self.reads += [op.request_range.key for op in request.success
-                       if op.WhichOneof("request") == "request_range"]
+        self.reads += [
+            op.request_range.key
+            for op in request.success
+            if op.WhichOneof("request") == "request_range"
+        ]
         self.compared += [c.key for c in request.compare]
         return stub.Txn(request, *args, **kwargs)
 
@@ -568,14 +581,23 @@ class CountingClient(StubWrapper):
 
 
 def fleet_records(n: int, changed: Sequence[int] = ()) -> list[Record]:
-    return [rec(f"RUN:{i}", aliases=[f"RUN:{i}:A"] if i % 10 == 0 else [],
-                desc=f"v2 {i}" if i in changed else f"r {i}", egu="mA")
-            for i in range(n)]
+    return [
+        rec(
+            f"RUN:{i}",
+            aliases=[f"RUN:{i}:A"] if i % 10 == 0 else [],
+            desc=f"v2 {i}" if i in changed else f"r {i}",
+            egu="mA",
+        )
+        for i in range(n)
+    ]
 
 
 def mod_revisions(client: Any, prefix: str) -> dict[str, int]:
-    return {key: mod for key, (_, mod) in snapshot(client, prefix).items()
-            if "/records/" in key or "/pvs/" in key}
+    return {
+        key: mod
+        for key, (_, mod) in snapshot(client, prefix).items()
+        if "/records/" in key or "/pvs/" in key
+    }
 
 
 def test_unchanged_reupload_reads_and_writes_no_record_or_index_key(
@@ -622,8 +644,9 @@ def test_unchanged_reupload_of_a_marked_ioc_confirms_its_entries_without_reading
     # compares holding the shared name read (OTHER owns that one, and is live).
     assert not [key for key in counting.reads if b"/records/" in key]
     pv_compares = [key for key in counting.compared if b"/pvs/" in key]
-    assert sorted(set(pv_compares)) == sorted({keys.pv(n).encode() for r in records
-                                                for n in [r.name, *r.aliases]})
+    assert sorted(set(pv_compares)) == sorted(
+        {keys.pv(n).encode() for r in records for n in [r.name, *r.aliases]}
+    )
     pv_reads = [key for key in counting.reads if b"/pvs/" in key]
     assert keys.pv("RUN:7").encode() in pv_reads and len(pv_reads) <= 128
     assert mod_revisions(etcd_client, prefix) == before
@@ -637,8 +660,9 @@ def test_an_alias_moving_to_a_later_record_of_the_same_batch_stays_claimed(
     first.close()
     # R comes first and drops A; S, later in the same transaction, takes it.
     FakeSession(writer, ioc_infos("MOVE")).upload([rec("R"), rec("S", aliases=["A"])])
-    assert json.loads(etcd_client.get(keys.pv("A"))[0]) == pv("vm:MOVE", "S", "ai", True,
-                                                              ["vm:MOVE"])
+    assert json.loads(etcd_client.get(keys.pv("A"))[0]) == pv(
+        "vm:MOVE", "S", "ai", True, ["vm:MOVE"]
+    )
 
 
 def test_disconnect_of_an_ioc_without_shared_names_reads_nothing_else(
@@ -695,10 +719,17 @@ def test_reupload_leaves_the_fast_path_at_the_first_changed_run(
     after = mod_revisions(etcd_client, prefix)
     iocid = "vm:RUN2"
     touched = {key for key in after if after[key] != before.get(key)}
-    assert touched == {keys.record(iocid, "RUN:1500"), keys.record(iocid, "RUN:NEW"),
-                       keys.pv("RUN:NEW"), keys.pv("RUN:NEW:A")}
-    assert set(before) - set(after) == {keys.record(iocid, "RUN:2400"), keys.pv("RUN:2400"),
-                                        keys.pv("RUN:2400:A")}
+    assert touched == {
+        keys.record(iocid, "RUN:1500"),
+        keys.record(iocid, "RUN:NEW"),
+        keys.pv("RUN:NEW"),
+        keys.pv("RUN:NEW:A"),
+    }
+    assert set(before) - set(after) == {
+        keys.record(iocid, "RUN:2400"),
+        keys.pv("RUN:2400"),
+        keys.pv("RUN:2400:A"),
+    }
     stored = json.loads(etcd_client.get(keys.record(iocid, "RUN:1500"))[0])
     assert stored["desc"] == "v2 1500"
     doc = json.loads(etcd_client.get(keys.ioc(iocid))[0])
@@ -736,8 +767,7 @@ def test_an_upload_with_delrecord_keeps_no_digests(
     # Sending every record again (no DelRecord) stores RUN:7 again.
     again = FakeSession(writer, ioc_infos("DEL"))
     again.upload(records, batch=300)
-    assert etcd_client.get(keys.record("vm:DEL", "RUN:7"))[0] == record_value(records[7],
-                                                                              "vm:DEL")
+    assert etcd_client.get(keys.record("vm:DEL", "RUN:7"))[0] == record_value(records[7], "vm:DEL")
 
 
 def test_partial_upload_clears_the_digests_so_the_next_upload_repairs(
@@ -757,7 +787,8 @@ def test_partial_upload_clears_the_digests_so_the_next_upload_repairs(
     again.upload(original, batch=300)
     for record in (original[0], original[299], original[1199]):
         assert etcd_client.get(keys.record("vm:RUN3", record.name))[0] == record_value(
-            record, "vm:RUN3")
+            record, "vm:RUN3"
+        )
 
 
 # -- size limits -----------------------------------------------------------------------

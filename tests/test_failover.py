@@ -73,8 +73,9 @@ ETCD = {"lease_ttl": TTL, "grace": GRACE, "timeout": 1.0, "max_outage": 60}
 class Scenario:
     """Bridges, fake IOCs, a checker and an etcd client for one failure scenario."""
 
-    def __init__(self, tmp_path: Path, cluster: EtcdCluster, n_iocs: int = 24,
-                 n_records: int = 120) -> None:
+    def __init__(
+        self, tmp_path: Path, cluster: EtcdCluster, n_iocs: int = 24, n_records: int = 120
+    ) -> None:
         self.tmp_path = tmp_path
         self.cluster = cluster
         self.keys = Keys(PREFIX)
@@ -103,9 +104,13 @@ class Scenario:
         process = self.bridges.get(name)
         if process is None:
             process = BridgeProcess(
-                self.tmp_path / name, endpoints=self.cluster.endpoints, prefix=PREFIX,
-                announce_to=[f"127.0.0.1:{self.udp[name]}"], recceiver=RECCEIVER,
-                etcd={**ETCD, **etcd}, name=name,
+                self.tmp_path / name,
+                endpoints=self.cluster.endpoints,
+                prefix=PREFIX,
+                announce_to=[f"127.0.0.1:{self.udp[name]}"],
+                recceiver=RECCEIVER,
+                etcd={**ETCD, **etcd},
+                name=name,
             )
             self.bridges[name] = process
         return process.start()
@@ -117,8 +122,9 @@ class Scenario:
 
     # -- IOCs -----------------------------------------------------------------------------
 
-    def connect(self, iocids: Iterable[str], bridge: str,
-                heard: tuple[str, int, int] | None = None) -> None:
+    def connect(
+        self, iocids: Iterable[str], bridge: str, heard: tuple[str, int, int] | None = None
+    ) -> None:
         """(Re)connect IOCs to `bridge`, found through its announcement (or the one
         `heard` earlier), with new ids."""
         host, port, key = heard or find_bridge(self.udp[bridge], timeout=10)
@@ -145,8 +151,7 @@ class Scenario:
         pairs = call_with_retry(
             lambda: list(self.client.get_prefix(self.keys.iocs_prefix())), deadline_s=20
         )
-        return {self.keys.split(meta.key.decode())[-1]: json.loads(value)
-                for value, meta in pairs}
+        return {self.keys.split(meta.key.decode())[-1]: json.loads(value) for value, meta in pairs}
 
     def statuses(self, iocids: Iterable[str]) -> dict[str, str | None]:
         docs = self.docs()
@@ -165,12 +170,14 @@ class Scenario:
             if result:
                 return result
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n"
-                                     + self.logs())
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {what}\n" + self.logs()
+                )
             time.sleep(0.05)
 
-    def wait_status(self, iocids: Iterable[str], status: str, timeout: float = 30.0,
-                    bridge: str | None = None) -> float:
+    def wait_status(
+        self, iocids: Iterable[str], status: str, timeout: float = 30.0, bridge: str | None = None
+    ) -> float:
         """Wait until every IOC has `status` (on `bridge`); returns the seconds it took.
 
         ``active`` means active through the IOC's current connection, not an earlier one.
@@ -187,7 +194,9 @@ class Scenario:
         def done() -> bool:
             docs = self.docs()
             return all(
-                i in docs and docs[i]["status"] == status and current(docs[i])
+                i in docs
+                and docs[i]["status"] == status
+                and current(docs[i])
                 and (bridge is None or docs[i]["bridge"] == bridge)
                 for i in wanted
             )
@@ -204,8 +213,9 @@ class Scenario:
         # Alive keys may still be on their way back (a bridge whose lease expired puts
         # them back under a new one); the checker bounds how long they may be missing.
         deadline = time.monotonic() + UNMATCHED_BOUND
-        while (problems := content_problems(self.client, PREFIX, self.specs, live)) and \
-                time.monotonic() < deadline:
+        while (
+            problems := content_problems(self.client, PREFIX, self.specs, live)
+        ) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not problems, "\n".join(problems[:20]) + self.logs()
         assert self.checker is not None
@@ -324,14 +334,16 @@ def test_sigterm_bridge_hands_over_without_flap_then_last_bridge_cleans_up(
     s.verify(["b"])
     for iocid in prompt:  # active, then uploading and active on b: never inactive
         assert checker.statuses(iocid) == ["uploading", "active", "uploading", "active"], (
-            checker.history[iocid])
+            checker.history[iocid]
+        )
 
     # The last bridge out marks every IOC inactive at once and leaves no live keys.
     checker.unprotect(s.iocids)
     assert s.bridges["b"].terminate() in CLEAN_EXIT
     assert set(s.statuses(s.iocids).values()) == {"inactive"}
-    assert not call_with_retry(lambda: list(s.client.get_prefix(s.keys.alive_prefix())),
-                               deadline_s=10)
+    assert not call_with_retry(
+        lambda: list(s.client.get_prefix(s.keys.alive_prefix())), deadline_s=10
+    )
     assert s.bridge_ids() == set()
 
 
@@ -375,8 +387,9 @@ def test_bridge_restarted_while_the_other_keeps_serving(scenario: Scenario) -> N
     for process in s.bridges.values():
         assert process.wait(20) in CLEAN_EXIT
     s.wait_status(s.iocids, "inactive", timeout=5)
-    assert not call_with_retry(lambda: list(s.client.get_prefix(s.keys.alive_prefix())),
-                               deadline_s=10)
+    assert not call_with_retry(
+        lambda: list(s.client.get_prefix(s.keys.alive_prefix())), deadline_s=10
+    )
 
 
 def test_ioc_vanishing_without_fin(scenario: Scenario) -> None:
@@ -465,8 +478,9 @@ def test_sigstop_etcd_member_longer_than_the_client_timeout(scenario: Scenario) 
 
 
 @pytest.mark.slow
-def test_all_of_etcd_down_for_30_s_during_uploads(tmp_path: Path,
-                                                  etcd_cluster: EtcdCluster) -> None:
+def test_all_of_etcd_down_for_30_s_during_uploads(
+    tmp_path: Path, etcd_cluster: EtcdCluster
+) -> None:
     """Sessions stay up (pings), uploads wait paused and finish when etcd returns;
     bridge b, whose max_outage is shorter than the outage, closes its uploading
     sessions instead, and those IOCs upload again afterwards. An IOC that reconnects
@@ -521,10 +535,14 @@ def test_all_of_etcd_down_for_30_s_during_uploads(tmp_path: Path,
 def test_a_bridge_stops_announcing_while_etcd_is_unreachable(tmp_path: Path) -> None:
     with EtcdCluster(1, tmp_path / "etcd") as etcd:
         udp = free_port()
-        process = BridgeProcess(tmp_path / "bridge", endpoints=etcd.endpoints, prefix=PREFIX,
-                                announce_to=[f"127.0.0.1:{udp}"],
-                                recceiver={"announceInterval": 0.3},
-                                etcd={"lease_ttl": 2.0, "timeout": 0.5})
+        process = BridgeProcess(
+            tmp_path / "bridge",
+            endpoints=etcd.endpoints,
+            prefix=PREFIX,
+            announce_to=[f"127.0.0.1:{udp}"],
+            recceiver={"announceInterval": 0.3},
+            etcd={"lease_ttl": 2.0, "timeout": 0.5},
+        )
         process.start()
         try:
             process.wait_ready()
@@ -568,8 +586,16 @@ class ProcessorRecoveryTests(TrialTestCase):
         self.client = etcd_client
         self.keys = Keys(prefix)
         self.config = SimpleNamespace(
-            endpoints=tuple(etcd_server.endpoints), prefix=prefix, lease_ttl=3, timeout=1.0,
-            username=None, password=None, ca=None, cert=None, key=None, max_outage=10.0,
+            endpoints=tuple(etcd_server.endpoints),
+            prefix=prefix,
+            lease_ttl=3,
+            timeout=1.0,
+            username=None,
+            password=None,
+            ca=None,
+            cert=None,
+            key=None,
+            max_outage=10.0,
             grace=0.2,
         )
 
@@ -592,8 +618,14 @@ class ProcessorRecoveryTests(TrialTestCase):
             # A bridge that dies while our watch is down (its events are never seen).
             lease = self.client.lease(60)
             writer = EtcdWriter(self.client, self.keys, "dead", lambda: lease, time.time, 10.0)
-            txn = Transaction(1, Peer("127.0.0.1", 4000), 0, {"HOSTNAME": "h", "IOCNAME": "C"},
-                              (Record(1, "C:X", "ai"),), upload_done=True)
+            txn = Transaction(
+                1,
+                Peer("127.0.0.1", 4000),
+                0,
+                {"HOSTNAME": "h", "IOCNAME": "C"},
+                (Record(1, "C:X", "ai"),),
+                upload_done=True,
+            )
             writer.apply(txn)
             processor._watch_generation += 1  # what arrives now belongs to a lost stream
             self.client.revoke_lease(lease.id)
@@ -603,8 +635,11 @@ class ProcessorRecoveryTests(TrialTestCase):
             processor._watch_lost()
             await until(lambda: processor.rewatches > seen and processor.watching)
             doc = json.loads(self.client.get(self.keys.ioc("h:C"))[0])
-            await until(lambda: json.loads(
-                self.client.get(self.keys.ioc("h:C"))[0])["status"] == "inactive")
+            await until(
+                lambda: (
+                    json.loads(self.client.get(self.keys.ioc("h:C"))[0])["status"] == "inactive"
+                )
+            )
             assert doc["bridge"] == "dead"
             assert resyncs, "the compacted history was not noticed"
 
@@ -625,8 +660,9 @@ class ProcessorRecoveryTests(TrialTestCase):
             old = processor.lease.id
             self.client.revoke_lease(old)
             peer, infos = Peer("127.0.0.1", 4001), {"HOSTNAME": "h", "IOCNAME": "R"}
-            await processor.commit(Transaction(5, peer, 0, infos, (Record(1, "R:X", "ai"),),
-                                               upload_done=True))
+            await processor.commit(
+                Transaction(5, peer, 0, infos, (Record(1, "R:X", "ai"),), upload_done=True)
+            )
             value, meta = self.client.get(self.keys.alive("h:R"))
             assert meta.lease_id == processor.lease.id != old
             assert json.loads(self.client.get(self.keys.ioc("h:R"))[0])["status"] == "active"

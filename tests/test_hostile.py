@@ -63,12 +63,16 @@ class Conn:
 class Bridge:
     """A factory on a fake clock, with helpers to connect peers from any address."""
 
-    def __init__(self, limits: SessionLimits | None = None, manual: bool = False,
-                 **factory: Any) -> None:
+    def __init__(
+        self, limits: SessionLimits | None = None, manual: bool = False, **factory: Any
+    ) -> None:
         self.clock = MemoryReactorClock()
         self.processor = RecordingProcessor(manual)
         self.factory = BridgeFactory(
-            self.processor, self.clock, limits or SessionLimits(), nonce=lambda: NONCE,
+            self.processor,
+            self.clock,
+            limits or SessionLimits(),
+            nonce=lambda: NONCE,
             **factory,
         )
         self._port = 40000
@@ -130,9 +134,15 @@ def info(rid: int, key: str, value: str) -> bytes:
 
 DONE = wire.UploadDone().encode()
 HONEST = (
-    greet() + info(0, "IOCNAME", "honest") + info(0, "HOSTNAME", "h")
-    + record(1, "H:A") + alias(1, "H:A:ALIAS") + info(1, "archive", "Monitor 1")
-    + info(1, "recordDesc", "first") + record(2, "H:B", "bo") + DONE
+    greet()
+    + info(0, "IOCNAME", "honest")
+    + info(0, "HOSTNAME", "h")
+    + record(1, "H:A")
+    + alias(1, "H:A:ALIAS")
+    + info(1, "archive", "Monitor 1")
+    + info(1, "recordDesc", "first")
+    + record(2, "H:B", "bo")
+    + DONE
 )
 
 
@@ -357,9 +367,12 @@ def test_max_record_bytes_bounds_one_record_and_the_client_infos(logs: Any) -> N
     conn = bridge.connect()
     big = "x" * 3000
     conn.send(
-        greet() + b"".join(info(0, f"E{i}", big) for i in range(10))
-        + record(1, "A") + b"".join(info(1, f"k{i}", big) for i in range(10))
-        + b"".join(alias(1, f"A:{i}:" + big) for i in range(10)) + DONE
+        greet()
+        + b"".join(info(0, f"E{i}", big) for i in range(10))
+        + record(1, "A")
+        + b"".join(info(1, f"k{i}", big) for i in range(10))
+        + b"".join(alias(1, f"A:{i}:" + big) for i in range(10))
+        + DONE
     )
     assert not conn.closed
     lines = warnings(logs)
@@ -522,7 +535,10 @@ def test_hostile_peers_do_not_disturb_honest_uploads(logs: Any) -> None:
     lines = warnings(logs)
     assert len(lines) == 5 and all(line.startswith("10.6.6.6:") for line in lines)
     assert bridge.counters == {
-        "protocolError": 1, "maxBodyLength": 1, "maxRecords": 1, "greetingTimeout": 1,
+        "protocolError": 1,
+        "maxBodyLength": 1,
+        "maxRecords": 1,
+        "greetingTimeout": 1,
         "uploadTimeout": 1,
     }
 
@@ -573,8 +589,14 @@ def _read_until_eof(sock: socket.socket, timeout: float) -> bytes | None:
 
 def _expected_records(spec: IOCSpec, iocid: str) -> dict[str, Any]:
     return {
-        r.name: {"name": r.name, "type": r.rtype, "iocid": iocid, "desc": r.desc,
-                 "aliases": list(r.aliases), "infos": dict(r.infos)}
+        r.name: {
+            "name": r.name,
+            "type": r.rtype,
+            "iocid": iocid,
+            "desc": r.desc,
+            "aliases": list(r.aliases),
+            "infos": dict(r.infos),
+        }
         for r in spec.records
     }
 
@@ -605,8 +627,9 @@ def _endless(port: int, stop: threading.Event, stats: collections.Counter[str]) 
         try:
             sock.sendall(greet() + info(0, "IOCNAME", "ENDLESS") + info(0, "HOSTNAME", "evil"))
             while not stop.is_set():
-                sock.sendall(b"".join(record(rid + i, f"EVIL:{rid + i:09d}")
-                                      for i in range(1, 501)))
+                sock.sendall(
+                    b"".join(record(rid + i, f"EVIL:{rid + i:09d}") for i in range(1, 501))
+                )
                 rid += 500
                 stats["records"] += 500
         except OSError:
@@ -634,7 +657,9 @@ def test_real_bridge_under_load_abuse_keeps_honest_data_and_bounded_memory(
     tmp_path: Path, etcd_server: Any, etcd_client: Any, prefix: str
 ) -> None:
     process = BridgeProcess(
-        tmp_path, endpoints=etcd_server.endpoints, prefix=prefix,
+        tmp_path,
+        endpoints=etcd_server.endpoints,
+        prefix=prefix,
         recceiver={"maxRecords": 20_000, "statusInterval": 1.0},
     )
     stop = threading.Event()
@@ -676,8 +701,11 @@ def test_real_bridge_under_load_abuse_keeps_honest_data_and_bounded_memory(
             honest.append(ioc)
         for spec in specs:
             iocid = f"goodhost:{spec.iocname}"
-            poll(lambda iocid=iocid: _status(etcd_client, prefix, iocid) == "active", 40.0,
-                  f"{iocid} active")
+            poll(
+                lambda iocid=iocid: _status(etcd_client, prefix, iocid) == "active",
+                40.0,
+                f"{iocid} active",
+            )
             assert _stored_records(etcd_client, prefix, iocid) == _expected_records(spec, iocid)
         # The idle connections were greeted, then closed by greetingTimeout (20 s).
         poll(lambda: time.monotonic() - opened > 21.0, 30.0, "the greeting deadline")
@@ -726,12 +754,18 @@ def test_real_bridge_allow_list(
     tmp_path: Path, etcd_server: Any, etcd_client: Any, prefix: str
 ) -> None:
     open_bridge = BridgeProcess(
-        tmp_path / "open", endpoints=etcd_server.endpoints, prefix=prefix,
-        recceiver={"allow": "127.0.0.0/8, ::1"}, name="open",
+        tmp_path / "open",
+        endpoints=etcd_server.endpoints,
+        prefix=prefix,
+        recceiver={"allow": "127.0.0.0/8, ::1"},
+        name="open",
     )
     closed_bridge = BridgeProcess(
-        tmp_path / "closed", endpoints=etcd_server.endpoints, prefix=prefix,
-        recceiver={"allow": "10.0.0.0/8"}, name="closed",
+        tmp_path / "closed",
+        endpoints=etcd_server.endpoints,
+        prefix=prefix,
+        recceiver={"allow": "10.0.0.0/8"},
+        name="closed",
     )
     try:
         open_bridge.start()
@@ -742,8 +776,11 @@ def test_real_bridge_allow_list(
         ioc = FakeIOC(spec)
         ioc.connect("127.0.0.1", open_bridge.port)
         try:
-            poll(lambda: _status(etcd_client, prefix, "h:ALLOWED") == "active", 20.0,
-                  "the allowed upload")
+            poll(
+                lambda: _status(etcd_client, prefix, "h:ALLOWED") == "active",
+                20.0,
+                "the allowed upload",
+            )
         finally:
             ioc.close()
         refused = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -33,13 +33,41 @@ from bridge.model import Peer, Record, Transaction, derive_identity
 # Hypothesis's caches go to the temporary directory, not ./.hypothesis.
 if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
     set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "recsync-bridge-hypothesis"))
-SETTINGS = settings(max_examples=400, database=None, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=400, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 HOSTILE = [
-    "", ".", "..", "...", "/", "//", "../../bridges/x", "a/../../alive/y", "%", "%2F", "%2E%2E",
-    "%zz", "%%2F", "a\x00b", "\x00", "\x7f", "\n", "\r\n", "\t", "\x1b[31mred", "x/", "/x",
-    "é/ü", "\u2028", "\ufeff", "名前/..", "\U0001f600", "a" * 60_000, "/" * 3000, "%" * 3000,
+    "",
+    ".",
+    "..",
+    "...",
+    "/",
+    "//",
+    "../../bridges/x",
+    "a/../../alive/y",
+    "%",
+    "%2F",
+    "%2E%2E",
+    "%zz",
+    "%%2F",
+    "a\x00b",
+    "\x00",
+    "\x7f",
+    "\n",
+    "\r\n",
+    "\t",
+    "\x1b[31mred",
+    "x/",
+    "/x",
+    "é/ü",
+    "\u2028",
+    "\ufeff",
+    "名前/..",
+    "\U0001f600",
+    "a" * 60_000,
+    "/" * 3000,
+    "%" * 3000,
 ]
 
 #: Text with the characters that matter over-represented.
@@ -146,9 +174,22 @@ HOSTILE_INFOS = {
     "%2F": "/",
 }
 HOSTILE_RECORDS = [
-    "../../bridges/x", "../../iocs/vm:VICTIM", "../../../../recsync", "..", ".", "/", "//",
-    "%2F..%2F..%2Fbridges%2Fx", "a\x00b", "\x7f", "\x1b[2J", "line\nbreak", "\xff\xfe",
-    "名前", "n" * 60_000, "/" * 2000,
+    "../../bridges/x",
+    "../../iocs/vm:VICTIM",
+    "../../../../recsync",
+    "..",
+    ".",
+    "/",
+    "//",
+    "%2F..%2F..%2Fbridges%2Fx",
+    "a\x00b",
+    "\x7f",
+    "\x1b[2J",
+    "line\nbreak",
+    "\xff\xfe",
+    "名前",
+    "n" * 60_000,
+    "/" * 2000,
 ]
 
 
@@ -190,13 +231,22 @@ def test_hostile_names_write_only_their_own_iocs_keys(
     iocid = derive_identity(HOSTILE_INFOS, hostile).iocid
     assert iocid == "../bridges/bridge-a:a/../../alive/y"
     recs = [
-        Record(i, name, "ai" if i % 2 else "../x", [f"{name}:alias/..", "../../iocs/vm:VICTIM2"],
-               {"../../bridges/bridge-a": "v", "%00\x00": "\x00"}, "\x00desc")
+        Record(
+            i,
+            name,
+            "ai" if i % 2 else "../x",
+            [f"{name}:alias/..", "../../iocs/vm:VICTIM2"],
+            {"../../bridges/bridge-a": "v", "%00\x00": "\x00"},
+            "\x00desc",
+        )
         for i, name in enumerate(HOSTILE_RECORDS, 1)
     ]
     writer.apply(Transaction(2, hostile, 0, HOSTILE_INFOS, recs[:5]))
-    writer.apply(Transaction(2, hostile, 1, HOSTILE_INFOS, recs[5:], ("../../iocs/vm:VICTIM",),
-                             upload_done=True))
+    writer.apply(
+        Transaction(
+            2, hostile, 1, HOSTILE_INFOS, recs[5:], ("../../iocs/vm:VICTIM",), upload_done=True
+        )
+    )
     during = snapshot(etcd_client, prefix)
     writer.apply(Transaction(2, hostile, 2, HOSTILE_INFOS, connected=False, reason="bye"))
     after = snapshot(etcd_client, prefix)
@@ -208,14 +258,22 @@ def test_hostile_names_write_only_their_own_iocs_keys(
         assert changed, "the hostile upload wrote nothing at all"
         for key in changed:
             parts = keys.split(key)
-            assert parts in {("iocs", iocid), ("alive", iocid)} or (
-                parts[0] == "records" and parts[1] == iocid and len(parts) == 3
-            ) or (parts[0] == "pvs" and len(parts) == 2), parts
+            assert (
+                parts in {("iocs", iocid), ("alive", iocid)}
+                or (parts[0] == "records" and parts[1] == iocid and len(parts) == 3)
+                or (parts[0] == "pvs" and len(parts) == 2)
+            ), parts
     # Every hostile record is stored under the hostile IOC, with its exact name.
-    inside = {keys.split(key): value for key, (value, _) in during.items()
-              if key.startswith(keys.everything())}
-    stored = {parts[2]: json.loads(value) for parts, value in inside.items()
-              if parts[:2] == ("records", iocid)}
+    inside = {
+        keys.split(key): value
+        for key, (value, _) in during.items()
+        if key.startswith(keys.everything())
+    }
+    stored = {
+        parts[2]: json.loads(value)
+        for parts, value in inside.items()
+        if parts[:2] == ("records", iocid)
+    }
     withdrawn = "../../iocs/vm:VICTIM"  # DelRecord'ed: deleted from the IOC's own keys
     assert set(stored) == set(HOSTILE_RECORDS) - {withdrawn}
     for name, doc in stored.items():
@@ -227,6 +285,11 @@ def test_hostile_names_write_only_their_own_iocs_keys(
     assert json.loads(after[keys.ioc(iocid)][0])["status"] == "inactive"
     assert keys.alive(iocid) not in after
     # The victim and the bridge document are untouched, byte for byte.
-    for key in (keys.ioc("vm:VICTIM"), keys.record("vm:VICTIM", "VICTIM:PV1"),
-                keys.pv("VICTIM:PV1"), keys.bridge("bridge-a"), keys.alive("vm:VICTIM")):
+    for key in (
+        keys.ioc("vm:VICTIM"),
+        keys.record("vm:VICTIM", "VICTIM:PV1"),
+        keys.pv("VICTIM:PV1"),
+        keys.bridge("bridge-a"),
+        keys.alive("vm:VICTIM"),
+    ):
         assert after[key] == before[key], key

@@ -18,8 +18,13 @@ from tests.helpers import answer_runs
 SEED = b"test seed"
 
 
-def feed_runs(data: bytes, expected: Sequence[str] | None, chunk: int = 65536,
-              seed: bytes = SEED, first_run: bool = False) -> list[wire.Decoded]:
+def feed_runs(
+    data: bytes,
+    expected: Sequence[str] | None,
+    chunk: int = 65536,
+    seed: bytes = SEED,
+    first_run: bool = False,
+) -> list[wire.Decoded]:
     """Decode as the server does: cut runs, and say what to expect when asked (with
     `first_run`, at the end of the first run instead of in front of the first record)."""
     decoder = wire.Decoder()
@@ -56,8 +61,9 @@ def test_a_reconnect_with_new_record_ids_is_found_unchanged() -> None:
 
     # The C RecCaster numbers records on from where it stopped (2501, 2502, ...).
     again = feed_runs(upload_bytes(spec, first_rid=2501), stored)
-    assert kinds(again) == ["ClientGreet"] + ["AddInfo"] * len(spec.env) + [
-        "UnchangedRun"] * 3 + ["UploadDone"]
+    assert kinds(again) == ["ClientGreet"] + ["AddInfo"] * len(spec.env) + ["UnchangedRun"] * 3 + [
+        "UploadDone"
+    ]
     runs = [m for m in again if isinstance(m, wire.UnchangedRun)]
     assert [r.index for r in runs] == [0, 1, 2]
     assert [r.digest for r in runs] == stored
@@ -84,16 +90,23 @@ def test_one_changed_record_reveals_only_its_own_run() -> None:
     # Run 1 comes out decoded, with its real record ids, exactly as the plain decoder
     # gives it.
     decoded = [m for m in out if isinstance(m, wire.AddRecord | wire.AddInfo) and m.rid]
-    whole = [m for m in plain(upload_bytes(changed, first_rid=9))
-             if isinstance(m, wire.AddRecord | wire.AddInfo) and m.rid]
+    whole = [
+        m
+        for m in plain(upload_bytes(changed, first_rid=9))
+        if isinstance(m, wire.AddRecord | wire.AddInfo) and m.rid
+    ]
     assert decoded == [m for m in whole if 1009 <= m.rid < 2009]
 
 
 @settings(max_examples=40, deadline=None)
-@given(chunk=st.integers(min_value=1, max_value=20_000), first_rid=st.integers(1, 2**31),
-       first_run=st.booleans())
+@given(
+    chunk=st.integers(min_value=1, max_value=20_000),
+    first_rid=st.integers(1, 2**31),
+    first_run=st.booleans(),
+)
 def test_runs_decode_to_exactly_what_the_plain_decoder_gives(
-        chunk: int, first_rid: int, first_run: bool) -> None:
+    chunk: int, first_rid: int, first_run: bool
+) -> None:
     spec = make_ioc("H", 1200)
     stored = digests(feed_runs(upload_bytes(spec), None))
     assert stored == digests(feed_runs(upload_bytes(spec), None, first_run=True))
@@ -104,8 +117,9 @@ def test_runs_decode_to_exactly_what_the_plain_decoder_gives(
     assert without_run_ends(out) == plain(data)
     assert [m.index for m in out if isinstance(m, wire.RunEnd)] == [0, 1]
     # And split anywhere, an unchanged upload is the same two runs.
-    same = feed_runs(upload_bytes(spec, first_rid=first_rid), stored, chunk=chunk,
-                     first_run=first_run)
+    same = feed_runs(
+        upload_bytes(spec, first_rid=first_rid), stored, chunk=chunk, first_run=first_run
+    )
     assert kinds(same).count("UnchangedRun") == 2
 
 
@@ -160,24 +174,32 @@ def test_client_infos_between_records_leave_runs_comparable() -> None:
     first = feed_runs(upload("d"), None, first_run=True)
     whole = plain(upload("d"))
     # The same messages, except that client infos overtake the held record frames.
-    assert [m for m in without_run_ends(first) if not client_info(m)] == \
-        [m for m in whole if not client_info(m)]
+    assert [m for m in without_run_ends(first) if not client_info(m)] == [
+        m for m in whole if not client_info(m)
+    ]
     assert [m for m in first if client_info(m)] == [m for m in whole if client_info(m)]
     again = feed_runs(upload("d"), digests(first), first_run=True)
     # The client infos come out at once, ahead of the run they were sent within.
     assert kinds(again) == ["ClientGreet"] + ["AddInfo"] * 3 + ["UnchangedRun", "UploadDone"]
     run = again[4]
     assert isinstance(run, wire.UnchangedRun)
-    assert (run.names, run.aliases, run.rids) == (["P0", "P1", "P2"], ["P0:A", "P1:A", "P2:A"],
-                                                  [100, 101, 102])
+    assert (run.names, run.aliases, run.rids) == (
+        ["P0", "P1", "P2"],
+        ["P0:A", "P1:A", "P2:A"],
+        [100, 101, 102],
+    )
     assert (run.rtypes, run.alias_of) == (["ai"] * 3, [0, 1, 2])
-    assert digests(feed_runs(upload("other"), digests(first), first_run=True)) != \
-        digests(first)
+    assert digests(feed_runs(upload("other"), digests(first), first_run=True)) != digests(first)
 
 
 def test_a_record_with_more_aliases_than_the_session_takes_is_decoded() -> None:
-    many = IOCSpec((), (RecordSpec("A", "ai", tuple(f"A:{i}" for i in range(5))),
-                        RecordSpec("B", "ai", ("B:0",))))
+    many = IOCSpec(
+        (),
+        (
+            RecordSpec("A", "ai", tuple(f"A:{i}" for i in range(5))),
+            RecordSpec("B", "ai", ("B:0",)),
+        ),
+    )
     data = upload_bytes(many)
     decoder = wire.Decoder()
     decoder.start_runs(SEED, max_aliases=4)
@@ -197,8 +219,9 @@ def test_the_seed_is_part_of_every_digest() -> None:
 
 
 def test_a_run_ends_at_1_mib_before_1000_records() -> None:
-    big = tuple(RecordSpec(f"BIG:{i}", "ai", (), (("blob", "x" * 3000),), None)
-                for i in range(700))
+    big = tuple(
+        RecordSpec(f"BIG:{i}", "ai", (), (("blob", "x" * 3000),), None) for i in range(700)
+    )
     out = feed_runs(upload_bytes(IOCSpec((), big)), None)
     ends = [m.index for m in out if isinstance(m, wire.RunEnd)]
     records_per_run = 1 + (wire.RUN_BYTES - 1) // 3031  # frames of 3031 bytes per record
@@ -229,14 +252,21 @@ def test_a_run_over_the_hold_limit_is_decoded_as_it_arrives() -> None:
 
 def test_delrecord_ends_runs_and_the_rest_is_decoded_plainly() -> None:
     spec = make_ioc("D", 30)
-    head = upload_bytes(IOCSpec(spec.env, spec.records[:20]))[: -12]  # without UploadDone
-    tail = b"".join(wire.AddRecord(100 + i, wire.ATYPE_RECORD, "ai", f"T{i}").encode()
-                    for i in range(3))
+    head = upload_bytes(IOCSpec(spec.env, spec.records[:20]))[:-12]  # without UploadDone
+    tail = b"".join(
+        wire.AddRecord(100 + i, wire.ATYPE_RECORD, "ai", f"T{i}").encode() for i in range(3)
+    )
     data = head + wire.DelRecord(5).encode() + tail + wire.UploadDone().encode()
     out = feed_runs(data, None)
     assert without_run_ends(out) == plain(data)
     assert [type(m).__name__ for m in out[-6:]] == [
-        "RunEnd", "DelRecord", "AddRecord", "AddRecord", "AddRecord", "UploadDone"]
+        "RunEnd",
+        "DelRecord",
+        "AddRecord",
+        "AddRecord",
+        "AddRecord",
+        "UploadDone",
+    ]
 
 
 def test_the_decoder_waits_for_what_to_expect_in_front_of_the_first_record() -> None:
@@ -270,18 +300,27 @@ def test_or_at_the_end_of_the_first_run_when_asked_to() -> None:
 
 
 def test_an_upload_without_records_never_waits() -> None:
-    data = wire.ClientGreet().encode() + wire.AddInfo(0, "IOCNAME", "E").encode() + \
-        wire.UploadDone().encode()
+    data = (
+        wire.ClientGreet().encode()
+        + wire.AddInfo(0, "IOCNAME", "E").encode()
+        + wire.UploadDone().encode()
+    )
     decoder = wire.Decoder()
     decoder.start_runs(SEED)
     assert decoder.feed(data) == plain(data) and not decoder.awaiting
 
 
 def test_a_record_with_id_0_breaks_the_pattern_and_its_infos_stay_client_wide() -> None:
-    data = b"".join(m.encode() for m in [
-        wire.ClientGreet(), wire.AddRecord(0, wire.ATYPE_RECORD, "ai", "ZERO"),
-        wire.AddInfo(0, "IOCNAME", "Z"), wire.AddRecord(1, wire.ATYPE_RECORD, "ai", "ONE"),
-        wire.UploadDone()])
+    data = b"".join(
+        m.encode()
+        for m in [
+            wire.ClientGreet(),
+            wire.AddRecord(0, wire.ATYPE_RECORD, "ai", "ZERO"),
+            wire.AddInfo(0, "IOCNAME", "Z"),
+            wire.AddRecord(1, wire.ATYPE_RECORD, "ai", "ONE"),
+            wire.UploadDone(),
+        ]
+    )
     first = feed_runs(data, None)
     assert sorted(map(repr, without_run_ends(first))) == sorted(map(repr, plain(data)))
     assert digests(first) == [""]

@@ -38,12 +38,16 @@ class ServerTests(SynchronousTestCase):
     def factory(self, **kw: object) -> BridgeFactory:
         limits = kw.pop("limits", SessionLimits(tcptimeout=15.0))
         return BridgeFactory(
-            self.processor, self.clock, limits, nonce=lambda: 0xABCD, **kw  # type: ignore[arg-type]
+            self.processor,
+            self.clock,
+            limits,
+            nonce=lambda: 0xABCD,
+            **kw,  # type: ignore[arg-type]
         )
 
-    def connect(self, factory: BridgeFactory, host: str = "127.0.0.1") -> tuple[
-        RecSyncProtocol, StringTransport
-    ]:
+    def connect(
+        self, factory: BridgeFactory, host: str = "127.0.0.1"
+    ) -> tuple[RecSyncProtocol, StringTransport]:
         self.port += 1
         protocol = factory.buildProtocol(IPv4Address("TCP", host, self.port))
         assert protocol is not None
@@ -246,13 +250,16 @@ class RunsTests(SynchronousTestCase):
     def test_client_infos_after_the_first_record_are_waited_for(self) -> None:
         # As pyreccaster sends them: the IOC is named only after its first record.
         def data(rid: int) -> bytes:
-            return b"".join([
-                wire.ClientGreet().encode(),
-                wire.AddRecord(rid, 0, "ai", "P:1").encode(),
-                wire.AddInfo(0, "IOCNAME", "PY").encode(),
-                wire.AddInfo(rid, "recordDesc", "d").encode(),
-                wire.UploadDone().encode(),
-            ])
+            return b"".join(
+                [
+                    wire.ClientGreet().encode(),
+                    wire.AddRecord(rid, 0, "ai", "P:1").encode(),
+                    wire.AddInfo(0, "IOCNAME", "PY").encode(),
+                    wire.AddInfo(rid, "recordDesc", "d").encode(),
+                    wire.UploadDone().encode(),
+                ]
+            )
+
         stored = self.digests_of(data(100))
         processor = RunsProcessor(stored)
         protocol, _ = self.connect(processor)

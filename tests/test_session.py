@@ -85,7 +85,11 @@ def test_c_client_upload_becomes_one_transaction_with_everything() -> None:
     assert txn.client_infos == {"EPICS_VERSION": "EPICS 7.0.8", "IOCNAME": "IOC-1"}
     a, b = txn.records
     assert (a.name, a.rtype, a.aliases, a.infos, a.desc) == (
-        "A", "ai", ["A:alias"], {"archive": "Monitor 1"}, "Beam current",
+        "A",
+        "ai",
+        ["A:alias"],
+        {"archive": "Monitor 1"},
+        "Beam current",
     )
     assert (b.name, b.rtype, b.aliases, b.infos, b.desc) == ("B", "bo", [], {}, None)
     assert session.state is State.LIVE
@@ -181,8 +185,9 @@ def test_begin_records_commits_an_empty_first_transaction_once() -> None:
 
 def test_unchanged_run_is_committed_as_kept_with_every_digest_in_order() -> None:
     session = greeted()
-    session.receive([wire.AddRecord(1, 0, "ai", "A"), wire.AddInfo(1, "k", "v"),
-                     wire.RunEnd(0, "d0")], 0.0)
+    session.receive(
+        [wire.AddRecord(1, 0, "ai", "A"), wire.AddInfo(1, "k", "v"), wire.RunEnd(0, "d0")], 0.0
+    )
     run = wire.UnchangedRun(1, "d1", [2, 3], ["B", "C"], ["ai", "bo"], ["B:A"], [0])
     (txn,) = commits(session.receive([run], 0.0))
     assert [r.name for r in txn.records] == ["A"]  # the records before it go first
@@ -192,8 +197,7 @@ def test_unchanged_run_is_committed_as_kept_with_every_digest_in_order() -> None
     # Its records are known by id: a DelRecord of one is reported by name.
     effects = session.receive([wire.DelRecord(3), wire.RunEnd(2, ""), wire.UploadDone()], 1.0)
     (last,) = commits(effects)
-    assert (last.removed, last.kept, last.digests, last.upload_done) == (
-        ("C",), (), ("",), True)
+    assert (last.removed, last.kept, last.digests, last.upload_done) == (("C",), (), ("",), True)
 
 
 def test_unchanged_run_beyond_max_records_closes() -> None:
@@ -207,8 +211,9 @@ def test_del_record_names_any_committed_record_by_its_exact_name() -> None:
     session = greeted(batch_records=1)
     names = ["A", "Temp \xb0C", "odd \ud800", "B"]
     session.receive([wire.AddRecord(rid, 0, "ai", n) for rid, n in enumerate(names, 1)], 0.0)
-    effects = session.receive([wire.DelRecord(2), wire.DelRecord(3), wire.DelRecord(2),
-                               wire.UploadDone()], 1.0)
+    effects = session.receive(
+        [wire.DelRecord(2), wire.DelRecord(3), wire.DelRecord(2), wire.UploadDone()], 1.0
+    )
     assert commits(effects)[-1].removed == ("Temp \xb0C", "odd \ud800")
 
 

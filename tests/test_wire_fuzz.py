@@ -238,8 +238,11 @@ def test_decode_body_never_raises(msgid: int, body: bytes) -> None:
 
 
 @FAST
-@given(st.sampled_from([wire.MSG_ADD_INFO, wire.MSG_ADD_RECORD]), st.binary(max_size=80),
-       st.sampled_from([b"", b"\xc3", b"\xff\xfe", "°".encode("latin-1")]))
+@given(
+    st.sampled_from([wire.MSG_ADD_INFO, wire.MSG_ADD_RECORD]),
+    st.binary(max_size=80),
+    st.sampled_from([b"", b"\xc3", b"\xff\xfe", "°".encode("latin-1")]),
+)
 def test_the_decoders_fast_paths_agree_with_decode_body(
     msgid: int, body: bytes, odd: bytes
 ) -> None:
@@ -441,8 +444,9 @@ def test_any_chunking_decodes_the_same_as_one_read(
 # --- runs ---------------------------------------------------------------------------
 
 
-def feed_runs_checked(stream: bytes, chunks: list[bytes], expected: list[str] | None,
-                      first_run: bool) -> tuple[list[wire.Decoded], bool]:
+def feed_runs_checked(
+    stream: bytes, chunks: list[bytes], expected: list[str] | None, first_run: bool
+) -> tuple[list[wire.Decoded], bool]:
     """Feed as the server does with runs on: whenever the decoder waits, say what to
     expect (after `wait_for_first_run` first, with `first_run`). Checks the bounds."""
     decoder = wire.Decoder()
@@ -455,8 +459,9 @@ def feed_runs_checked(stream: bytes, chunks: list[bytes], expected: list[str] | 
         except wire.FramingError as error:
             out.extend(error.decoded)
             return out, True
-        assert all(isinstance(m, (*DECODED_TYPES, wire.UnchangedRun, wire.RunEnd))
-                   for m in got), got
+        assert all(isinstance(m, (*DECODED_TYPES, wire.UnchangedRun, wire.RunEnd)) for m in got), (
+            got
+        )
         assert decoder.buffered <= wire.HEADER_SIZE + decoder.max_body_length
         assert decoder.held <= wire.RUN_HOLD_LIMIT + len(chunk)
         out.extend(got)
@@ -464,13 +469,19 @@ def feed_runs_checked(stream: bytes, chunks: list[bytes], expected: list[str] | 
 
 
 def record_count(out: list[wire.Decoded]) -> int:
-    return sum(len(m.names) if isinstance(m, wire.UnchangedRun) else
-               isinstance(m, wire.AddRecord) and m.atype == wire.ATYPE_RECORD for m in out)
+    return sum(
+        len(m.names)
+        if isinstance(m, wire.UnchangedRun)
+        else isinstance(m, wire.AddRecord) and m.atype == wire.ATYPE_RECORD
+        for m in out
+    )
 
 
 @FAST
-@given(st.lists(small_messages, min_size=1, max_size=30).map(lambda m: [*m, wire.UploadDone()]),
-       st.data())
+@given(
+    st.lists(small_messages, min_size=1, max_size=30).map(lambda m: [*m, wire.UploadDone()]),
+    st.data(),
+)
 def test_runs_of_any_stream_give_the_plain_messages_or_unchanged_runs_of_them(
     stream_messages: list[wire.Message], data: st.DataObject
 ) -> None:
@@ -492,8 +503,12 @@ def test_runs_of_any_stream_give_the_plain_messages_or_unchanged_runs_of_them(
     missing = collections.Counter(map(repr, plain)) - decoded
     assert not decoded - collections.Counter(map(repr, plain))
     held = [m for m in plain if repr(m) in missing]
-    assert all(isinstance(m, wire.AddRecord) or (isinstance(m, wire.AddInfo) and m.rid)
-               or (isinstance(m, wire.Skipped) and m.msgid in (3, 6)) for m in held), held
+    assert all(
+        isinstance(m, wire.AddRecord)
+        or (isinstance(m, wire.AddInfo) and m.rid)
+        or (isinstance(m, wire.Skipped) and m.msgid in (3, 6))
+        for m in held
+    ), held
     if wire.UploadDone() in plain:
         assert not missing
         # Expecting what that gave: unchanged runs stand for the same records.

@@ -73,8 +73,10 @@ class ProcessorChain(MultiService):
 
     def known_runs(self, session_id: int) -> Sequence[str] | None:
         """The digests every processor holds for the session's IOC, if they agree."""
-        answers = [p.known_runs(session_id)  # type: ignore[attr-defined]
-                   for p in self.processors]
+        answers = [
+            p.known_runs(session_id)  # type: ignore[attr-defined]
+            for p in self.processors
+        ]
         if not answers or any(a is None or a != answers[0] for a in answers):
             return None
         return cast(Sequence[str], answers[0])

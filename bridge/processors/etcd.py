@@ -97,8 +97,13 @@ class EtcdProcessor(Service):
 
     log = Logger()
 
-    def __init__(self, etcd_config: Any, bridge_id: str, reactor: Any,
-                 endpoints_ready: EndpointsReady | None = None) -> None:
+    def __init__(
+        self,
+        etcd_config: Any,
+        bridge_id: str,
+        reactor: Any,
+        endpoints_ready: EndpointsReady | None = None,
+    ) -> None:
         self.config = etcd_config
         self.bridge_id = bridge_id
         self.reactor = reactor
@@ -153,8 +158,10 @@ class EtcdProcessor(Service):
         """False before the lease is granted, and while etcd has not answered the lease
         refresh for longer than the lease TTL (the bridge's alive keys are gone then).
         The announcer asks it (`bridge.announce`)."""
-        return (self._ready is True
-                and self.reactor.seconds() - self._last_contact <= self.config.lease_ttl)
+        return (
+            self._ready is True
+            and self.reactor.seconds() - self._last_contact <= self.config.lease_ttl
+        )
 
     def known_runs(self, session_id: int) -> list[str] | None:
         """IUnchangedRuns: the run digests of the IOC's stored upload (`EtcdWriter`)."""
@@ -197,8 +204,9 @@ class EtcdProcessor(Service):
         self._stopping = False
         self._pool = ThreadPool(minthreads=1, maxthreads=POOL_SIZE, name=POOL_NAME)
         self._pool.start()
-        self._control = ThreadPool(minthreads=1, maxthreads=CONTROL_POOL_SIZE,
-                                   name=CONTROL_POOL_NAME)
+        self._control = ThreadPool(
+            minthreads=1, maxthreads=CONTROL_POOL_SIZE, name=CONTROL_POOL_NAME
+        )
         self._control.start()
         d = defer.ensureDeferred(self._start())
         d.addErrback(self._start_failed)
@@ -223,13 +231,31 @@ class EtcdProcessor(Service):
     def _connect(self, endpoints: list[str]) -> None:
         """(thread) Client, writer and sweeper, then the lease and the bridge document."""
         cfg = self.config
-        self._client = make_client(endpoints, timeout=cfg.timeout, username=cfg.username,
-                                   password=cfg.password, ca=cfg.ca, cert=cfg.cert,
-                                   key=cfg.key)
-        self.writer = EtcdWriter(self._client, self.keys, self.bridge_id, lambda: self._lease,
-                                 self.reactor.seconds, float(cfg.max_outage), self._renew)
-        self.sweeper = Sweeper(self.writer.store, self.keys, self.writer.index,
-                               self.reactor.seconds, self.writer.serves)
+        self._client = make_client(
+            endpoints,
+            timeout=cfg.timeout,
+            username=cfg.username,
+            password=cfg.password,
+            ca=cfg.ca,
+            cert=cfg.cert,
+            key=cfg.key,
+        )
+        self.writer = EtcdWriter(
+            self._client,
+            self.keys,
+            self.bridge_id,
+            lambda: self._lease,
+            self.reactor.seconds,
+            float(cfg.max_outage),
+            self._renew,
+        )
+        self.sweeper = Sweeper(
+            self.writer.store,
+            self.keys,
+            self.writer.index,
+            self.reactor.seconds,
+            self.writer.serves,
+        )
         self._started = iso_time(self.reactor.seconds())
         self._grant()
 
@@ -239,22 +265,25 @@ class EtcdProcessor(Service):
         while True:
             try:
                 self._lease = self.writer.store.call(
-                    lambda: self._client.lease(max(1, math.ceil(self.config.lease_ttl))))
+                    lambda: self._client.lease(max(1, math.ceil(self.config.lease_ttl)))
+                )
                 self._put_bridge()
                 return
             except StoreError as exc:
                 if self._stopping:
                     raise
-                self.log.warn("etcd unreachable, still trying to get a lease: {error}",
-                              error=exc)
+                self.log.warn("etcd unreachable, still trying to get a lease: {error}", error=exc)
                 time.sleep(GRANT_RETRY_S)
 
     def _put_bridge(self) -> None:
         """(thread)"""
         assert self.writer is not None
         doc = k.bridge_document(self.host, self._tcp_port, bridge.__version__, self._started)
-        self.writer.store.call(lambda: self._client.put(
-            self.keys.bridge(self.bridge_id), k.dumps(doc), lease=self._lease))
+        self.writer.store.call(
+            lambda: self._client.put(
+                self.keys.bridge(self.bridge_id), k.dumps(doc), lease=self._lease
+            )
+        )
 
     def _set_ready(self, outcome: bool | Failure) -> None:
         self._ready = outcome
@@ -308,15 +337,18 @@ class EtcdProcessor(Service):
                 return
             if self.writer is not None and self.writer.stopping:
                 raise StoreError("the bridge's lease expired while it stops")
-            self.log.warn("the bridge's etcd lease expired (etcd outage?); taking a new one "
-                          "and re-announcing the live sessions")
+            self.log.warn(
+                "the bridge's etcd lease expired (etcd outage?); taking a new one "
+                "and re-announcing the live sessions"
+            )
             self._grant()
         self.reactor.callFromThread(self._reassert)
 
     def _reassert(self) -> None:
         if not self._stopping and self.writer is not None:
             self._in_control(self.writer.reassert).addErrback(
-                self._log_failure, "re-announcing the live sessions")
+                self._log_failure, "re-announcing the live sessions"
+            )
 
     # -- dead-bridge sweep -----------------------------------------------------------------
 
@@ -352,7 +384,8 @@ class EtcdProcessor(Service):
             self.reactor.callFromThread(self._on_watch, generation, response)
 
         self._client.add_watch_prefix_callback(
-            self.keys.alive_prefix(), on_watch_thread, prev_kv=True, start_revision=revision)
+            self.keys.alive_prefix(), on_watch_thread, prev_kv=True, start_revision=revision
+        )
         self.reactor.callFromThread(self._watch_added, generation, endpoint)
 
     def _watch_added(self, generation: int, endpoint: str | None) -> None:
@@ -374,8 +407,11 @@ class EtcdProcessor(Service):
             return
         current = self._endpoint_in_use()
         if current is not None and current != self._watch_endpoint:
-            self.log.info("etcd client moved from {old} to {new}; moving the alive-key "
-                          "watch", old=self._watch_endpoint, new=current)
+            self.log.info(
+                "etcd client moved from {old} to {new}; moving the alive-key watch",
+                old=self._watch_endpoint,
+                new=current,
+            )
             self.watching = False
             self.rewatches += 1
             self._start_watch()
@@ -428,7 +464,8 @@ class EtcdProcessor(Service):
         self._checks.pop(iocid, None)
         if not self._stopping:
             self._in_pool(self.sweeper.mark_dead, iocid).addErrback(
-                self._log_failure, f"sweep of IOC {iocid}")
+                self._log_failure, f"sweep of IOC {iocid}"
+            )
 
     # -- stop ------------------------------------------------------------------------------
 
@@ -444,7 +481,8 @@ class EtcdProcessor(Service):
             return defer.succeed(None)
         self.writer.stopping = True
         return self._in_control(self._prepare_stop).addErrback(
-            self._log_failure, "shutdown handover")
+            self._log_failure, "shutdown handover"
+        )
 
     def _prepare_stop(self) -> None:
         """(thread)"""
@@ -453,17 +491,22 @@ class EtcdProcessor(Service):
             others = self._unregister()
         except StoreError as exc:
             self.writer.handing_over = True
-            self.log.warn("stopping without etcd ({error}): this bridge's IOCs stay as they "
-                          "are until its lease expires and another bridge sweeps them",
-                          error=exc)
+            self.log.warn(
+                "stopping without etcd ({error}): this bridge's IOCs stay as they "
+                "are until its lease expires and another bridge sweeps them",
+                error=exc,
+            )
             return
         if others:
             self.writer.handing_over = True
             self.log.info(
                 "stopping: bridges {others} keep running; this bridge's IOCs are handed over "
                 "(alive keys expire with the lease in {ttl} s; an IOC not back by then plus "
-                "{grace} s is marked inactive by them)", others=", ".join(sorted(others)),
-                ttl=self.config.lease_ttl, grace=self._grace())
+                "{grace} s is marked inactive by them)",
+                others=", ".join(sorted(others)),
+                ttl=self.config.lease_ttl,
+                grace=self._grace(),
+            )
         else:
             self._last_bridge = True
             self.revoke_on_stop = True
@@ -476,9 +519,12 @@ class EtcdProcessor(Service):
         prefix = self.keys.bridges_prefix()
         _, responses = self.writer.store.call(
             lambda: self._client.transaction(
-                compare=[], success=[tx.Delete(own), tx.Get(prefix, _prefix_end(prefix))],
-                failure=[]),
-            deadline_s=STOP_CALL_S)
+                compare=[],
+                success=[tx.Delete(own), tx.Get(prefix, _prefix_end(prefix))],
+                failure=[],
+            ),
+            deadline_s=STOP_CALL_S,
+        )
         found = responses[1] if len(responses) > 1 else []
         return [self.keys.split(meta.key.decode("utf-8"))[-1] for _, meta in found]
 
@@ -525,14 +571,16 @@ class EtcdProcessor(Service):
         assert self.sweeper is not None
         swept = self.sweeper.sweep_orphans(self._lease.id)
         if swept:
-            self.log.info("stopping: {n} IOCs of bridges that stopped earlier marked inactive",
-                          n=swept)
+            self.log.info(
+                "stopping: {n} IOCs of bridges that stopped earlier marked inactive", n=swept
+            )
 
     def _revoke(self) -> None:
         """(thread)"""
         assert self.writer is not None
-        self.writer.store.call(lambda: self._client.revoke_lease(self._lease.id),
-                               deadline_s=STOP_CALL_S)
+        self.writer.store.call(
+            lambda: self._client.revoke_lease(self._lease.id), deadline_s=STOP_CALL_S
+        )
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -557,13 +605,19 @@ class EtcdProcessor(Service):
 
     def _log_failure(self, failure: Failure, what: str) -> None:
         if not self._stopping and isinstance(failure.value, StoreError):
-            self.log.warn("etcd processor: {what} failed: {error}", what=what,
-                          error=failure.getErrorMessage())
+            self.log.warn(
+                "etcd processor: {what} failed: {error}",
+                what=what,
+                error=failure.getErrorMessage(),
+            )
         elif not self._stopping:
             self.log.failure("etcd processor: {what} failed", failure, what=what)
         else:
-            self.log.warn("etcd processor: {what} failed while stopping: {error}", what=what,
-                          error=failure.value)
+            self.log.warn(
+                "etcd processor: {what} failed while stopping: {error}",
+                what=what,
+                error=failure.value,
+            )
 
 
 def _prefix_end(prefix: str) -> str:
@@ -571,9 +625,15 @@ def _prefix_end(prefix: str) -> str:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
-def build(config: Any, bridge_id: str, reactor: Any,
-          endpoints_ready: EndpointsReady | None = None, **_: Any) -> EtcdProcessor:
+def build(
+    config: Any,
+    bridge_id: str,
+    reactor: Any,
+    endpoints_ready: EndpointsReady | None = None,
+    **_: Any,
+) -> EtcdProcessor:
     """Registry entry (bridge.processors.BUILTIN): `config` is the bridge config or its
     ``[etcd]`` section."""
-    return EtcdProcessor(getattr(config, "etcd", config), bridge_id, reactor,
-                         endpoints_ready=endpoints_ready)
+    return EtcdProcessor(
+        getattr(config, "etcd", config), bridge_id, reactor, endpoints_ready=endpoints_ready
+    )

@@ -92,8 +92,10 @@ def op_size(key: bytes, value: bytes | None = None) -> int:
 def _too_big(exc: BaseException) -> bool:
     """A response over the client's receive limit (gRPC RESOURCE_EXHAUSTED)."""
     code = getattr(exc, "code", None)
-    return isinstance(exc, grpc.RpcError) and callable(code) and code() in (
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    return (
+        isinstance(exc, grpc.RpcError)
+        and callable(code)
+        and code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,)
     )
 
 
@@ -124,8 +126,7 @@ def _request_op(op: Any, out: Any) -> None:
 
 def _generic_size(op: Any) -> int:
     value = getattr(op, "value", None)
-    return op_size(_to_bytes(op.key), _to_bytes(value) if isinstance(value, str | bytes)
-                   else None)
+    return op_size(_to_bytes(op.key), _to_bytes(value) if isinstance(value, str | bytes) else None)
 
 
 class Store:
@@ -138,8 +139,9 @@ class Store:
     are closed when it passes the bound, not one bound later each.
     """
 
-    def __init__(self, client: Any, deadline_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, client: Any, deadline_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.client = client
         self.deadline_s = deadline_s
         self._clock = clock
@@ -175,8 +177,7 @@ class Store:
             self.failing_since = None
             return result
 
-        return call_with_retry(attempt, deadline_s=deadline, sleep=self._sleep,
-                               clock=self._clock)
+        return call_with_retry(attempt, deadline_s=deadline, sleep=self._sleep, clock=self._clock)
 
     def _sleep(self, seconds: float) -> None:
         if self._aborted.wait(seconds):
@@ -203,8 +204,9 @@ class Store:
         for item in response.responses:
             kind = item.WhichOneof("response")
             if kind == "response_range":
-                responses.append([(kv.value, KVMetadata(kv, response.header))
-                                  for kv in item.response_range.kvs])
+                responses.append(
+                    [(kv.value, KVMetadata(kv, response.header)) for kv in item.response_range.kvs]
+                )
             else:
                 responses.append(item)
         return bool(response.succeeded), responses
@@ -305,8 +307,9 @@ class Store:
             count += 1
         return count
 
-    def write_guarded(self, items: Iterable[Guarded], max_items: int = MAX_TXN_OPS
-                      ) -> list[Guarded]:
+    def write_guarded(
+        self, items: Iterable[Guarded], max_items: int = MAX_TXN_OPS
+    ) -> list[Guarded]:
         """Commit guarded writes, up to `max_items` per transaction; returns those not applied.
 
         A transaction whose compares fail applies none of its items, so every item of
@@ -412,8 +415,9 @@ def chunk_ops(ops: Iterable[Write]) -> Iterator[list[Write]]:
         yield chunk
 
 
-def chunk_guarded(items: Iterable[Guarded], max_items: int = MAX_TXN_OPS
-                  ) -> Iterator[list[Guarded]]:
+def chunk_guarded(
+    items: Iterable[Guarded], max_items: int = MAX_TXN_OPS
+) -> Iterator[list[Guarded]]:
     """Cut guarded writes (one compare, one or more operations each) into transactions."""
     limit = min(max_items, MAX_TXN_OPS)
     batch: list[Guarded] = []
@@ -423,8 +427,9 @@ def chunk_guarded(items: Iterable[Guarded], max_items: int = MAX_TXN_OPS
         cost = op_size(item.key, item.value) + op_size(item.key)
         cost += sum(op_size(key, value) for key, value in item.also)
         n_ops = 1 + len(item.also)
-        if batch and (len(batch) >= limit or ops + n_ops > MAX_TXN_OPS
-                      or size + cost > MAX_TXN_BYTES):
+        if batch and (
+            len(batch) >= limit or ops + n_ops > MAX_TXN_OPS or size + cost > MAX_TXN_BYTES
+        ):
             yield batch
             batch, ops, size = [], 0, 0
         batch.append(item)

@@ -75,9 +75,13 @@ def lease_not_found(exc: BaseException) -> bool:
     """etcd's answer to a write attached to a lease that expired or was revoked."""
     code = getattr(exc, "code", None)
     details = getattr(exc, "details", None)
-    return (isinstance(exc, grpc.RpcError) and callable(code) and callable(details)
-            and code() == grpc.StatusCode.NOT_FOUND
-            and "lease not found" in str(details() or ""))
+    return (
+        isinstance(exc, grpc.RpcError)
+        and callable(code)
+        and callable(details)
+        and code() == grpc.StatusCode.NOT_FOUND
+        and "lease not found" in str(details() or "")
+    )
 
 
 def fingerprint(value: bytes) -> bytes:
@@ -104,8 +108,10 @@ def fit_record(record: Record, iocid: str, limit: int = MAX_RECORD_BYTES) -> Rec
     longest = max((len(v) for v in record.infos.values()), default=0)
     cap = longest
     while True:
-        infos = {key: v if len(v) <= cap else v[:cap] + TRUNCATED_MARK
-                 for key, v in record.infos.items()}
+        infos = {
+            key: v if len(v) <= cap else v[:cap] + TRUNCATED_MARK
+            for key, v in record.infos.items()
+        }
         trial = replace(record, infos=infos)
         if len(k.record_value(trial, iocid)) <= limit:
             return trial
@@ -174,9 +180,16 @@ class EtcdWriter:
 
     log = Logger()
 
-    def __init__(self, client: Any, keys: k.Keys, bridge_id: str, lease: Callable[[], Any],
-                 now: Callable[[], float], deadline_s: float,
-                 renew: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        keys: k.Keys,
+        bridge_id: str,
+        lease: Callable[[], Any],
+        now: Callable[[], float],
+        deadline_s: float,
+        renew: Callable[[Any], None] | None = None,
+    ) -> None:
         self.store = Store(client, deadline_s)
         self.keys = keys
         self.index = NameIndex(self.store, keys)
@@ -284,13 +297,17 @@ class EtcdWriter:
             self.log.warn(
                 "{peer} and {other} both identify as IOC {wanted}; keeping them apart: "
                 "{peer} is stored as {iocid}",
-                peer=txn.peer, other=holder.peer, wanted=printable(holder.iocid),
+                peer=txn.peer,
+                other=holder.peer,
+                wanted=printable(holder.iocid),
                 iocid=printable(identity.iocid),
             )
         elif not identity.stable:
             self.log.warn(
                 "{peer} sent neither IOCNAME nor IOC: stored as {iocid}, which changes on "
-                "every reconnect", peer=txn.peer, iocid=printable(identity.iocid),
+                "every reconnect",
+                peer=txn.peer,
+                iocid=printable(identity.iocid),
             )
         return session
 
@@ -304,15 +321,25 @@ class EtcdWriter:
             elif self._unfinished.get(session.iocid) is session:
                 del self._unfinished[session.iocid]
 
-    def _document(self, session: _Session, status: str,
-                  uploaded: str | None = None) -> dict[str, Any]:
+    def _document(
+        self, session: _Session, status: str, uploaded: str | None = None
+    ) -> dict[str, Any]:
         """The IOC document from what the session knows (``disconnected`` null)."""
         ident = session.identity
         return k.ioc_document(
-            iocid=ident.iocid, status=status, hostname=ident.hostname, iocname=ident.iocname,
-            ip=session.peer.host, port=session.peer.port, env=session.env,
-            bridge_id=self.bridge_id, connected=session.connected, uploaded=uploaded,
-            disconnected=None, records=session.records, aliases=session.aliases,
+            iocid=ident.iocid,
+            status=status,
+            hostname=ident.hostname,
+            iocname=ident.iocname,
+            ip=session.peer.host,
+            port=session.peer.port,
+            env=session.env,
+            bridge_id=self.bridge_id,
+            connected=session.connected,
+            uploaded=uploaded,
+            disconnected=None,
+            records=session.records,
+            aliases=session.aliases,
         )
 
     # -- the upload ------------------------------------------------------------------------
@@ -333,14 +360,22 @@ class EtcdWriter:
         session.alive = k.dumps(k.alive_document(self.bridge_id, session.connected))
         session.doc = self._document(session, k.STATUS_UPLOADING)
         with session.lock:
-            self._leased(lambda lease: self.store.txn([], [
-                tx.Put(self.keys.ioc(session.iocid), k.dumps(session.doc)),
-                tx.Put(self.keys.alive(session.iocid), session.alive, lease=lease),
-            ]))
+            self._leased(
+                lambda lease: self.store.txn(
+                    [],
+                    [
+                        tx.Put(self.keys.ioc(session.iocid), k.dumps(session.doc)),
+                        tx.Put(self.keys.alive(session.iocid), session.alive, lease=lease),
+                    ],
+                )
+            )
             session.begun = True
-        self.log.info("{peer} upload of IOC {iocid} started ({n} records stored before)",
-                      peer=session.peer, iocid=printable(session.iocid),
-                      n=session.stored_records if session.skipping else len(session.existing))
+        self.log.info(
+            "{peer} upload of IOC {iocid} started ({n} records stored before)",
+            peer=session.peer,
+            iocid=printable(session.iocid),
+            n=session.stored_records if session.skipping else len(session.existing),
+        )
 
     def _stored_digests(self, iocid: str) -> tuple[list[str], int, bool] | None:
         """(record digests, record count, shared mark) of the IOC's complete stored
@@ -355,8 +390,12 @@ class EtcdWriter:
         if not isinstance(doc, dict):
             return None
         digests, records = doc.get("record_digests"), doc.get("records")
-        if (not isinstance(digests, list) or not all(isinstance(d, str) for d in digests)
-                or not isinstance(records, int) or records < 0):
+        if (
+            not isinstance(digests, list)
+            or not all(isinstance(d, str) for d in digests)
+            or not isinstance(records, int)
+            or records < 0
+        ):
             return None
         return digests, records, shared_key in found
 
@@ -389,16 +428,24 @@ class EtcdWriter:
         """A run sent exactly as stored: count it, and keep its records off the stale list."""
         stored = session.stored_digests
         if run.index >= len(stored) or stored[run.index] != run.digest:
-            raise StoreError(f"run {run.index} of IOC {session.iocid!r} came as unchanged, "
-                             "but its digest is not the stored one")
+            raise StoreError(
+                f"run {run.index} of IOC {session.iocid!r} came as unchanged, "
+                "but its digest is not the stored one"
+            )
         session.records += len(run.names)
         session.aliases += len(run.aliases)
         if not session.index_trusted:
             names, rtypes = run.names, run.rtypes
-            self.index.confirm(session.iocid, [
-                *(Claim(n, n, t, False, False) for n, t in zip(names, rtypes, strict=True)),
-                *(Claim(a, names[i], rtypes[i], True, False)
-                  for a, i in zip(run.aliases, run.alias_of, strict=True))])
+            self.index.confirm(
+                session.iocid,
+                [
+                    *(Claim(n, n, t, False, False) for n, t in zip(names, rtypes, strict=True)),
+                    *(
+                        Claim(a, names[i], rtypes[i], True, False)
+                        for a, i in zip(run.aliases, run.alias_of, strict=True)
+                    ),
+                ],
+            )
         if session.skipping:
             # Only their hashes are kept, 8 bytes a name (`_leave_fast_path`).
             session.kept_names.extend(map(name_hash, run.names))
@@ -457,12 +504,18 @@ class EtcdWriter:
             return value
         fitted = fit_record(record, session.iocid)
         if fitted is None:
-            raise StoreError(f"record {record.name!r} of IOC {session.iocid!r} is "
-                             f"{len(value)} bytes, too big for etcd even without its infos")
-        self.log.warn("{peer} IOC {iocid}: record {record} is {size} bytes; info values "
-                      "were cut to fit etcd's request limit", peer=session.peer,
-                      iocid=printable(session.iocid), record=printable(record.name),
-                      size=len(value))
+            raise StoreError(
+                f"record {record.name!r} of IOC {session.iocid!r} is "
+                f"{len(value)} bytes, too big for etcd even without its infos"
+            )
+        self.log.warn(
+            "{peer} IOC {iocid}: record {record} is {size} bytes; info values "
+            "were cut to fit etcd's request limit",
+            peer=session.peer,
+            iocid=printable(session.iocid),
+            record=printable(record.name),
+            size=len(value),
+        )
         return k.record_value(fitted, session.iocid)
 
     def _unclaim(self, session: _Session, names: Iterable[str]) -> None:
@@ -493,8 +546,10 @@ class EtcdWriter:
 
     def _finish(self, session: _Session, env: Mapping[str, str]) -> None:
         """Delete what the IOC no longer has, then mark it active."""
-        if session.skipping and (len(session.digests) != len(session.stored_digests)
-                                 or session.records != session.stored_records):
+        if session.skipping and (
+            len(session.digests) != len(session.stored_digests)
+            or session.records != session.stored_records
+        ):
             self._leave_fast_path(session)
         unchanged = session.skipping
         stale, session.existing = session.existing, {}
@@ -514,9 +569,13 @@ class EtcdWriter:
         self._put_ioc(session, alive_too=False)
         self.log.info(
             "{peer} IOC {iocid} active: {records} records, {aliases} aliases; "
-            "{written} written, {deleted} deleted{how}", peer=session.peer,
-            iocid=printable(session.iocid), records=session.records, aliases=session.aliases,
-            written=session.written, deleted=len(stale),
+            "{written} written, {deleted} deleted{how}",
+            peer=session.peer,
+            iocid=printable(session.iocid),
+            records=session.records,
+            aliases=session.aliases,
+            written=session.written,
+            deleted=len(stale),
             how=" (unchanged: nothing read)" if unchanged else "",
         )
         session.written = 0
@@ -534,12 +593,14 @@ class EtcdWriter:
         the IOC now; leave its documents alone.
         """
         ioc_key, alive_key = self.keys.ioc(session.iocid), self.keys.alive(session.iocid)
+
         def write(lease: Any) -> bool:
             doc = tx.Put(ioc_key, k.dumps(session.doc))
             alive = tx.Put(alive_key, session.alive, lease=lease)
             ours = tx.Value(alive_key) == session.alive
-            ok, resp = self.store.txn([ours], [doc, alive] if alive_too else [doc],
-                                      [tx.Get(alive_key)])
+            ok, resp = self.store.txn(
+                [ours], [doc, alive] if alive_too else [doc], [tx.Get(alive_key)]
+            )
             if not ok and not resp[0] and not self.stopping:
                 ok, _ = self.store.txn([tx.Version(alive_key) == 0], [doc, alive])
             return ok
@@ -549,8 +610,11 @@ class EtcdWriter:
                 return False
             ok = self._leased(write)
         if not ok:
-            self.log.warn("{peer} IOC {iocid} is now served elsewhere; its IOC document is "
-                          "left alone", peer=session.peer, iocid=printable(session.iocid))
+            self.log.warn(
+                "{peer} IOC {iocid} is now served elsewhere; its IOC document is left alone",
+                peer=session.peer,
+                iocid=printable(session.iocid),
+            )
         return ok
 
     def _leased(self, write: Callable[[Any], T]) -> T:
@@ -574,9 +638,13 @@ class EtcdWriter:
             session.ended = True
             if self.handing_over:
                 self._forget(session)
-                self.log.info("{peer} IOC {iocid}: session closed for the bridge's shutdown; "
-                              "its alive key expires with the lease unless the IOC reconnects "
-                              "elsewhere first", peer=session.peer, iocid=printable(session.iocid))
+                self.log.info(
+                    "{peer} IOC {iocid}: session closed for the bridge's shutdown; "
+                    "its alive key expires with the lease unless the IOC reconnects "
+                    "elsewhere first",
+                    peer=session.peer,
+                    iocid=printable(session.iocid),
+                )
                 return
             try:
                 ok = bool(session.alive) and self._write_end(session)
@@ -587,18 +655,22 @@ class EtcdWriter:
                 raise
         self._forget(session)
         if ok:
-            self.log.info("{peer} IOC {iocid} inactive", peer=session.peer,
-                          iocid=printable(session.iocid))
+            self.log.info(
+                "{peer} IOC {iocid} inactive", peer=session.peer, iocid=printable(session.iocid)
+            )
             self.index.hand_over(session.iocid)
         else:
-            self.log.info("{peer} IOC {iocid}: session ended; the IOC is served elsewhere now "
-                          "or was never stored", peer=session.peer, iocid=printable(session.iocid))
+            self.log.info(
+                "{peer} IOC {iocid}: session ended; the IOC is served elsewhere now "
+                "or was never stored",
+                peer=session.peer,
+                iocid=printable(session.iocid),
+            )
 
     def _write_end(self, session: _Session) -> bool:
         """True if this call (or an earlier attempt whose answer was lost) ended it."""
         alive_key, ioc_key = self.keys.alive(session.iocid), self.keys.ioc(session.iocid)
-        doc = {**session.doc, "status": k.STATUS_INACTIVE,
-               "disconnected": iso_time(self._now())}
+        doc = {**session.doc, "status": k.STATUS_INACTIVE, "disconnected": iso_time(self._now())}
         ok, resp = self.store.txn(
             [tx.Value(alive_key) == session.alive],
             [tx.Delete(alive_key), tx.Put(ioc_key, k.dumps(doc))],

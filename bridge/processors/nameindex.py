@@ -74,8 +74,9 @@ class PvEntry:
     claims: list[str]
 
     def value(self) -> bytes:
-        return k.dumps(k.pv_document(self.owner, self.record, self.rtype, self.alias,
-                                     list(self.claims)))
+        return k.dumps(
+            k.pv_document(self.owner, self.record, self.rtype, self.alias, list(self.claims))
+        )
 
 
 def parse_pv(value: bytes) -> PvEntry | None:
@@ -83,8 +84,9 @@ def parse_pv(value: bytes) -> PvEntry | None:
     try:
         doc = k.loads(value)
         claims = [str(c) for c in doc["claims"]]
-        return PvEntry(str(doc["iocid"]), str(doc["record"]), str(doc["type"]),
-                       bool(doc["alias"]), claims)
+        return PvEntry(
+            str(doc["iocid"]), str(doc["record"]), str(doc["type"]), bool(doc["alias"]), claims
+        )
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -205,18 +207,26 @@ class NameIndex:
         fresh = [c for c in wanted.values() if c.fresh]
         todo = [c.name for c in wanted.values() if not c.fresh]
         if fresh:
-            created = (Guarded(self.keys.pv(c.name).encode(), 0,
-                               k.dumps(k.pv_document(iocid, c.record, c.rtype, c.alias,
-                                                     [iocid])), c.name)
-                       for c in fresh)
+            created = (
+                Guarded(
+                    self.keys.pv(c.name).encode(),
+                    0,
+                    k.dumps(k.pv_document(iocid, c.record, c.rtype, c.alias, [iocid])),
+                    c.name,
+                )
+                for c in fresh
+            )
             todo.extend(item.tag for item in self.store.write_guarded(created))
 
         unmarked: list[str] = []
 
         def plan(names: list[str], raws: dict[str, Entry], look: _Lookups) -> list[Guarded]:
             entries = {n: self._parsed(raws, n) for n in names}
-            look.fetch_live(e.owner for n, e in entries.items()
-                            if e is not None and e.owner != iocid and not wanted[n].force)
+            look.fetch_live(
+                e.owner
+                for n, e in entries.items()
+                if e is not None and e.owner != iocid and not wanted[n].force
+            )
             out = []
             for name in names:
                 entry = entries[name]
@@ -229,8 +239,9 @@ class NameIndex:
 
         self._converge(todo, plan)
         if unmarked:
-            self.store.write([(self.keys.shared(iocid).encode(),
-                               k.dumps(k.shared_document(unmarked[0])))])
+            self.store.write(
+                [(self.keys.shared(iocid).encode(), k.dumps(k.shared_document(unmarked[0])))]
+            )
 
     def confirm(self, iocid: str, claims: Iterable[Claim]) -> None:
         """Claims of unchanged records: check, then repair only what needs it.
@@ -240,9 +251,14 @@ class NameIndex:
         by value in etcd (`Store.unequal`, no reads); the names of a batch that differs
         anywhere go through `claim`.
         """
-        expected = ((self.keys.pv(c.name).encode(),
-                     k.dumps(k.pv_document(iocid, c.record, c.rtype, c.alias, [iocid])), c)
-                    for c in claims)
+        expected = (
+            (
+                self.keys.pv(c.name).encode(),
+                k.dumps(k.pv_document(iocid, c.record, c.rtype, c.alias, [iocid])),
+                c,
+            )
+            for c in claims
+        )
         todo = self.store.unequal(expected)
         if todo:
             self.claim(iocid, todo)
@@ -251,11 +267,13 @@ class NameIndex:
         """Remove `iocid` from the names' claims; delete entries nobody claims any more."""
 
         def plan(names: list[str], raws: dict[str, Entry], look: _Lookups) -> list[Guarded]:
-            mine = {n: e for n in names
-                    if (e := self._parsed(raws, n)) is not None and iocid in e.claims}
+            mine = {
+                n: e
+                for n in names
+                if (e := self._parsed(raws, n)) is not None and iocid in e.claims
+            }
             rest = {n: [c for c in e.claims if c != iocid] for n, e in mine.items()}
-            self._prefetch(mine, {n: r for n, r in rest.items() if mine[n].owner == iocid},
-                           look)
+            self._prefetch(mine, {n: r for n, r in rest.items() if mine[n].owner == iocid}, look)
             out = []
             for name, entry in mine.items():
                 new = _without(iocid, name, entry, rest[name], look)
@@ -280,8 +298,9 @@ class NameIndex:
             for raw in page.entries:
                 doc = _record_doc(raw.value) or {}
                 name, rtype, aliases = doc.get("name"), doc.get("type"), doc.get("aliases")
-                if not (isinstance(name, str) and isinstance(rtype, str)
-                        and isinstance(aliases, list)):
+                if not (
+                    isinstance(name, str) and isinstance(rtype, str) and isinstance(aliases, list)
+                ):
                     todo.extend(record_names(raw.value))
                     continue
                 for pv, alias in ((name, False), *((str(a), True) for a in aliases)):
@@ -295,11 +314,18 @@ class NameIndex:
 
     def _hand_over_plan(self, iocid: str) -> Planner:
         def plan(names: list[str], raws: dict[str, Entry], look: _Lookups) -> list[Guarded]:
-            owned = {n: e for n in names if (e := self._parsed(raws, n)) is not None
-                     and e.owner == iocid and len(e.claims) > 1}
+            owned = {
+                n: e
+                for n in names
+                if (e := self._parsed(raws, n)) is not None
+                and e.owner == iocid
+                and len(e.claims) > 1
+            }
             look.fetch_live(c for e in owned.values() for c in e.claims if c != iocid)
-            candidates = {n: [c for c in reversed(e.claims) if c != iocid and look.is_live(c)]
-                          for n, e in owned.items()}
+            candidates = {
+                n: [c for c in reversed(e.claims) if c != iocid and look.is_live(c)]
+                for n, e in owned.items()
+            }
             self._prefetch(owned, candidates, look)
             out = []
             for name, entry in owned.items():
@@ -312,12 +338,15 @@ class NameIndex:
 
         return plan
 
-    def _prefetch(self, entries: dict[str, PvEntry], candidates: dict[str, list[str]],
-                  look: _Lookups) -> None:
+    def _prefetch(
+        self, entries: dict[str, PvEntry], candidates: dict[str, list[str]], look: _Lookups
+    ) -> None:
         """Read, in batches, what choosing successors among `candidates` will need."""
         look.fetch_live(c for names in candidates.values() for c in names)
         look.fetch_records(
-            pair for name, cands in candidates.items() for c in cands
+            pair
+            for name, cands in candidates.items()
+            for c in cands
             for pair in ((c, name), (c, entries[name].record))
         )
 
@@ -351,8 +380,13 @@ class NameIndex:
     def _put(self, name: str, raws: dict[str, Entry], entry: PvEntry) -> Guarded:
         key = self.keys.pv(name)
         raw = raws.get(key)
-        return Guarded(key.encode(), raw.mod_revision if raw else 0, entry.value(), name,
-                       self._marks(name, entry.claims))
+        return Guarded(
+            key.encode(),
+            raw.mod_revision if raw else 0,
+            entry.value(),
+            name,
+            self._marks(name, entry.claims),
+        )
 
     def _marks(self, name: str, claims: Sequence[str]) -> tuple[tuple[bytes, bytes], ...]:
         """The shared marks that must go with an entry listing `claims` (module docstring)."""
@@ -376,8 +410,11 @@ def _claimed(iocid: str, claim: Claim, entry: PvEntry | None, look: _Lookups) ->
     mine = PvEntry(iocid, claim.record, claim.rtype, claim.alias, [iocid])
     if entry is None:
         return mine
-    details_same = (entry.record, entry.rtype, entry.alias) == (claim.record, claim.rtype,
-                                                                 claim.alias)
+    details_same = (entry.record, entry.rtype, entry.alias) == (
+        claim.record,
+        claim.rtype,
+        claim.alias,
+    )
     keeps_owner = entry.owner != iocid and not claim.force and look.is_live(entry.owner)
     if iocid in entry.claims:
         if entry.owner == iocid and (details_same or not claim.force):
@@ -389,8 +426,9 @@ def _claimed(iocid: str, claim: Claim, entry: PvEntry | None, look: _Lookups) ->
     return replace(mine, claims=[*(c for c in entry.claims if c != iocid), iocid])
 
 
-def _without(iocid: str, name: str, entry: PvEntry, rest: list[str],
-             look: _Lookups) -> PvEntry | None:
+def _without(
+    iocid: str, name: str, entry: PvEntry, rest: list[str], look: _Lookups
+) -> PvEntry | None:
     """The entry once `iocid` no longer claims `name`, or None when it must be deleted."""
     if not rest:
         return None
@@ -402,8 +440,9 @@ def _without(iocid: str, name: str, entry: PvEntry, rest: list[str],
     return new
 
 
-def _successor(name: str, entry: PvEntry, claims: Sequence[str], candidates: Sequence[str],
-               look: _Lookups) -> tuple[PvEntry | None, list[str]]:
+def _successor(
+    name: str, entry: PvEntry, claims: Sequence[str], candidates: Sequence[str], look: _Lookups
+) -> tuple[PvEntry | None, list[str]]:
     """The first candidate that really provides `name` as the new owner.
 
     Returns (new entry or None, claims without the stale candidates met on the way).

@@ -23,13 +23,18 @@ class ShowProcessor(Service):
             return
         if transaction.initial:
             for key, value in transaction.client_infos.items():
-                self.log.info('{peer} epicsEnvSet("{key}", "{value}")', peer=peer, key=key,
-                              value=value)
+                self.log.info(
+                    '{peer} epicsEnvSet("{key}", "{value}")', peer=peer, key=key, value=value
+                )
         for record in transaction.records:
             self.log.info(
                 "{peer} record({rtype}, {name}) aliases={aliases} infos={infos} desc={desc!r}",
-                peer=peer, rtype=record.rtype, name=record.name, aliases=record.aliases,
-                infos=record.infos, desc=record.desc,
+                peer=peer,
+                rtype=record.rtype,
+                name=record.name,
+                aliases=record.aliases,
+                infos=record.infos,
+                desc=record.desc,
             )
         for name in transaction.removed:
             self.log.info("{peer} removed {name}", peer=peer, name=name)

@@ -37,8 +37,14 @@ class Sweeper:
 
     log = Logger()
 
-    def __init__(self, store: Store, keys: k.Keys, index: NameIndex, now: Callable[[], float],
-                 is_local: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keys: k.Keys,
+        index: NameIndex,
+        now: Callable[[], float],
+        is_local: Callable[[str], bool],
+    ) -> None:
         self.store = store
         self.keys = keys
         self.index = index
@@ -66,16 +72,21 @@ class Sweeper:
             [tx.Put(ioc_key, k.dumps(doc))],
         )
         if ok:
-            self.log.info("IOC {iocid} inactive: its bridge {bridge} is gone",
-                          iocid=printable(iocid), bridge=doc.get("bridge"))
+            self.log.info(
+                "IOC {iocid} inactive: its bridge {bridge} is gone",
+                iocid=printable(iocid),
+                bridge=doc.get("bridge"),
+            )
             self.index.hand_over(iocid)
         return bool(ok)
 
     def live_bridges(self) -> dict[str, int]:
         """bridge id -> lease of every registered bridge (its document lives on its lease)."""
-        return {self.keys.split(raw.key)[-1]: raw.lease
-                for page in self.store.scan(self.keys.bridges_prefix())
-                for raw in page.entries}
+        return {
+            self.keys.split(raw.key)[-1]: raw.lease
+            for page in self.store.scan(self.keys.bridges_prefix())
+            for raw in page.entries
+        }
 
     def sweep_orphans(self, own_lease: int) -> int:
         """Mark inactive the IOCs whose alive key is on no registered bridge's lease.
@@ -86,8 +97,12 @@ class Sweeper:
         document are still as read. Returns how many were marked inactive.
         """
         leases = {*self.live_bridges().values(), own_lease}
-        orphans = [raw for page in self.store.scan(self.keys.alive_prefix())
-                   for raw in page.entries if raw.lease not in leases]
+        orphans = [
+            raw
+            for page in self.store.scan(self.keys.alive_prefix())
+            for raw in page.entries
+            if raw.lease not in leases
+        ]
         swept = 0
         for alive in orphans:
             iocid = self.keys.split(alive.key)[-1]
@@ -103,9 +118,12 @@ class Sweeper:
             )
             if ok:
                 swept += 1
-                self.log.info("IOC {iocid} inactive: its bridge {bridge} stopped and no "
-                              "bridge is left to take it over", iocid=printable(iocid),
-                              bridge=doc.get("bridge"))
+                self.log.info(
+                    "IOC {iocid} inactive: its bridge {bridge} stopped and no "
+                    "bridge is left to take it over",
+                    iocid=printable(iocid),
+                    bridge=doc.get("bridge"),
+                )
                 self.index.hand_over(iocid)
         return swept
 
