@@ -25,6 +25,7 @@ from typing import Any
 from pyetcd.events import DeleteEvent
 from pyetcd.exceptions import RevisionCompactedError
 
+from bridge.etcd.ops import Entry
 from bridge.etcdclient import call_with_retry, make_client
 from bridge.etcdproc import free_port
 from bridge.fakeioc import IOCSpec
@@ -42,7 +43,7 @@ from bridge.keys import (
     record_value,
 )
 from bridge.model import DESC_INFO_KEY, Record
-from bridge.processors.etcdstore import Entry, Store
+from bridge.processors.etcdstore import Store
 
 #: Logged once the bridge listens, holds its lease and announces (bridge.service).
 READY_TEXT = "listening on TCP port"

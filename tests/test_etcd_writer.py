@@ -26,13 +26,7 @@ from twisted.trial.unittest import TestCase as TrialTestCase
 from zope.interface.verify import verifyObject
 
 from bridge.errors import StoreError
-from bridge.etcdclient import call_with_retry, make_client
-from bridge.etcdproc import EtcdCluster, find_etcd_binary
-from bridge.interfaces import IProcessor
-from bridge.keys import Keys, record_value
-from bridge.model import KeptRun, Peer, Record, Transaction
-from bridge.processors.etcd import EtcdProcessor
-from bridge.processors.etcdstore import (
+from bridge.etcd.ops import (
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
     Guarded,
@@ -40,6 +34,12 @@ from bridge.processors.etcdstore import (
     chunk_guarded,
     chunk_ops,
 )
+from bridge.etcdclient import call_with_retry, make_client
+from bridge.etcdproc import EtcdCluster, find_etcd_binary
+from bridge.interfaces import IProcessor
+from bridge.keys import Keys, record_value
+from bridge.model import KeptRun, Peer, Record, Transaction
+from bridge.processors.etcd import EtcdProcessor
 from bridge.processors.etcdwriter import MAX_RECORD_BYTES, TRUNCATED_MARK, EtcdWriter, fit_record
 from bridge.processors.nameindex import NameIndex
 from bridge.processors.sweep import Sweeper

@@ -43,6 +43,7 @@ from twisted.logger import Logger
 
 from bridge import keys as k
 from bridge.errors import StoreError
+from bridge.etcd.ops import Write
 from bridge.logs import printable
 from bridge.model import (
     IOCIdentity,
@@ -54,7 +55,7 @@ from bridge.model import (
     fallback_iocid,
     iso_time,
 )
-from bridge.processors.etcdstore import Store, Write
+from bridge.processors.etcdstore import Store
 from bridge.processors.nameindex import Claim, NameIndex, record_names
 
 T = TypeVar("T")

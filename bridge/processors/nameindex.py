@@ -37,7 +37,8 @@ from typing import Any
 
 from bridge import keys as k
 from bridge.errors import StoreError
-from bridge.processors.etcdstore import MAX_TXN_OPS, Entry, Guarded, Store
+from bridge.etcd.ops import MAX_TXN_OPS, Entry, Guarded
+from bridge.processors.etcdstore import Store
 
 #: IOC statuses whose IOC holds a live session with some bridge.
 LIVE_STATUSES = frozenset({k.STATUS_UPLOADING, k.STATUS_ACTIVE})
