@@ -30,6 +30,7 @@ import pytest
 
 from bridge import wire
 from bridge.config import load_config
+from bridge.service import session_limits
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
@@ -395,3 +396,11 @@ def test_stated_defaults_are_the_configured_ones(tmp_path: Path) -> None:
 def test_documented_body_limit_is_the_codec_default() -> None:
     # parse_as_documented breaks the stream where docs/protocol.md, Limits, says.
     assert DEFAULT_MAX_BODY == wire.MAX_BODY_LENGTH
+
+
+def test_commit_size_limit_zero_means_a_thousand_records() -> None:
+    # docs/protocol.md (A session, Limits), the README and example_config() say so.
+    assert "`commitSizeLimit` records (0, the default, means 1,000)" in TEXT
+    assert session_limits(load_config(None, environ={})).batch_records == 1000
+    configured = load_config(None, environ={"RECCEIVER_RECCEIVER_COMMITSIZELIMIT": "50"})
+    assert session_limits(configured).batch_records == 50
