@@ -605,7 +605,7 @@ announceInterval = {c.announce_interval}
 tcptimeout = {c.tcptimeout}
 # Seconds a pending batch may wait before it is written (0: write at once).
 commitInterval = {c.commit_interval}
-# Write a batch once it holds this many changes (0: no limit).
+# Records per batch: a batch is written once it holds this many (0: 1000).
 commitSizeLimit = {c.commit_size_limit}
 # IOCs that may upload at the same time; the others are greeted and wait, unread.
 maxActive = {c.max_active}
