@@ -256,3 +256,29 @@ def test_status_follows_the_ioc(fleet: tuple[str, FakeIOC]) -> None:
         lambda: values(pycfclient_find(base, name="BR:Q1")[0])["pvStatus"] == "Inactive",
         what="Inactive after the IOC left",
     )
+
+
+def test_bridge_serves_the_api_itself_when_http_bind_is_set(
+    tmp_path: Path, etcd_server: EtcdCluster, prefix: str
+) -> None:
+    udp_port, http_port = free_port(), free_port()
+    bridge = BridgeProcess(
+        tmp_path,
+        endpoints=etcd_server.endpoints,
+        prefix=prefix,
+        announce_to=[f"127.0.0.1:{udp_port}"],
+        recceiver={"announceInterval": 0.5},
+    )
+    with open(bridge.config, "a") as config:
+        config.write(f"[http]\nbind = 127.0.0.1:{http_port}\n[cf]\nalias = on\n")
+    base = f"http://127.0.0.1:{http_port}/ChannelFinder"
+    ioc = FakeIOC(SPEC)
+    try:
+        bridge.start().wait_ready()
+        poll(lambda: f"ChannelFinder API at {base}" in bridge.log_text(), 30, "the API")
+        ioc.connect(*find_bridge(udp_port, timeout=10))
+        found = poll(lambda: pycfclient_find(base, name="*ALIAS"), what="the alias channel")
+        assert values(found[0])["alias"] == "SR:C01:BPM1"
+    finally:
+        ioc.close()
+        bridge.stop()
