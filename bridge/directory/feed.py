@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc  # type: ignore[import-untyped,unused-ignore]  # no stubs shipped
 from pyetcd.events import DeleteEvent
 from pyetcd.exceptions import RevisionCompactedError
 from twisted.internet import defer
@@ -136,10 +137,19 @@ class DirectoryFeed:
         return revision
 
     def _range(self, start: bytes, revision: int) -> Any:
+        """One page; pages shrink while a response would pass gRPC's 4 MiB limit
+        (records with big info tags)."""
         end = _prefix_end(self.prefix.encode())
-        return self.client.get_range_response(
-            start, end, limit=self._page, revision=revision or None
-        )
+        limit = self._page
+        while True:
+            try:
+                return self.client.get_range_response(
+                    start, end, limit=limit, revision=revision or None
+                )
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or limit == 1:
+                    raise
+                limit = max(1, limit // 4)
 
     def _pages(self, response: Any, revision: int) -> Iterator[tuple[str, bytes]]:
         while True:
