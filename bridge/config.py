@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from bridge import wire
+from bridge.directory.channels import ChannelShape
 from bridge.errors import ConfigError
 from bridge.keys import DEFAULT_PREFIX
 from bridge.processors import BUILTIN, UNSUPPORTED
@@ -119,6 +120,23 @@ class EtcdConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The ``[http]`` section: where the directory's web server listens.
+
+    Attributes:
+        bind_host, bind_port: ``bind = host:port``; `bind_port` None (no ``bind``) means
+            no web server. Port 0 means any free port (logged at start).
+    """
+
+    bind_host: str = "127.0.0.1"
+    bind_port: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.bind_port is not None
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     """Everything the bridge is configured with; build it with `load_config`.
 
@@ -147,6 +165,10 @@ class BridgeConfig:
     limits: Limits = field(default_factory=Limits)
     etcd: EtcdConfig = field(default_factory=EtcdConfig)
     ignored_keys: tuple[str, ...] = ()
+    #: ``[http]``: the directory's web server (ChannelFinder API), off unless bound.
+    http: HttpConfig = field(default_factory=HttpConfig)
+    #: ``[cf]``: how the directory shapes channels, with the reference's keys.
+    cf: ChannelShape = field(default_factory=ChannelShape)
 
     def replace(self, **changes: Any) -> BridgeConfig:
         """A copy with `changes` applied. Not validated: pass already-parsed values."""
@@ -379,6 +401,42 @@ def _existing_file(text: str) -> str | None:
     return path
 
 
+def _boolean(text: str) -> bool:
+    """ConfigParser's booleans, as the reference reads ``[cf]``."""
+    value = configparser.ConfigParser.BOOLEAN_STATES.get(text.lower())
+    if value is None:
+        raise ValueError("must be one of true/false, yes/no, on/off, 1/0")
+    return value
+
+
+def _infotags(text: str) -> tuple[str, ...]:
+    # The reference splits on whitespace and strips commas: "archive, archiver".
+    tags = [item.strip(", ") for item in text.split()]
+    return tuple(dict.fromkeys(tag for tag in tags if tag))
+
+
+def _env_vars(text: str) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    for item in _items(text):
+        variable, colon, prop = (part.strip() for part in item.partition(":"))
+        if not colon or not variable or not prop:
+            raise ValueError(f"{item!r} is not VARIABLE:propertyName")
+        pairs.append((variable, prop))
+    return tuple(pairs)
+
+
+def _http_bind(text: str) -> Parsed:
+    if not text:
+        return {"http.bind_port": None}
+    host, port = _split_host_port(text)
+    if not port:
+        raise ValueError("must be host:port (port 0: any free port)")
+    return {
+        "http.bind_host": _check_host(host) if host else "127.0.0.1",
+        "http.bind_port": _port(port, 0),
+    }
+
+
 def _set(attr: str, convert: Callable[[str], Any]) -> Parser:
     """A parser that stores `convert(text)` in `attr` ("group.field" or "field")."""
     return lambda text: {attr: convert(text)}
@@ -433,9 +491,22 @@ _KEYS: tuple[_Key, ...] = (
     _Key("etcd", "key", _set("etcd.key", _existing_file)),
     _Key("etcd", "max_outage", _set("etcd.max_outage", _real(0.0))),
     _Key("etcd", "grace", _set("etcd.grace", _real(0.0))),
+    _Key("http", "bind", _http_bind),
+    _Key("cf", "alias", _set("cf.alias", _boolean)),
+    _Key("cf", "recordType", _set("cf.record_type", _boolean)),
+    _Key("cf", "recordDesc", _set("cf.record_desc", _boolean)),
+    _Key("cf", "iocConnectionInfo", _set("cf.ioc_connection_info", _boolean)),
+    _Key("cf", "infotags", _set("cf.infotags", _infotags)),
+    _Key("cf", "environment_vars", _set("cf.env_vars", _env_vars)),
+    _Key("cf", "username", _set("cf.username", lambda text: text or "cfstore")),
+    _Key("cf", "envOwnerVariable", _set("cf.env_owner_variable", lambda text: text or "ENGINEER")),
+    _Key("cf", "timezone", _set("cf.timezone", bool)),
 )
 _INDEX = {(key.section, key.name.lower()): key for key in _KEYS}
 _SECTIONS = frozenset(key.section for key in _KEYS)
+#: Sections whose unknown keys are reported. ``[cf]`` is shared with the reference, whose
+#: ChannelFinder-writer keys (baseUrl, cleanOnStart, ...) mean nothing here.
+_REPORTED_SECTIONS = _SECTIONS - {"cf"}
 
 #: Every key the bridge understands, as (section, documented spelling).
 KNOWN_KEYS: tuple[tuple[str, str], ...] = tuple((k.section, k.name) for k in _KEYS)
@@ -464,8 +535,9 @@ def load_config(
     Only `path` is read: unlike the reference RecCeiver there are no implicit
     ``/etc/recceiver.conf`` or ``~/.recceiver.conf`` lookups. With `path` None the
     defaults apply. Section and key names are case-insensitive; values are not
-    interpolated (a ``%`` is literal). Sections other than ``[recceiver]`` and ``[etcd]``
-    (e.g. the reference's ``[cf]``) are ignored. Precedence, highest first: `overrides`
+    interpolated (a ``%`` is literal). Sections other than ``[recceiver]``, ``[etcd]``,
+    ``[http]`` and ``[cf]`` are ignored; of ``[cf]`` only the keys that shape channels
+    are read. Precedence, highest first: `overrides`
     (``{(section, key): value}``, from the command line), ``RECCEIVER_<SECTION>_<KEY>``
     variables in `environ` (e.g. ``RECCEIVER_ETCD_LEASE_TTL``), the file, the defaults.
 
@@ -540,7 +612,7 @@ def _parse_all(raw: RawValues) -> tuple[Parsed, list[str]]:
         spec = _INDEX.get((section, key))
         if spec is not None:
             values.update(_apply(spec, item))
-        elif section in _SECTIONS and not item.inherited:
+        elif section in _REPORTED_SECTIONS and not item.inherited:
             ignored.append(f"[{section}] {key}")
     return values, ignored
 
@@ -557,7 +629,7 @@ def _apply(spec: _Key, item: _Raw) -> Parsed:
 
 
 def _build(values: Parsed, ignored: list[str], environ: Mapping[str, str]) -> BridgeConfig:
-    groups: dict[str, Parsed] = {"": {}, "limits": {}, "etcd": {}}
+    groups: dict[str, Parsed] = {"": {}, "limits": {}, "etcd": {}, "http": {}, "cf": {}}
     for dotted, value in values.items():
         group, _, attr = dotted.rpartition(".")
         groups[group][attr] = value
@@ -565,7 +637,12 @@ def _build(values: Parsed, ignored: list[str], environ: Mapping[str, str]) -> Br
     etcd = EtcdConfig(**groups["etcd"])
     _check_etcd(etcd)
     return BridgeConfig(
-        **groups[""], limits=Limits(**groups["limits"]), etcd=etcd, ignored_keys=tuple(ignored)
+        **groups[""],
+        limits=Limits(**groups["limits"]),
+        etcd=etcd,
+        ignored_keys=tuple(ignored),
+        http=HttpConfig(**groups["http"]),
+        cf=ChannelShape(**groups["cf"]),
     )
 
 
@@ -661,6 +738,31 @@ grace = {e.grace}
 # ca = /etc/recsync-bridge/ca.pem
 # cert = /etc/recsync-bridge/client.pem
 # key = /etc/recsync-bridge/client-key.pem
+
+[http]
+# The directory's web server (a read-only ChannelFinder API) as host:port; port 0 means
+# any free port (logged). Empty: no web server.
+bind =
+
+[cf]
+# How the directory shapes channels, with the reference RecCeiver's [cf] keys; its
+# ChannelFinder-writer keys (baseUrl, cleanOnStart, ...) are accepted and ignored.
+# One channel per alias, with the property alias=<record name>.
+alias = {cf.alias}
+# recordType and recordDesc properties.
+recordType = {cf.record_type}
+recordDesc = {cf.record_desc}
+# caPort and pvaPort properties, from RSRV_SERVER_PORT and PVAS_SERVER_PORT.
+iocConnectionInfo = {cf.ioc_connection_info}
+# Info tags copied as properties, space separated (e.g. archive archiver).
+infotags =
+# IOC environment variables copied as properties: VARIABLE:propertyName, ...
+environment_vars =
+# Owner of the properties, and of channels whose IOC sends no owner variable.
+username = {cf.username}
+envOwnerVariable = {cf.env_owner_variable}
+# Anything here: times carry their UTC offset.
+timezone =
 """
 
 
@@ -674,6 +776,7 @@ def example_config() -> str:
         c=defaults,
         lim=defaults.limits,
         e=defaults.etcd,
+        cf=defaults.cf,
         addrlist=", ".join(f"{host}:{port}" for host, port in defaults.addrlist),
         procs=", ".join(defaults.procs),
     )

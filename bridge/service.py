@@ -78,6 +78,8 @@ class BridgeService(MultiService):
         self.announcer: AnnounceService | None = None
         self.bridge_id: str | None = None
         self._status: LoopingCall | None = None
+        #: The directory (ChannelFinder API), when ``[http] bind`` is set.
+        self.directory: Any = None
         #: Fires with this service once it announces; errbacks if start-up failed.
         self.ready: defer.Deferred[BridgeService] = defer.Deferred()
 
@@ -138,7 +140,18 @@ class BridgeService(MultiService):
         )
         self.announcer.startService()
         self._start_status()
+        self._start_directory(endpoints_ready)
         return self
+
+    def _start_directory(self, endpoints_ready: Any) -> None:
+        """The read-only directory beside the bridge, when ``[http] bind`` is set; it
+        starts after the bridge announces and its failures never stop the bridge."""
+        if not self.config.http.enabled:
+            return
+        from bridge.web.service import DirectoryService
+
+        self.directory = DirectoryService(self.config, self.reactor, endpoints_ready)
+        self.directory.startService()
 
     def _can_store(self) -> bool:
         return self.processor is not None and self.processor.can_store()
@@ -218,6 +231,8 @@ class BridgeService(MultiService):
     async def _stop(self) -> None:
         if self._status is not None and self._status.running:
             self._status.stop()
+        if self.directory is not None:
+            await defer.maybeDeferred(self.directory.stopService)
         if self.announcer is not None:
             await defer.maybeDeferred(self.announcer.stopService)
         if self.port is not None:

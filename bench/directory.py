@@ -1,0 +1,257 @@
+"""The directory read model at facility scale: load time, memory, query latency.
+
+Builds the documents the bridge writes for IOCS IOCs x RECORDS records (an alias on
+every 10th record, three info tags and a DESC each, as `bridge.fakeioc.make_ioc`), loads
+them into a `Directory` the way the feed does after its range read, then times the
+queries of issue 13 (JSON encoding included) and prints each figure beside its target:
+
+    .venv/bin/python bench/directory.py               # 1,000 x 1,000
+    .venv/bin/python bench/directory.py --iocs 100    # quicker
+
+With ``--etcd`` the documents are first written to a real etcd (started here, on
+loopback) and loaded through `bridge.directory.feed`, as a directory process would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import statistics
+import time
+from collections.abc import Callable, Iterator
+
+from bridge import keys
+from bridge.directory import search
+from bridge.directory.channels import ChannelShape
+from bridge.directory.model import Directory, State
+from bridge.directory.query import parse_query
+from bridge.model import Record
+
+SHAPE = ChannelShape(alias=True, record_type=True, record_desc=True, infotags=("archive",))
+
+
+def rss() -> int:
+    """Resident set size of this process, bytes (Linux)."""
+    with open("/proc/self/statm") as statm:
+        import os
+
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def iocid(i: int) -> str:
+    return f"fakehost:IOC{i:04d}"
+
+
+def record(i: int, j: int) -> Record:
+    name = f"IOC{i:04d}:PV{j:06d}"
+    infos = {"archive": "Monitor 1", "autosaveFields": "VAL", "group": f"IOC{i:04d}"}
+    aliases = [f"{name}:ALIAS"] if j % 10 == 0 else []
+    return Record(0, name, ("ai", "ao", "bi", "longin")[j % 4], aliases, infos, f"Fake PV {j}")
+
+
+def documents(iocs: int, records: int, prefix: str = "/recsync") -> Iterator[tuple[str, bytes]]:
+    """Every key and value the bridge stores for the fleet, in etcd's key order."""
+    k = keys.Keys(prefix)
+    for i in range(iocs):
+        doc = keys.ioc_document(
+            iocid=iocid(i),
+            status="active" if i % 10 else "inactive",
+            hostname="fakehost",
+            iocname=f"IOC{i:04d}",
+            ip="127.0.0.1",
+            port=40000 + i,
+            env={"ENGINEER": "fake", "RSRV_SERVER_PORT": "5064", "IOCNAME": f"IOC{i:04d}"},
+            bridge_id="bridge-a",
+            connected="2026-11-23T21:00:00.123Z",
+            uploaded="2026-11-23T21:00:01.456Z",
+            disconnected=None,
+            records=records,
+            aliases=records // 10,
+        )
+        yield k.ioc(iocid(i)), keys.dumps(doc)
+    for i in range(iocs):
+        for j in range(records):
+            rec = record(i, j)
+            for name, alias in keys.pv_names(rec):
+                doc = keys.pv_document(iocid(i), rec.name, rec.rtype, alias, [iocid(i)])
+                yield k.pv(name), keys.dumps(doc)
+    for i in range(iocs):
+        for j in range(records):
+            rec = record(i, j)
+            yield k.record(iocid(i), rec.name), keys.record_value(rec, iocid(i))
+
+
+def p95(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=20)[18] if len(samples) > 1 else samples[0]
+
+
+def timed(fn: Callable[[], object], runs: int) -> tuple[float, object]:
+    samples = []
+    result: object = None
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = fn()
+        samples.append(time.perf_counter() - start)
+    return p95(samples), result
+
+
+def listing(state: State, params: list[tuple[str, str]]) -> bytes:
+    """What ``GET channels?params`` sends: the page, encoded."""
+    selection = search.select(state, parse_query(params), exact_count=False)
+    return b"[" + b",".join(state.encode(s) for s in selection.slots) + b"]"
+
+
+def line(what: str, figure: str, target: str) -> None:
+    print(f"{what:<58} {figure:>14}   target {target}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iocs", type=int, default=1000)
+    parser.add_argument("--records", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--etcd", action="store_true", help="load through etcd and the feed")
+    args = parser.parse_args()
+    rng = random.Random(13)
+    if args.etcd:
+        state = through_etcd(args)
+    else:
+        gc.collect()
+        before = rss()
+        directory = Directory(SHAPE)
+        start = time.perf_counter()
+        directory.load(documents(args.iocs, args.records), revision=1)
+        load_s = time.perf_counter() - start
+        gc.collect()
+        state = directory.state
+        per_channel = (rss() - before) / state.count()
+        print(f"{args.iocs} IOCs x {args.records} records: {state.count()} channels")
+        line("load from documents (decode + build)", f"{load_s:.1f} s", "(see --etcd)")
+        line("memory per channel on top of the process", f"{per_channel:.0f} B", "<= 300 B")
+    queries(state, args, rng)
+
+
+def through_etcd(args: argparse.Namespace) -> State:
+    """Write the fleet to a fresh etcd, load it through the feed, and measure how soon
+    a change shows while another thread keeps writing (uploads running)."""
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from bridge.directory.feed import DirectoryFeed
+    from bridge.etcd.ops import chunk_ops
+    from bridge.etcdclient import make_client
+    from bridge.etcdproc import EtcdCluster, find_etcd_binary
+    from bridge.processors.etcdstore import Store
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EtcdCluster(1, Path(tmp), binary=find_etcd_binary()) as cluster,
+    ):
+        client = make_client(cluster.endpoints, timeout=10.0)
+        store = Store(client, 60.0)
+        start = time.perf_counter()
+        ops = ((k.encode(), v) for k, v in documents(args.iocs, args.records))
+        for chunk in chunk_ops(ops):
+            store.write(chunk)
+        write_s = time.perf_counter() - start
+        gc.collect()
+        before = rss()
+        directory = Directory(SHAPE)
+        feed = DirectoryFeed(directory, client, lambda fn, *a: fn(*a))
+        start = time.perf_counter()
+        feed.start()
+        while feed.loads < 1:
+            time.sleep(0.01)
+        load_s = time.perf_counter() - start
+        gc.collect()
+        state = directory.state
+        per_channel = (rss() - before) / state.count()
+        print(f"{args.iocs} IOCs x {args.records} records in etcd: {state.count()} channels")
+        line("write the documents to etcd (what a bridge must do)", f"{write_s:.1f} s", "")
+        line("load through the feed (range reads at one revision)", f"{load_s:.1f} s", "< write")
+        line("memory per channel on top of the process", f"{per_channel:.0f} B", "<= 300 B")
+        stop = threading.Event()
+        k = keys.Keys()
+
+        def uploads() -> None:
+            n = 0
+            while not stop.is_set():
+                batch = [(k.record("load:IOC", f"L{n + i}").encode(), b"{}") for i in range(128)]
+                store.write(batch)
+                n += 128
+
+        writer = threading.Thread(target=uploads, daemon=True)
+        writer.start()
+        lags = []
+        for i in range(50):
+            name = f"MARK{i:03d}"
+            doc = keys.pv_document("fakehost:IOC0000", name, "ai", False, ["fakehost:IOC0000"])
+            start = time.perf_counter()
+            client.put(k.pv(name), keys.dumps(doc))
+            while state.slot(name) is None or state.owner[state.slot(name)] < 0:
+                time.sleep(0.001)
+            lags.append(time.perf_counter() - start)
+        stop.set()
+        writer.join()
+        lags.sort()
+        line("change in etcd visible while writes run, p99", f"{lags[-1] * 1000:.0f} ms", "< 1 s")
+        feed.stop()
+        client.close()
+        return state
+
+
+def queries(state: State, args: argparse.Namespace, rng: random.Random) -> None:
+    """Time the queries of issue 13 over `state`."""
+
+    def exact() -> bytes:
+        i, j = rng.randrange(args.iocs), rng.randrange(args.records)
+        slot = state.slot(f"IOC{i:04d}:PV{j:06d}")
+        assert slot is not None
+        return state.encode(slot)
+
+    figure, _ = timed(exact, args.runs * 10)
+    line("GET channels/{name} (exact), p95", f"{figure * 1000:.3f} ms", "< 1 ms")
+
+    def autocomplete() -> bytes:
+        i, j = rng.randrange(args.iocs), rng.randrange(args.records // 10)
+        return listing(state, [("~name", f"*C{i:04d}:PV{j:05d}*")])
+
+    figure, body = timed(autocomplete, args.runs)
+    found = body.count(b'"tags"') if isinstance(body, bytes) else 0
+    line(
+        f"~name=*fragment* no ~size ({found} channels), p95", f"{figure * 1000:.1f} ms", "< 50 ms"
+    )
+
+    def broad() -> bytes:
+        return listing(state, [("~name", f"*PV{rng.randrange(args.records // 100):04d}*")])
+
+    figure, body = timed(broad, max(3, args.runs // 4))
+    found = body.count(b'"tags"') if isinstance(body, bytes) else 0
+    line(f"~name=*PV00nn* no ~size ({found} channels), p95", f"{figure * 1000:.1f} ms", "(info)")
+
+    def filtered() -> bytes:
+        first = rng.randrange(max(1, args.iocs // 100))
+        params = [("~name", ""), ("iocName", f"IOC{first:02d}*"), ("pvStatus", "Active")]
+        return listing(state, params[1:])
+
+    figure, body = timed(filtered, args.runs)
+    found = body.count(b'"tags"') if isinstance(body, bytes) else 0
+    line(
+        f"iocName=IOCnn*&pvStatus=Active ({found} channels), p95",
+        f"{figure * 1000:.1f} ms",
+        "< 250 ms",
+    )
+
+    def counted() -> int:
+        return search.count(state, parse_query([("pvStatus", "Active"), ("recordType", "ai")]))
+
+    figure, total = timed(counted, max(3, args.runs // 4))
+    line(
+        f"count pvStatus=Active&recordType=ai ({total}), p95", f"{figure * 1000:.1f} ms", "(info)"
+    )
+
+
+if __name__ == "__main__":
+    main()
