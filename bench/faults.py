@@ -39,6 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bridge.documents import Keys  # noqa: E402
 from bridge.etcdclient import call_with_retry, make_client  # noqa: E402
 from bridge.etcdproc import EtcdCluster, free_port  # noqa: E402
 from bridge.fakeioc import FakeIOC, IOCSpec, find_bridge, make_ioc  # noqa: E402
@@ -48,7 +49,6 @@ from bridge.harness import (  # noqa: E402
     content_problems,
     spec_iocid,
 )
-from bridge.keys import Keys  # noqa: E402
 
 PREFIX = "/faults"
 #: IOCs of the killed bridge that stay away, so that the sweep's delay is measured.

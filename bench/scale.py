@@ -45,7 +45,7 @@ How figures are taken:
   the bench's etcd watch on ``P/iocs/`` delivered the last IOC document's first
   ``active`` put of the scenario; records/s = uploaded records / that time.
 * raw ceiling: the same record and name-index keys (values built with
-  `bridge.keys.record_value` / `pv_document`) put straight into a fresh single-node
+  `bridge.documents.record_value` / `pv_document`) put straight into a fresh single-node
   etcd like the bridge's, 128 puts per transaction, with the bridge's client
   (`make_client`), once by one thread and once by ``--ceiling-threads`` threads (one
   client and one fresh etcd each; the bridge is not running then), for a
@@ -123,7 +123,7 @@ from loadgen import (  # noqa: E402
 from pyetcd import transactions as tx  # noqa: E402
 from pyetcd.events import PutEvent  # noqa: E402
 
-from bridge import keys as k  # noqa: E402
+from bridge import documents as k  # noqa: E402
 from bridge.etcdclient import make_client  # noqa: E402
 from bridge.etcdproc import EtcdCluster, free_port  # noqa: E402
 from bridge.fakeioc import IOCSpec, find_bridge  # noqa: E402

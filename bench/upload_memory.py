@@ -28,9 +28,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bridge import fakeioc, wire  # noqa: E402
+from bridge.documents import Keys  # noqa: E402
 from bridge.etcdclient import make_client  # noqa: E402
 from bridge.etcdproc import EtcdCluster  # noqa: E402
-from bridge.keys import Keys  # noqa: E402
 from bridge.model import Peer  # noqa: E402
 from bridge.processors.etcdwriter import EtcdWriter  # noqa: E402
 from bridge.session import Commit, Effect, Session, SessionLimits  # noqa: E402

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from bridge import keys
+from bridge import documents as docs
 from bridge.config import EtcdConfig, load_config
 from bridge.embedded import ENDPOINT_FILE
 from bridge.errors import BridgeError
@@ -58,7 +58,7 @@ def connect(etcd: EtcdConfig) -> Any:
 
 def _prefix_items(client: Any, prefix: str) -> Iterator[tuple[str, Any]]:
     for value, meta in call_with_retry(lambda: list(client.get_prefix(prefix)), deadline_s=10):
-        yield meta.key.decode("utf-8", "replace"), keys.loads(value)
+        yield meta.key.decode("utf-8", "replace"), docs.loads(value)
 
 
 def _table(rows: Sequence[Sequence[object]], out: TextIO) -> None:
@@ -69,7 +69,7 @@ def _table(rows: Sequence[Sequence[object]], out: TextIO) -> None:
         out.write("\n")
 
 
-def cmd_iocs(client: Any, k: keys.Keys, args: argparse.Namespace, out: TextIO) -> int:
+def cmd_iocs(client: Any, k: docs.Keys, args: argparse.Namespace, out: TextIO) -> int:
     rows: list[Sequence[object]] = [("IOCID", "STATUS", "HOST", "RECORDS", "SINCE")]
     for _, doc in sorted(_prefix_items(client, k.iocs_prefix())):
         status = doc.get("status")
@@ -83,10 +83,10 @@ def cmd_iocs(client: Any, k: keys.Keys, args: argparse.Namespace, out: TextIO) -
 
 def _get(client: Any, key: str) -> Any:
     value, _ = call_with_retry(lambda: client.get(key), deadline_s=10)
-    return None if value is None else keys.loads(value)
+    return None if value is None else docs.loads(value)
 
 
-def cmd_pv(client: Any, k: keys.Keys, args: argparse.Namespace, out: TextIO) -> int:
+def cmd_pv(client: Any, k: docs.Keys, args: argparse.Namespace, out: TextIO) -> int:
     rows: list[Sequence[object]] = [("PV", "OWNER", "RECORD", "TYPE", "STATUS", "CLAIMS")]
     missing = 0
     for name in args.names:
@@ -110,7 +110,7 @@ def cmd_pv(client: Any, k: keys.Keys, args: argparse.Namespace, out: TextIO) -> 
     return 1 if missing else 0
 
 
-def cmd_records(client: Any, k: keys.Keys, args: argparse.Namespace, out: TextIO) -> int:
+def cmd_records(client: Any, k: docs.Keys, args: argparse.Namespace, out: TextIO) -> int:
     rows: list[Sequence[object]] = [("RECORD", "TYPE", "ALIASES", "DESC", "INFOS")]
     for _, doc in sorted(_prefix_items(client, k.records_prefix(args.iocid))):
         infos = ",".join(f"{key}={value}" for key, value in sorted(doc["infos"].items()))
@@ -122,7 +122,7 @@ def cmd_records(client: Any, k: keys.Keys, args: argparse.Namespace, out: TextIO
     return 0
 
 
-def cmd_watch(client: Any, k: keys.Keys, args: argparse.Namespace, out: TextIO) -> int:
+def cmd_watch(client: Any, k: docs.Keys, args: argparse.Namespace, out: TextIO) -> int:
     from bridge.watching import watch_changes
 
     # Start at the current revision: only what changes from now on is printed
@@ -152,9 +152,9 @@ def _describe(kind: str, parts: Sequence[str], value: Any) -> str:
         return f"{stamp} resynchronised from a full read ({where})"
     if kind == "delete":
         return f"{stamp} - {where}"
-    if parts[0] == keys.IOCS and isinstance(value, dict):
+    if parts[0] == docs.IOCS and isinstance(value, dict):
         return f"{stamp} ioc {parts[1]} {value.get('status')} ({value.get('records')} records)"
-    if parts[0] == keys.RECORDS and isinstance(value, dict):
+    if parts[0] == docs.RECORDS and isinstance(value, dict):
         return f"{stamp} record {parts[1]} {value.get('name')} ({value.get('type')})"
     return f"{stamp} + {where} {json.dumps(value, ensure_ascii=False)}"
 
@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         prefix = etcd.prefix
         client = connect(etcd)
         try:
-            return COMMANDS[args.command](client, keys.Keys(prefix), args, out)
+            return COMMANDS[args.command](client, docs.Keys(prefix), args, out)
         finally:
             client.close()
     except BridgeError as error:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from bridge import wire
+from bridge.documents import DEFAULT_PREFIX
 from bridge.errors import ConfigError
-from bridge.keys import DEFAULT_PREFIX
 from bridge.processors import BUILTIN, UNSUPPORTED
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -25,11 +25,7 @@ from typing import Any
 from pyetcd.events import DeleteEvent
 from pyetcd.exceptions import RevisionCompactedError
 
-from bridge.etcd.ops import Entry
-from bridge.etcdclient import call_with_retry, make_client
-from bridge.etcdproc import free_port
-from bridge.fakeioc import IOCSpec
-from bridge.keys import (
+from bridge.documents import (
     ALIVE,
     BRIDGES,
     IOCS,
@@ -42,6 +38,10 @@ from bridge.keys import (
     pv_names,
     record_value,
 )
+from bridge.etcd.ops import Entry
+from bridge.etcdclient import call_with_retry, make_client
+from bridge.etcdproc import free_port
+from bridge.fakeioc import IOCSpec
 from bridge.model import DESC_INFO_KEY, Record
 from bridge.processors.etcdstore import Store
 

@@ -18,7 +18,7 @@ from typing import Any
 from pyetcd.events import DeleteEvent
 from pyetcd.exceptions import RevisionCompactedError
 
-from bridge import keys
+from bridge import documents as docs
 from bridge.etcdclient import is_retryable
 
 
@@ -85,6 +85,6 @@ def _watch_once(client: Any, prefix: str, start_revision: int) -> Iterator[Chang
 
 def _value(raw: bytes) -> Any:
     try:
-        return keys.loads(raw)
+        return docs.loads(raw)
     except ValueError:
         return raw.decode("utf-8", "replace")

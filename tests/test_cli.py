@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from bridge import cli
+from bridge.documents import Keys
 from bridge.etcdproc import EtcdCluster
-from bridge.keys import Keys
 from bridge.model import Peer, Record, Transaction
 from bridge.processors.etcdwriter import EtcdWriter
 from bridge.watching import watch_changes

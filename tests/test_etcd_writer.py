@@ -25,6 +25,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase as TrialTestCase
 from zope.interface.verify import verifyObject
 
+from bridge.documents import Keys, record_value
 from bridge.errors import StoreError
 from bridge.etcd.ops import (
     MAX_TXN_BYTES,
@@ -37,7 +38,6 @@ from bridge.etcd.ops import (
 from bridge.etcdclient import call_with_retry, make_client
 from bridge.etcdproc import EtcdCluster, find_etcd_binary
 from bridge.interfaces import IProcessor
-from bridge.keys import Keys, record_value
 from bridge.model import KeptRun, Peer, Record, Transaction
 from bridge.processors.etcd import EtcdProcessor
 from bridge.processors.etcdwriter import MAX_RECORD_BYTES, TRUNCATED_MARK, EtcdWriter, fit_record

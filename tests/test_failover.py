@@ -34,11 +34,11 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase as TrialTestCase
 
+from bridge.documents import Keys
 from bridge.etcdclient import call_with_retry, make_client
 from bridge.etcdproc import EtcdCluster, EtcdMember, free_port
 from bridge.fakeioc import FakeIOC, IOCSpec, find_bridge, make_ioc
 from bridge.harness import BridgeProcess, LivenessChecker, content_problems, spec_iocid
-from bridge.keys import Keys
 from bridge.model import Peer, Record, Transaction
 from bridge.processors.etcd import EtcdProcessor
 from bridge.processors.etcdwriter import EtcdWriter

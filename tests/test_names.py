@@ -5,7 +5,7 @@ contain (``/``, ``%``, ``..``, NUL, control characters, 60 kB, bytes that are no
 UTF-8) they must land under the sending IOC's own keys and can never address
 another IOC's keys or the bridge's own.
 
-The property tests check the key builders (`bridge.keys`); the etcd test drives the
+The property tests check the key builders (`bridge.documents`); the etcd test drives the
 real `EtcdWriter` with hostile names and compares etcd before and after.
 """
 
@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from bridge import keys as k
+from bridge import documents as k
 from bridge import wire
+from bridge.documents import Keys, decode_component, encode_component
 from bridge.etcdclient import call_with_retry
-from bridge.keys import Keys, decode_component, encode_component
 from bridge.model import Peer, Record, Transaction, derive_identity
 
 # Tests must not write into the repository tree: no example database, and

@@ -49,7 +49,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 import bridge
-from bridge import keys as k
+from bridge import documents as docs
 from bridge.errors import ConfigError, StoreError
 from bridge.etcdclient import make_client
 from bridge.interfaces import IProcessor, IUnchangedRuns
@@ -107,7 +107,7 @@ class EtcdProcessor(Service):
         self.config = etcd_config
         self.bridge_id = bridge_id
         self.reactor = reactor
-        self.keys = k.Keys(etcd_config.prefix)
+        self.keys = docs.Keys(etcd_config.prefix)
         self.host = socket.gethostname()
         #: Revoke the lease at stop (alive keys and the bridge document vanish at once).
         #: `prepare_stop` sets it when this is the last bridge; otherwise the lease is
@@ -278,10 +278,10 @@ class EtcdProcessor(Service):
     def _put_bridge(self) -> None:
         """(thread)"""
         assert self.writer is not None
-        doc = k.bridge_document(self.host, self._tcp_port, bridge.__version__, self._started)
+        doc = docs.bridge_document(self.host, self._tcp_port, bridge.__version__, self._started)
         self.writer.store.call(
             lambda: self._client.put(
-                self.keys.bridge(self.bridge_id), k.dumps(doc), lease=self._lease
+                self.keys.bridge(self.bridge_id), docs.dumps(doc), lease=self._lease
             )
         )
 

@@ -41,7 +41,8 @@ import grpc  # type: ignore[import-untyped,unused-ignore]  # no stubs shipped
 from pyetcd import transactions as tx
 from twisted.logger import Logger
 
-from bridge import keys as k
+from bridge import documents as docs
+from bridge.documents import parse_ioc, record_names
 from bridge.errors import StoreError
 from bridge.etcd.ops import Write
 from bridge.logs import printable
@@ -56,7 +57,7 @@ from bridge.model import (
     iso_time,
 )
 from bridge.processors.etcdstore import Store
-from bridge.processors.nameindex import Claim, NameIndex, record_names
+from bridge.processors.nameindex import Claim, NameIndex
 
 T = TypeVar("T")
 
@@ -114,7 +115,7 @@ def fit_record(record: Record, iocid: str, limit: int = MAX_RECORD_BYTES) -> Rec
             for key, v in record.infos.items()
         }
         trial = replace(record, infos=infos)
-        if len(k.record_value(trial, iocid)) <= limit:
+        if len(docs.record_value(trial, iocid)) <= limit:
             return trial
         if cap == 0:
             return None
@@ -184,7 +185,7 @@ class EtcdWriter:
     def __init__(
         self,
         client: Any,
-        keys: k.Keys,
+        keys: docs.Keys,
         bridge_id: str,
         lease: Callable[[], Any],
         now: Callable[[], float],
@@ -327,7 +328,7 @@ class EtcdWriter:
     ) -> dict[str, Any]:
         """The IOC document from what the session knows (``disconnected`` null)."""
         ident = session.identity
-        return k.ioc_document(
+        return docs.ioc_document(
             iocid=ident.iocid,
             status=status,
             hostname=ident.hostname,
@@ -358,14 +359,14 @@ class EtcdWriter:
             self._load_existing(session)
         session.connected = iso_time(self._now())
         session.env = dict(env)
-        session.alive = k.dumps(k.alive_document(self.bridge_id, session.connected))
-        session.doc = self._document(session, k.STATUS_UPLOADING)
+        session.alive = docs.dumps(docs.alive_document(self.bridge_id, session.connected))
+        session.doc = self._document(session, docs.STATUS_UPLOADING)
         with session.lock:
             self._leased(
                 lambda lease: self.store.txn(
                     [],
                     [
-                        tx.Put(self.keys.ioc(session.iocid), k.dumps(session.doc)),
+                        tx.Put(self.keys.ioc(session.iocid), docs.dumps(session.doc)),
                         tx.Put(self.keys.alive(session.iocid), session.alive, lease=lease),
                     ],
                 )
@@ -384,21 +385,10 @@ class EtcdWriter:
         ioc_key, shared_key = self.keys.ioc(iocid), self.keys.shared(iocid)
         found = self.store.get_many([ioc_key, shared_key])
         raw = found.get(ioc_key)
-        try:
-            doc = k.loads(raw.value) if raw is not None else None
-        except ValueError:
+        doc = parse_ioc(raw.value) if raw is not None else None
+        if doc is None or doc.record_digests is None or doc.records is None or doc.records < 0:
             return None
-        if not isinstance(doc, dict):
-            return None
-        digests, records = doc.get("record_digests"), doc.get("records")
-        if (
-            not isinstance(digests, list)
-            or not all(isinstance(d, str) for d in digests)
-            or not isinstance(records, int)
-            or records < 0
-        ):
-            return None
-        return digests, records, shared_key in found
+        return doc.record_digests, doc.records, shared_key in found
 
     def _load_existing(self, session: _Session) -> None:
         session.existing = self._load(session.iocid)
@@ -481,10 +471,10 @@ class EtcdWriter:
             old = session.existing.pop(record.name, None)
             changed = old is None or old[0] != fingerprint(value)
             if changed:
-                puts.append(((prefix + k.encode_component(record.name)).encode(), value))
+                puts.append(((prefix + docs.encode_component(record.name)).encode(), value))
             if old is not None:
                 dropped.extend(a for a in old[1] if a not in record.aliases)
-            for name, is_alias in k.pv_names(record):
+            for name, is_alias in docs.pv_names(record):
                 if session.tracks_claims:
                     session.claimed.add(name_hash(name))
                 # A name is new to the index unless the IOC stored it before (as this
@@ -500,7 +490,7 @@ class EtcdWriter:
         self._unclaim(session, dropped)
 
     def _encode(self, session: _Session, record: Record) -> bytes:
-        value = k.record_value(record, session.iocid)
+        value = docs.record_value(record, session.iocid)
         if len(value) <= MAX_RECORD_BYTES:
             return value
         fitted = fit_record(record, session.iocid)
@@ -517,7 +507,7 @@ class EtcdWriter:
             record=printable(record.name),
             size=len(value),
         )
-        return k.record_value(fitted, session.iocid)
+        return docs.record_value(fitted, session.iocid)
 
     def _unclaim(self, session: _Session, names: Iterable[str]) -> None:
         """Unclaim names, except those another record of this upload claims."""
@@ -562,7 +552,7 @@ class EtcdWriter:
         session.claimed, session.tracks_claims = set(), False
         session.kept_names, session.kept_aliases = array("q"), array("q")
         session.env = dict(env)
-        session.doc = self._document(session, k.STATUS_ACTIVE, uploaded=iso_time(self._now()))
+        session.doc = self._document(session, docs.STATUS_ACTIVE, uploaded=iso_time(self._now()))
         # No digests: a DelRecord withdrew records (the frames no longer describe what
         # is stored), or the server did not cut runs (another processor cannot).
         complete = not session.withdrew and (session.digests or not session.records)
@@ -596,7 +586,7 @@ class EtcdWriter:
         ioc_key, alive_key = self.keys.ioc(session.iocid), self.keys.alive(session.iocid)
 
         def write(lease: Any) -> bool:
-            doc = tx.Put(ioc_key, k.dumps(session.doc))
+            doc = tx.Put(ioc_key, docs.dumps(session.doc))
             alive = tx.Put(alive_key, session.alive, lease=lease)
             ours = tx.Value(alive_key) == session.alive
             ok, resp = self.store.txn(
@@ -671,10 +661,14 @@ class EtcdWriter:
     def _write_end(self, session: _Session) -> bool:
         """True if this call (or an earlier attempt whose answer was lost) ended it."""
         alive_key, ioc_key = self.keys.alive(session.iocid), self.keys.ioc(session.iocid)
-        doc = {**session.doc, "status": k.STATUS_INACTIVE, "disconnected": iso_time(self._now())}
+        doc = {
+            **session.doc,
+            "status": docs.STATUS_INACTIVE,
+            "disconnected": iso_time(self._now()),
+        }
         ok, resp = self.store.txn(
             [tx.Value(alive_key) == session.alive],
-            [tx.Delete(alive_key), tx.Put(ioc_key, k.dumps(doc))],
+            [tx.Delete(alive_key), tx.Put(ioc_key, docs.dumps(doc))],
             [tx.Get(alive_key), tx.Get(ioc_key)],
         )
         if ok:
@@ -682,13 +676,10 @@ class EtcdWriter:
         # A retry after a timed-out attempt that etcd did apply finds its own work done.
         if resp[0] or not resp[1]:
             return False
-        try:
-            found = k.loads(resp[1][0][0])
-        except ValueError:
-            return False
-        return bool(
-            isinstance(found, dict)
-            and found.get("status") == k.STATUS_INACTIVE
-            and found.get("bridge") == self.bridge_id
-            and found.get("connected") == session.connected
+        found = parse_ioc(resp[1][0][0])
+        return (
+            found is not None
+            and found.status == docs.STATUS_INACTIVE
+            and found.bridge == self.bridge_id
+            and found.connected == session.connected
         )
