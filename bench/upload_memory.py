@@ -2,7 +2,7 @@
 
 The scale benchmark (`bench/scale.py`) measures the bridge's resident size; this one
 says where per-record memory of a single upload goes. It starts a single-node etcd,
-drives one simulated C RecCaster upload (`bridge.fakeioc`) through the bridge's pure
+drives one simulated C RecCaster upload (`bridge.testing.fakeioc`) through the bridge's pure
 core on one thread, exactly as the server would (`wire.Decoder` with runs, `Session`,
 `EtcdWriter`), and measures with tracemalloc what is still allocated just before the
 upload's UploadDone: for a first upload, an unchanged re-upload (the fast path: runs
@@ -27,13 +27,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge import fakeioc, wire  # noqa: E402
+from bridge import wire
 from bridge.documents import Keys  # noqa: E402
-from bridge.etcdclient import make_client  # noqa: E402
-from bridge.etcdproc import EtcdCluster  # noqa: E402
+from bridge.etcd.client import make_client  # noqa: E402
 from bridge.model import Peer  # noqa: E402
 from bridge.processors.etcdwriter import EtcdWriter  # noqa: E402
 from bridge.session import Commit, Effect, Session, SessionLimits  # noqa: E402
+from bridge.testing import fakeioc  # noqa: E402
+from bridge.testing.cluster import EtcdCluster  # noqa: E402
 
 CHUNK = 65536
 

@@ -22,9 +22,9 @@ from typing import Any, TextIO
 
 from bridge import documents as docs
 from bridge.config import EtcdConfig, load_config
-from bridge.embedded import ENDPOINT_FILE
 from bridge.errors import BridgeError
-from bridge.etcdclient import call_with_retry, make_client
+from bridge.etcd.client import call_with_retry, make_client
+from bridge.etcd.embedded import ENDPOINT_FILE
 
 
 def embedded_endpoint(data_dir: str) -> str | None:

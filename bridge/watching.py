@@ -19,7 +19,7 @@ from pyetcd.events import DeleteEvent
 from pyetcd.exceptions import RevisionCompactedError
 
 from bridge import documents as docs
-from bridge.etcdclient import is_retryable
+from bridge.etcd.client import is_retryable
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Shared fixtures: real etcd processes on loopback, a client, and a unique key prefix.
 
-The process helpers live in `bridge.etcdproc`; this file only wires them to pytest.
+The process helpers live in `bridge.testing.cluster`; this file only wires them to pytest.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from bridge.errors import ConfigError
-from bridge.etcdclient import call_with_retry, make_client
-from bridge.etcdproc import EtcdCluster, find_etcd_binary
+from bridge.etcd.client import call_with_retry, make_client
+from bridge.etcd.embedded import find_etcd_binary
+from bridge.testing.cluster import EtcdCluster
 
 
 def _etcd_binary_or_skip() -> str:

@@ -14,9 +14,9 @@ import pytest
 
 from bridge import cli
 from bridge.documents import Keys
-from bridge.etcdproc import EtcdCluster
 from bridge.model import Peer, Record, Transaction
 from bridge.processors.etcdwriter import EtcdWriter
+from bridge.testing.cluster import EtcdCluster
 from bridge.watching import watch_changes
 
 pytestmark = pytest.mark.etcd

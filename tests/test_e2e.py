@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from bridge.etcdproc import EtcdCluster, free_port
-from bridge.fakeioc import FakeIOC, IOCSpec, RecordSpec, find_bridge, make_ioc
-from bridge.harness import READY_TEXT, BridgeProcess, content_problems, spec_iocid
+from bridge.etcd.embedded import free_port
+from bridge.testing.cluster import EtcdCluster
+from bridge.testing.fakeioc import FakeIOC, IOCSpec, RecordSpec, find_bridge, make_ioc
+from bridge.testing.harness import READY_TEXT, BridgeProcess, content_problems, spec_iocid
 from tests.helpers import poll
 
 pytestmark = pytest.mark.etcd

@@ -27,6 +27,8 @@ from zope.interface.verify import verifyObject
 
 from bridge.documents import Keys, record_value
 from bridge.errors import StoreError
+from bridge.etcd.client import call_with_retry, make_client
+from bridge.etcd.embedded import find_etcd_binary
 from bridge.etcd.ops import (
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
@@ -35,14 +37,13 @@ from bridge.etcd.ops import (
     chunk_guarded,
     chunk_ops,
 )
-from bridge.etcdclient import call_with_retry, make_client
-from bridge.etcdproc import EtcdCluster, find_etcd_binary
 from bridge.interfaces import IProcessor
 from bridge.model import KeptRun, Peer, Record, Transaction
 from bridge.processors.etcd import EtcdProcessor
 from bridge.processors.etcdwriter import MAX_RECORD_BYTES, TRUNCATED_MARK, EtcdWriter, fit_record
 from bridge.processors.nameindex import NameIndex
 from bridge.processors.sweep import Sweeper
+from bridge.testing.cluster import EtcdCluster
 from bridge.wire import RUN_RECORDS
 from tests.helpers import until
 

@@ -35,13 +35,14 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase as TrialTestCase
 
 from bridge.documents import Keys
-from bridge.etcdclient import call_with_retry, make_client
-from bridge.etcdproc import EtcdCluster, EtcdMember, free_port
-from bridge.fakeioc import FakeIOC, IOCSpec, find_bridge, make_ioc
-from bridge.harness import BridgeProcess, LivenessChecker, content_problems, spec_iocid
+from bridge.etcd.client import call_with_retry, make_client
+from bridge.etcd.embedded import free_port
 from bridge.model import Peer, Record, Transaction
 from bridge.processors.etcd import EtcdProcessor
 from bridge.processors.etcdwriter import EtcdWriter
+from bridge.testing.cluster import EtcdCluster, EtcdMember
+from bridge.testing.fakeioc import FakeIOC, IOCSpec, find_bridge, make_ioc
+from bridge.testing.harness import BridgeProcess, LivenessChecker, content_problems, spec_iocid
 from tests.helpers import poll, until
 
 pytestmark = [pytest.mark.etcd, pytest.mark.failover]

@@ -26,7 +26,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from bridge import documents as k
 from bridge import wire
 from bridge.documents import Keys, decode_component, encode_component
-from bridge.etcdclient import call_with_retry
+from bridge.etcd.client import call_with_retry
 from bridge.model import Peer, Record, Transaction, derive_identity
 
 # Tests must not write into the repository tree: no example database, and

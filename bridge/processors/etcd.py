@@ -51,7 +51,7 @@ from zope.interface import implementer
 import bridge
 from bridge import documents as docs
 from bridge.errors import ConfigError, StoreError
-from bridge.etcdclient import make_client
+from bridge.etcd.client import make_client
 from bridge.interfaces import IProcessor, IUnchangedRuns
 from bridge.model import Transaction, iso_time
 from bridge.processors.etcdwriter import EtcdWriter

@@ -45,6 +45,7 @@ from bridge import documents as docs
 from bridge.documents import parse_ioc, record_names
 from bridge.errors import StoreError
 from bridge.etcd.ops import Write
+from bridge.etcd.store import Store
 from bridge.logs import printable
 from bridge.model import (
     IOCIdentity,
@@ -56,7 +57,6 @@ from bridge.model import (
     fallback_iocid,
     iso_time,
 )
-from bridge.processors.etcdstore import Store
 from bridge.processors.nameindex import Claim, NameIndex
 
 T = TypeVar("T")
@@ -170,7 +170,7 @@ class EtcdWriter:
     """Applies `Transaction`s to etcd. See the module docstring for threading.
 
     Args:
-        client: a pyetcd client (`bridge.etcdclient.make_client`).
+        client: a pyetcd client (`bridge.etcd.client.make_client`).
         keys: the key layout for the configured prefix.
         bridge_id: this bridge's id, written into alive keys and IOC documents.
         lease: returns the bridge's current lease (object or id) for alive keys.

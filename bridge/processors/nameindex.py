@@ -45,7 +45,7 @@ from bridge.documents import (
 )
 from bridge.errors import StoreError
 from bridge.etcd.ops import MAX_TXN_OPS, Entry, Guarded
-from bridge.processors.etcdstore import Store
+from bridge.etcd.store import Store
 
 #: Read-plan-write rounds before giving up on entries that keep changing under us.
 MAX_ATTEMPTS = 20

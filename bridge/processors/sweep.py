@@ -19,9 +19,9 @@ from twisted.logger import Logger
 
 from bridge import documents as docs
 from bridge.documents import parse_ioc
+from bridge.etcd.store import Store
 from bridge.logs import printable
 from bridge.model import iso_time
-from bridge.processors.etcdstore import Store
 from bridge.processors.nameindex import NameIndex
 
 

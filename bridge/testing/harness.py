@@ -38,16 +38,38 @@ from bridge.documents import (
     pv_names,
     record_value,
 )
+from bridge.etcd.client import call_with_retry, make_client
+from bridge.etcd.embedded import free_port
 from bridge.etcd.ops import Entry
-from bridge.etcdclient import call_with_retry, make_client
-from bridge.etcdproc import free_port
-from bridge.fakeioc import IOCSpec
+from bridge.etcd.store import Store
 from bridge.model import DESC_INFO_KEY, Record
-from bridge.processors.etcdstore import Store
+from bridge.testing.fakeioc import IOCSpec
 
 #: Logged once the bridge listens, holds its lease and announces (bridge.service).
 READY_TEXT = "listening on TCP port"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def checkout_root() -> Path | None:
+    """The source checkout this package runs from, if it does; None when installed.
+
+    A checkout is recognised by its ``twisted/plugins`` directory next to ``bridge/``.
+    """
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "twisted" / "plugins").is_dir() else None
+
+
+def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment (default: this process's) for a child that runs the bridge.
+
+    From a checkout, its root goes first on ``PYTHONPATH``, so that ``twistd`` finds
+    the checkout's plugin and ``bridge`` package. Installed, nothing is added: the
+    installed package's plugin is on ``sys.path`` already.
+    """
+    env = dict(os.environ if base is None else base)
+    root = checkout_root()
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    return env
 
 
 def write_config(path: Path, sections: Mapping[str, Mapping[str, object]]) -> Path:
@@ -110,8 +132,7 @@ class BridgeProcess:
         ]
 
     def start(self) -> BridgeProcess:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env = child_env()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.command(),

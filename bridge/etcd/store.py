@@ -24,6 +24,7 @@ from pyetcd.client import KVMetadata
 from pyetcd.utils import lease_to_id
 
 from bridge.errors import StoreError
+from bridge.etcd.client import call_with_retry, is_retryable, send_txn
 from bridge.etcd.ops import (
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
@@ -35,7 +36,6 @@ from bridge.etcd.ops import (
     chunk_ops,
     op_size,
 )
-from bridge.etcdclient import call_with_retry, is_retryable, send_txn
 
 T = TypeVar("T")
 

@@ -1,4 +1,5 @@
-"""Real-process tests of `bridge.etcdproc` and `bridge.etcdclient` (plus their pure parts)."""
+"""Real-process tests of the etcd process helpers (`bridge.etcd.embedded`,
+`bridge.testing.cluster`) and of `bridge.etcd.client` (plus their pure parts)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,18 @@ import grpc
 import pytest
 from pyetcd import exceptions as etcd_exc
 
-from bridge import etcdproc
 from bridge.errors import ConfigError, StoreError
-from bridge.etcdclient import call_with_retry, is_retryable, make_client, parse_endpoint
-from bridge.etcdproc import EtcdCluster, EtcdMember, free_port, free_ports, member_command
+from bridge.etcd import embedded
+from bridge.etcd.client import call_with_retry, is_retryable, make_client, parse_endpoint
+from bridge.etcd.embedded import free_port, free_ports, member_command
+from bridge.testing.cluster import EtcdCluster, EtcdMember
 
 
 def test_missing_binary_names_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "")
-    monkeypatch.setattr(etcdproc, "DEBIAN_ETCD", "/nonexistent/etcd")
+    monkeypatch.setattr(embedded, "DEBIAN_ETCD", "/nonexistent/etcd")
     with pytest.raises(ConfigError, match="etcd-server"):
-        etcdproc.find_etcd_binary()
+        embedded.find_etcd_binary()
 
 
 def test_free_ports_are_distinct_bindable_and_not_debians() -> None:
@@ -166,7 +168,7 @@ def test_member_restart_keeps_data(tmp_path: Path) -> None:
 def test_wait_healthy_reports_an_exited_member(tmp_path: Path) -> None:
     port = free_port()
     member = EtcdMember(
-        etcdproc.find_etcd_binary(), "m1", tmp_path, port, port, "bogus", "tok"
+        embedded.find_etcd_binary(), "m1", tmp_path, port, port, "bogus", "tok"
     )  # an unparsable --initial-cluster makes etcd exit at once
     member.start()
     try:
