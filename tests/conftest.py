@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from bridge.errors import ConfigError
+from bridge.etcd.backend import GrpcBackend
 from bridge.etcd.client import call_with_retry, make_client
 from bridge.etcd.embedded import find_etcd_binary
+from bridge.etcd.store import Store
 from bridge.testing.cluster import EtcdCluster
 
 
@@ -46,6 +48,12 @@ def etcd_client(etcd_server: EtcdCluster) -> Iterator[Any]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def etcd_store(etcd_client: Any) -> Store:
+    """A `Store` on `etcd_client` (closed with it)."""
+    return Store(GrpcBackend(etcd_client), 10.0)
 
 
 @pytest.fixture

@@ -1,11 +1,21 @@
-"""Blocking etcd access for the etcd processor: retries, batched reads, bounded write batches.
+"""Typed, blocking etcd access: retries, paged reads at one revision, bounded transactions.
 
-`Store` wraps one pyetcd client. Every call goes through `call_with_retry` within one
-outage bound (``[etcd] max_outage``), so a leader election, a member restart or a
-short outage of the whole cluster is ridden out and anything longer becomes
-`StoreError`. Reads are batched (a transaction of up to 128 range requests is one round
-trip) and writes are cut into transactions that respect etcd's limits (shared etcd
-reference section 5: at most 128 operations, at most 1.5 MiB per request).
+`Store` is the one way the bridge, the `recsync` command and the tests read and write
+etcd. It speaks to etcd through a `Backend`: the real one is `GrpcBackend`
+(`bridge.etcd.backend`, built by `open_store`); the tests have an in-memory etcd
+(`bridge.testing.memstore`) that keeps etcd's revisions, limits and errors. Nothing in
+this module's signatures is a client-library object: reads return `Entry`/`Page`,
+writes take the values of `bridge.etcd.ops`, errors are `bridge.errors` classes.
+
+Every call goes through `Store.call` within one outage bound (``[etcd] max_outage``),
+so a leader election, a member restart or a short outage of the whole cluster is
+ridden out, and anything longer becomes `StoreError`. Reads are batched (a
+transaction of up to 128 range requests is one round trip); prefix scans read bounded
+pages, all at one revision; writes are cut into transactions within etcd's limits (at
+most 128 operations, at most 1.5 MiB per request; `bridge.etcd.ops`).
+
+The hot paths (`write`, `write_guarded`, `unequal`, `get_many`) build protobuf
+requests directly, one message per operation and nothing else.
 
 All methods block: call them from worker threads only.
 """
@@ -15,81 +25,115 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-import grpc  # type: ignore[import-untyped,unused-ignore]  # no stubs shipped
-from pyetcd import etcdrpc
-from pyetcd import transactions as tx
-from pyetcd.client import KVMetadata
-from pyetcd.utils import lease_to_id
-
-from bridge.errors import StoreError
-from bridge.etcd.client import call_with_retry, is_retryable, send_txn
+from bridge.errors import MessageTooLarge, RequestTooLarge, StoreError, TooManyOperations
+from bridge.etcd.client import call_with_retry, is_retryable
 from bridge.etcd.ops import (
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
+    Compare,
     Entry,
+    Event,
+    Get,
     Guarded,
+    Key,
+    Lease,
+    MemberStatus,
+    Op,
     Page,
+    Put,
+    TxnResult,
     Write,
     chunk_guarded,
     chunk_ops,
+    key_bytes,
+    key_text,
     op_size,
+    prefix_end,
 )
+from bridge.etcd.rpc import pb
 
 T = TypeVar("T")
 
-_EQUAL = etcdrpc.Compare.EQUAL
-_MOD = etcdrpc.Compare.MOD
-_VERSION = etcdrpc.Compare.VERSION
-_VALUE = etcdrpc.Compare.VALUE
 #: Keys per page when scanning a prefix. Pages shrink on their own when a response
 #: would exceed gRPC's 4 MiB receive limit (records with big info tags).
 SCAN_PAGE = 1000
 
-
-def _too_big(exc: BaseException) -> bool:
-    """A response over the client's receive limit (gRPC RESOURCE_EXHAUSTED)."""
-    code = getattr(exc, "code", None)
-    return (
-        isinstance(exc, grpc.RpcError)
-        and callable(code)
-        and code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,)
-    )
-
-
-def _to_bytes(text: str | bytes) -> bytes:
-    return text if isinstance(text, bytes) else text.encode("utf-8")
-
-
-def _request_op(op: Any, out: Any) -> None:
-    """Append the protobuf form of a pyetcd ``Put``/``Get``/``Delete`` to ``out``."""
-    if isinstance(op, tx.Put):
-        put = out.add().request_put
-        put.key = _to_bytes(op.key)
-        put.value = _to_bytes(op.value)
-        put.lease = lease_to_id(op.lease)
-    elif isinstance(op, tx.Get):
-        get = out.add().request_range
-        get.key = _to_bytes(op.key)
-        if op.range_end is not None:
-            get.range_end = _to_bytes(op.range_end)
-    elif isinstance(op, tx.Delete):
-        delete = out.add().request_delete_range
-        delete.key = _to_bytes(op.key)
-        if op.range_end is not None:
-            delete.range_end = _to_bytes(op.range_end)
-    else:
-        raise TypeError(f"unsupported etcd operation {op!r}")
+_EQUAL = pb.Compare.EQUAL
+_MOD = pb.Compare.MOD
+_VERSION = pb.Compare.VERSION
+_VALUE = pb.Compare.VALUE
+_TARGETS = {
+    "version": (pb.Compare.VERSION, "version"),
+    "create": (pb.Compare.CREATE, "create_revision"),
+    "mod": (pb.Compare.MOD, "mod_revision"),
+    "value": (pb.Compare.VALUE, "value"),
+    "lease": (pb.Compare.LEASE, "lease"),
+}
+_RESULTS = {
+    "==": pb.Compare.EQUAL,
+    "!=": pb.Compare.NOT_EQUAL,
+    "<": pb.Compare.LESS,
+    ">": pb.Compare.GREATER,
+}
 
 
-def _generic_size(op: Any) -> int:
-    value = getattr(op, "value", None)
-    return op_size(_to_bytes(op.key), _to_bytes(value) if isinstance(value, str | bytes) else None)
+class WatchStream(Protocol):
+    """One open watch from a `Backend`: responses in revision order, then `cancel`."""
+
+    #: The member (``host:port``) the stream was opened on, if known.
+    endpoint: str | None
+
+    def next(self, timeout: float) -> list[Event] | None:
+        """The events of the next response, or None when none came within `timeout`.
+
+        Raises `Compacted` when the watch's start revision is compacted,
+        `EtcdUnavailable` when the stream broke, `EtcdRefused` when etcd ended it.
+        """
+
+    def cancel(self) -> None:
+        """End the stream and free what it holds (idempotent)."""
+
+
+class Backend(Protocol):
+    """What the store needs from etcd; requests and responses are etcd's own protobuf
+    messages (`bridge.etcd.rpc`). Errors are `bridge.errors` classes, transient ones
+    `EtcdUnavailable`; each method is one attempt (the store retries)."""
+
+    def txn(self, request: Any) -> Any:
+        """A ``TxnRequest``; returns the ``TxnResponse``."""
+
+    def range(self, request: Any) -> Any:
+        """A ``RangeRequest``; returns the ``RangeResponse``."""
+
+    def grant(self, ttl: int) -> Lease:
+        """A new lease of `ttl` seconds."""
+
+    def keepalive(self, lease_id: int) -> int:
+        """Refresh the lease; its TTL in seconds, <= 0 when etcd no longer has it."""
+
+    def revoke(self, lease_id: int) -> None:
+        """Revoke the lease and delete its keys (`LeaseNotFound` if it is gone)."""
+
+    def status(self) -> MemberStatus:
+        """The status of the member in use."""
+
+    def watch(
+        self, key: bytes, range_end: bytes, start_revision: int, prev_kv: bool
+    ) -> WatchStream:
+        """Watch keys in [key, range_end) from `start_revision`, once etcd confirmed it."""
+
+    def endpoint(self) -> str | None:
+        """The member (``host:port``) requests go to now; it changes when the client
+        fails over."""
+
+    def close(self) -> None:
+        """Release the connection and every open watch stream."""
 
 
 class Store:
-    """A pyetcd client plus an outage bound; see the module docstring.
+    """Typed etcd reads and writes through a `Backend`, within an outage bound.
 
     `deadline_s` bounds an outage, not each call: once etcd has failed every attempt
     for that long (counted from the first failure that no success followed, across
@@ -99,18 +143,25 @@ class Store:
     """
 
     def __init__(
-        self, client: Any, deadline_s: float, clock: Callable[[], float] = time.monotonic
+        self, backend: Backend, deadline_s: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self.client = client
+        self.backend = backend
         self.deadline_s = deadline_s
         self._clock = clock
         #: When the current run of failed attempts began; None while etcd answers.
         self.failing_since: float | None = None
         self._aborted = threading.Event()
 
+    # -- retries -----------------------------------------------------------------------
+
     def abort(self) -> None:
         """Stop retrying (shutdown): calls in their back-off fail with `StoreError`."""
         self._aborted.set()
+
+    def close(self) -> None:
+        """Stop retrying and release the backend (its connection and watch streams)."""
+        self.abort()
+        self.backend.close()
 
     def call(self, fn: Callable[[], T], deadline_s: float | None = None) -> T:
         """Run ``fn()`` with retries of transient errors; `StoreError` after the bound.
@@ -142,42 +193,16 @@ class Store:
         if self._aborted.wait(seconds):
             raise StoreError("etcd store closed while retrying")
 
-    def txn(
-        self, compares: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()
-    ) -> tuple[bool, list[Any]]:
-        """One transaction of pyetcd compares and ``Put``/``Get``/``Delete`` operations.
-
-        Returns (succeeded, responses) as pyetcd's ``transaction`` does: a range
-        response is a list of (value, metadata). Checks etcd's limits first and raises
-        `StoreError` when the request cannot fit in one transaction.
-        """
-        _check_limits(compares, success, failure)
-        request = etcdrpc.TxnRequest()
-        request.compare.extend(c.build_message() for c in compares)
-        for op in success:
-            _request_op(op, request.success)
-        for op in failure:
-            _request_op(op, request.failure)
-        response = self.send(request)
-        responses: list[Any] = []
-        for item in response.responses:
-            kind = item.WhichOneof("response")
-            if kind == "response_range":
-                responses.append(
-                    [(kv.value, KVMetadata(kv, response.header)) for kv in item.response_range.kvs]
-                )
-            else:
-                responses.append(item)
-        return bool(response.succeeded), responses
-
-    def send(self, request: Any) -> Any:
-        """Send a built ``TxnRequest`` (with retries); returns the ``TxnResponse``.
-
-        Every transaction of the etcd processor passes here.
-        """
-        return self.call(lambda: send_txn(self.client, request))
+    def _send(self, request: Any, deadline_s: float | None = None) -> Any:
+        """Send a built ``TxnRequest`` (with retries); returns the ``TxnResponse``."""
+        return self.call(lambda: self.backend.txn(request), deadline_s)
 
     # -- reads ------------------------------------------------------------------------
+
+    def get(self, key: Key) -> Entry | None:
+        """The entry at `key`, None when it is absent."""
+        found = self.get_many([key_text(key_bytes(key))])
+        return next(iter(found.values()), None)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Entry]:
         """Read many keys, up to 128 per round trip; absent keys are left out."""
@@ -188,63 +213,112 @@ class Store:
         return found
 
     def _read_batch(self, keys: list[str], found: dict[str, Entry]) -> None:
-        request = etcdrpc.TxnRequest()
+        request = pb.TxnRequest()
         for key in keys:
-            request.success.add().request_range.key = key.encode("utf-8")
+            request.success.add().request_range.key = key_bytes(key)
         try:
-            response = self.send(request)
-        except grpc.RpcError as exc:
-            if not _too_big(exc) or len(keys) == 1:
-                raise StoreError(f"etcd read of {keys[0]!r} failed: {exc!r}") from exc
+            response = self._send(request)
+        except MessageTooLarge as exc:
+            if len(keys) == 1:
+                raise StoreError(f"etcd read of {keys[0]!r} failed: {exc}") from exc
             half = len(keys) // 2
             self._read_batch(keys[:half], found)
             self._read_batch(keys[half:], found)
             return
         for key, item in zip(keys, response.responses, strict=True):
             for kv in item.response_range.kvs:
-                found[key] = Entry(key, kv.value, kv.mod_revision, kv.lease)
+                found[key] = _entry(kv, key)
 
-    def get(self, key: str) -> Entry | None:
-        return self.get_many([key]).get(key)
+    def scan(
+        self,
+        prefix: Key,
+        *,
+        revision: int | None = None,
+        keys_only: bool = False,
+        page: int = SCAN_PAGE,
+    ) -> Iterator[Page]:
+        """Every key under `prefix` in key order, one bounded page per round trip.
 
-    def scan(self, prefix: str, *, keys_only: bool = False) -> Iterator[Page]:
-        """Every key under `prefix` in key order, one page per round trip.
-
-        Pages are not one snapshot: a key written during the scan may or may not appear.
+        Every page is read at one revision, a consistent snapshot: `revision` if
+        given, else the one the first page was read at (each `Page` says which). A
+        page whose response would pass gRPC's 4 MiB has fewer keys. Raises `Compacted`
+        when that revision is compacted (maybe after some pages): read again, at a
+        new revision.
         """
-        start = prefix.encode("utf-8")
-        end = _prefix_end(start)
-        limit = SCAN_PAGE
+        start = key_bytes(prefix)
+        end = prefix_end(start)
+        limit = max(1, page)
+        at = revision or 0
         while True:
-            response = self._range(start, end, limit, keys_only)
-            if response is None:
+            try:
+                response = self._range(start, end, limit, keys_only, at)
+            except MessageTooLarge:
                 if limit == 1:
-                    raise StoreError(f"etcd scan of {prefix!r}: one value exceeds the limit")
+                    raise StoreError(
+                        f"etcd scan of {key_text(start)!r}: one value exceeds the limit"
+                    ) from None
                 limit = max(1, limit // 4)
                 continue
-            entries = [
-                Entry(kv.key.decode("utf-8"), kv.value, kv.mod_revision, kv.lease)
-                for kv in response.kvs
-            ]
-            yield Page(entries, response.header.revision)
+            at = at or int(response.header.revision)
+            yield Page([_entry(kv) for kv in response.kvs], at)
             if not response.more or not response.kvs:
                 return
             start = response.kvs[-1].key + b"\0"
 
-    def _range(self, start: bytes, end: bytes, limit: int, keys_only: bool) -> Any:
-        """One page, or None when the response would be too big for the client."""
+    def _range(self, start: bytes, end: bytes, limit: int, keys_only: bool, revision: int) -> Any:
+        request = pb.RangeRequest(
+            key=start, range_end=end, limit=limit, keys_only=keys_only, revision=revision
+        )
+        return self.call(lambda: self.backend.range(request))
 
-        def page() -> Any:
-            return self.client.get_range_response(start, end, limit=limit, keys_only=keys_only)
+    def count(self, prefix: Key) -> int:
+        """How many keys are under `prefix` (etcd counts; nothing is transferred)."""
+        start = key_bytes(prefix)
+        request = pb.RangeRequest(key=start, range_end=prefix_end(start), count_only=True)
+        return int(self.call(lambda: self.backend.range(request)).count)
 
-        try:
-            return self.call(page)
-        except grpc.RpcError as exc:
-            if _too_big(exc):
-                return None
-            raise
+    def revision(self) -> int:
+        """The store's current revision."""
+        request = pb.RangeRequest(key=b"\0", limit=1, keys_only=True)
+        return int(self.call(lambda: self.backend.range(request)).header.revision)
 
-    # -- writes -----------------------------------------------------------------------
+    # -- transactions -----------------------------------------------------------------
+
+    def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op] = (),
+        *,
+        deadline_s: float | None = None,
+    ) -> TxnResult:
+        """One transaction: `success` if every compare holds, else `failure`.
+
+        Raises `TooManyOperations` or `RequestTooLarge` before sending when it cannot
+        fit in one transaction, as etcd would. `deadline_s` shortens the outage bound.
+        """
+        _check_limits(compares, success, failure)
+        request = pb.TxnRequest()
+        for compare in compares:
+            _compare(compare, request.compare.add())
+        for op in success:
+            _request(op, request.success.add())
+        for op in failure:
+            _request(op, request.failure.add())
+        response = self._send(request, deadline_s)
+        results = [
+            [_entry(kv) for kv in item.response_range.kvs]
+            if item.WhichOneof("response") == "response_range"
+            else []
+            for item in response.responses
+        ]
+        return TxnResult(bool(response.succeeded), results, int(response.header.revision))
+
+    def put(self, key: Key, value: bytes, lease: int = 0) -> int:
+        """Write one key (attached to `lease`, 0 for none); returns the new revision."""
+        return self.txn([], [Put(key, value, lease)]).revision
+
+    # -- the hot paths: protobuf built directly ----------------------------------------
 
     def write(self, ops: Iterable[Write]) -> int:
         """Commit idempotent puts and deletes in order, in bounded transactions.
@@ -253,7 +327,7 @@ class Store:
         """
         count = 0
         for chunk in chunk_ops(ops):
-            request = etcdrpc.TxnRequest()
+            request = pb.TxnRequest()
             out = request.success
             for key, value in chunk:
                 if value is None:
@@ -262,7 +336,7 @@ class Store:
                     put = out.add().request_put
                     put.key = key
                     put.value = value
-            self.send(request)
+            self._send(request)
             count += 1
         return count
 
@@ -276,7 +350,7 @@ class Store:
         """
         failed: list[Guarded] = []
         for batch in chunk_guarded(items, max_items):
-            request = etcdrpc.TxnRequest()
+            request = pb.TxnRequest()
             compares, out = request.compare, request.success
             also: set[bytes] = set()  # etcd refuses a key twice in one transaction
             for item in batch:
@@ -301,7 +375,7 @@ class Store:
                     put = out.add().request_put
                     put.key = key
                     put.value = value
-            if not self.send(request).succeeded:
+            if not self._send(request).succeeded:
                 failed.extend(batch)
         return failed
 
@@ -317,7 +391,7 @@ class Store:
         size = 0
 
         def check() -> None:
-            request = etcdrpc.TxnRequest()
+            request = pb.TxnRequest()
             compares = request.compare
             for key, value, _ in batch:
                 compare = compares.add()
@@ -325,7 +399,7 @@ class Store:
                 compare.result = _EQUAL
                 compare.target = _VALUE
                 compare.value = value
-            if not self.send(request).succeeded:
+            if not self._send(request).succeeded:
                 failed.extend(tag for _, _, tag in batch)
 
         for item in items:
@@ -339,21 +413,91 @@ class Store:
             check()
         return failed
 
+    # -- leases and status -------------------------------------------------------------
 
-def _prefix_end(prefix: bytes) -> bytes:
-    """The first key after every key that starts with `prefix`."""
-    data = bytearray(prefix)
-    while data and data[-1] == 0xFF:
-        data.pop()
-    if not data:
-        return b"\0"
-    data[-1] += 1
-    return bytes(data)
+    def grant(self, ttl: int) -> Lease:
+        """A new lease of `ttl` seconds."""
+        return self.call(lambda: self.backend.grant(ttl))
+
+    def refresh(self, lease_id: int) -> int:
+        """Keep the lease alive; returns its TTL, <= 0 when etcd no longer has it."""
+        return self.call(lambda: self.backend.keepalive(lease_id))
+
+    def revoke(self, lease_id: int, *, deadline_s: float | None = None) -> None:
+        """Revoke the lease: its keys are deleted at once."""
+        self.call(lambda: self.backend.revoke(lease_id), deadline_s)
+
+    def status(self) -> MemberStatus:
+        """The status of the member the client uses (version, leader, size, alarms)."""
+        return self.call(self.backend.status)
+
+    @property
+    def endpoint(self) -> str | None:
+        """The member (``host:port``) requests go to now."""
+        return self.backend.endpoint()
+
+    def probe(self, key: Key) -> bool:
+        """One cheap linearizable read of `key`, no retries: True if etcd answered.
+
+        A member that hangs makes it time out, and the client then fails over to
+        another member (`endpoint` changes); `bridge.etcd.watch` uses it to notice.
+        """
+        request = pb.RangeRequest(key=key_bytes(key), limit=1, keys_only=True)
+        try:
+            self.backend.range(request)
+        except StoreError:
+            return False
+        return True
 
 
-def _check_limits(compares: Sequence[Any], success: Sequence[Any], failure: Sequence[Any]) -> None:
+def _entry(kv: Any, key: str | None = None) -> Entry:
+    return Entry(
+        key if key is not None else key_text(kv.key),
+        kv.value,
+        kv.mod_revision,
+        kv.lease,
+        kv.create_revision,
+        kv.version,
+    )
+
+
+def _compare(compare: Compare, out: Any) -> None:
+    target, field = _TARGETS[compare.target]
+    out.key = key_bytes(compare.key)
+    out.target = target
+    out.result = _RESULTS[compare.result]
+    setattr(out, field, compare.value)
+
+
+def _request(op: Op, out: Any) -> None:
+    """Fill the protobuf ``RequestOp`` `out` with `op`."""
+    if isinstance(op, Put):
+        put = out.request_put
+        put.key = key_bytes(op.key)
+        put.value = op.value
+        put.lease = op.lease
+    elif isinstance(op, Get):
+        get = out.request_range
+        get.key = key_bytes(op.key)
+        if op.prefix:
+            get.range_end = prefix_end(get.key)
+    else:
+        delete = out.request_delete_range
+        delete.key = key_bytes(op.key)
+        if op.prefix:
+            delete.range_end = prefix_end(delete.key)
+
+
+def _op_size(op: Compare | Op) -> int:
+    value = op.value if isinstance(op, Put | Compare) else None
+    return op_size(key_bytes(op.key), value if isinstance(value, bytes) else None)
+
+
+def _check_limits(
+    compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
+) -> None:
     if max(len(compares), len(success), len(failure)) > MAX_TXN_OPS:
-        raise StoreError(f"transaction has more than {MAX_TXN_OPS} operations")
-    size = sum(_generic_size(op) for group in (compares, success, failure) for op in group)
+        raise TooManyOperations(f"transaction has more than {MAX_TXN_OPS} operations")
+    size = sum(_op_size(op) for group in (compares, success, failure) for op in group)
     if size > MAX_TXN_BYTES:
-        raise StoreError(f"transaction of about {size} bytes exceeds {MAX_TXN_BYTES}")
+        raise RequestTooLarge(f"transaction of about {size} bytes exceeds {MAX_TXN_BYTES}")

@@ -37,14 +37,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-import grpc  # type: ignore[import-untyped,unused-ignore]  # no stubs shipped
-from pyetcd import transactions as tx
 from twisted.logger import Logger
 
 from bridge import documents as docs
 from bridge.documents import parse_ioc, record_names
-from bridge.errors import StoreError
-from bridge.etcd.ops import Write
+from bridge.errors import LeaseNotFound, StoreError
+from bridge.etcd.ops import Compare, Delete, Get, Lease, Put, Write
 from bridge.etcd.store import Store
 from bridge.logs import printable
 from bridge.model import (
@@ -71,19 +69,6 @@ DELETE_STEP = 1000
 
 #: (fingerprint of the stored value, alias names) of one record stored before the upload.
 Stored = tuple[bytes, tuple[str, ...]]
-
-
-def lease_not_found(exc: BaseException) -> bool:
-    """etcd's answer to a write attached to a lease that expired or was revoked."""
-    code = getattr(exc, "code", None)
-    details = getattr(exc, "details", None)
-    return (
-        isinstance(exc, grpc.RpcError)
-        and callable(code)
-        and callable(details)
-        and code() == grpc.StatusCode.NOT_FOUND
-        and "lease not found" in str(details() or "")
-    )
 
 
 def fingerprint(value: bytes) -> bytes:
@@ -170,29 +155,27 @@ class EtcdWriter:
     """Applies `Transaction`s to etcd. See the module docstring for threading.
 
     Args:
-        client: a pyetcd client (`bridge.etcd.client.make_client`).
+        store: etcd (`bridge.etcd.store.Store`; its outage bound applies to every call).
         keys: the key layout for the configured prefix.
         bridge_id: this bridge's id, written into alive keys and IOC documents.
-        lease: returns the bridge's current lease (object or id) for alive keys.
+        lease: returns the bridge's current lease, for alive keys.
+        now: seconds since the epoch.
         renew: called (blocking) with a lease etcd no longer knows; returns once the
             bridge holds a new one (then a write that needed the lease is tried again).
-        now: seconds since the epoch.
-        deadline_s: retry deadline of every etcd call (`call_with_retry`).
     """
 
     log = Logger()
 
     def __init__(
         self,
-        client: Any,
+        store: Store,
         keys: docs.Keys,
         bridge_id: str,
-        lease: Callable[[], Any],
+        lease: Callable[[], Lease],
         now: Callable[[], float],
-        deadline_s: float,
-        renew: Callable[[Any], None] | None = None,
+        renew: Callable[[Lease], None] | None = None,
     ) -> None:
-        self.store = Store(client, deadline_s)
+        self.store = store
         self.keys = keys
         self.index = NameIndex(self.store, keys)
         self.bridge_id = bridge_id
@@ -366,8 +349,8 @@ class EtcdWriter:
                 lambda lease: self.store.txn(
                     [],
                     [
-                        tx.Put(self.keys.ioc(session.iocid), docs.dumps(session.doc)),
-                        tx.Put(self.keys.alive(session.iocid), session.alive, lease=lease),
+                        Put(self.keys.ioc(session.iocid), docs.dumps(session.doc)),
+                        Put(self.keys.alive(session.iocid), session.alive, lease.id),
                     ],
                 )
             )
@@ -585,16 +568,16 @@ class EtcdWriter:
         """
         ioc_key, alive_key = self.keys.ioc(session.iocid), self.keys.alive(session.iocid)
 
-        def write(lease: Any) -> bool:
-            doc = tx.Put(ioc_key, docs.dumps(session.doc))
-            alive = tx.Put(alive_key, session.alive, lease=lease)
-            ours = tx.Value(alive_key) == session.alive
-            ok, resp = self.store.txn(
-                [ours], [doc, alive] if alive_too else [doc], [tx.Get(alive_key)]
-            )
-            if not ok and not resp[0] and not self.stopping:
-                ok, _ = self.store.txn([tx.Version(alive_key) == 0], [doc, alive])
-            return ok
+        def write(lease: Lease) -> bool:
+            doc = Put(ioc_key, docs.dumps(session.doc))
+            alive = Put(alive_key, session.alive, lease.id)
+            ours = Compare.holds(alive_key, session.alive)
+            result = self.store.txn([ours], [doc, alive] if alive_too else [doc], [Get(alive_key)])
+            if result.succeeded:
+                return True
+            if result.results[0] or self.stopping:
+                return False
+            return self.store.txn([Compare.absent(alive_key)], [doc, alive]).succeeded
 
         with session.lock:
             if session.ended:
@@ -608,18 +591,18 @@ class EtcdWriter:
             )
         return ok
 
-    def _leased(self, write: Callable[[Any], T]) -> T:
+    def _leased(self, write: Callable[[Lease], T]) -> T:
         """``write(lease)`` with the current lease; again with a new one if etcd lost it.
 
         An etcd outage longer than the lease TTL ends with the lease gone: writes that
-        attach to it fail with "requested lease not found" until the bridge has a new one.
+        attach to it fail with `LeaseNotFound` until the bridge has a new one.
         """
         while True:
             lease = self._lease()
             try:
                 return write(lease)
-            except grpc.RpcError as exc:
-                if self._renew is None or not lease_not_found(exc):
+            except LeaseNotFound:
+                if self._renew is None:
                     raise
                 self._renew(lease)
 
@@ -666,17 +649,18 @@ class EtcdWriter:
             "status": docs.STATUS_INACTIVE,
             "disconnected": iso_time(self._now()),
         }
-        ok, resp = self.store.txn(
-            [tx.Value(alive_key) == session.alive],
-            [tx.Delete(alive_key), tx.Put(ioc_key, docs.dumps(doc))],
-            [tx.Get(alive_key), tx.Get(ioc_key)],
+        result = self.store.txn(
+            [Compare.holds(alive_key, session.alive)],
+            [Delete(alive_key), Put(ioc_key, docs.dumps(doc))],
+            [Get(alive_key), Get(ioc_key)],
         )
-        if ok:
+        if result.succeeded:
             return True
         # A retry after a timed-out attempt that etcd did apply finds its own work done.
-        if resp[0] or not resp[1]:
+        alive_now, ioc_now = result.results
+        if alive_now or not ioc_now:
             return False
-        found = parse_ioc(resp[1][0][0])
+        found = parse_ioc(ioc_now[0].value)
         return (
             found is not None
             and found.status == docs.STATUS_INACTIVE

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pyetcd import transactions as tx
 from twisted.logger import Logger
 
 from bridge import documents as docs
 from bridge.documents import parse_ioc
+from bridge.etcd.ops import Compare, Delete, Put
 from bridge.etcd.store import Store
 from bridge.logs import printable
 from bridge.model import iso_time
@@ -67,10 +67,10 @@ class Sweeper:
         if doc is None or not doc.live:
             return False
         inactive = docs.dumps(doc.inactive(iso_time(self._now())))
-        ok, _ = self.store.txn(
-            [tx.Version(alive_key) == 0, tx.Mod(ioc_key) == raw.mod_revision],
-            [tx.Put(ioc_key, inactive)],
-        )
+        ok = self.store.txn(
+            [Compare.absent(alive_key), Compare.unmodified(ioc_key, raw.mod_revision)],
+            [Put(ioc_key, inactive)],
+        ).succeeded
         if ok:
             self.log.info(
                 "IOC {iocid} inactive: its bridge {bridge} is gone",
@@ -78,7 +78,7 @@ class Sweeper:
                 bridge=doc.bridge,
             )
             self.index.hand_over(iocid)
-        return bool(ok)
+        return ok
 
     def live_bridges(self) -> dict[str, int]:
         """bridge id -> lease of every registered bridge (its document lives on its lease)."""
@@ -112,10 +112,13 @@ class Sweeper:
             if raw is None or doc is None or not doc.live:
                 continue
             inactive = docs.dumps(doc.inactive(iso_time(self._now())))
-            ok, _ = self.store.txn(
-                [tx.Mod(alive.key) == alive.mod_revision, tx.Mod(ioc_key) == raw.mod_revision],
-                [tx.Delete(alive.key), tx.Put(ioc_key, inactive)],
-            )
+            ok = self.store.txn(
+                [
+                    Compare.unmodified(alive.key, alive.mod_revision),
+                    Compare.unmodified(ioc_key, raw.mod_revision),
+                ],
+                [Delete(alive.key), Put(ioc_key, inactive)],
+            ).succeeded
             if ok:
                 swept += 1
                 self.log.info(
