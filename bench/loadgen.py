@@ -1,7 +1,7 @@
 """Asyncio load generator: many simulated C RecCaster IOCs, each on its own TCP connection.
 
-Every simulated IOC speaks the exact byte sequence of the C RecCaster (shared
-reference real-clients.md section 2.2, as `bridge.testing.fakeioc` produces it): ClientGreet
+Every simulated IOC speaks the exact byte sequence of the C RecCaster (docs/protocol.md,
+Real clients and their quirks; `bridge.testing.fakeioc` produces it): ClientGreet
 first, without waiting for the ServerGreet; then EPICS_VERSION and the environment;
 each record followed by its aliases, its info tags and ``recordDesc``; UploadDone;
 then a Pong for every Ping, echoing the nonce.

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import bridge
 
 #: Everything the product runs: the twistd plugin's service, the command, the processors.
 PRODUCT_MODULES = [
@@ -27,3 +31,26 @@ def test_product_code_never_imports_test_support() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_the_etcd_layer_imports_the_etcd_client_library() -> None:
+    """`bridge/etcd/` is the one package that imports pyetcd or grpc (statically: every
+    import statement of every module, wherever it is, function bodies included)."""
+    root = Path(bridge.__file__).resolve().parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path.is_relative_to(root / "etcd"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            offenders += [
+                f"{path.relative_to(root.parent)}:{node.lineno} imports {name}"
+                for name in names
+                if name.split(".")[0] in ("pyetcd", "grpc")
+            ]
+    assert not offenders, "\n".join(offenders)
+    assert (root / "etcd" / "client.py").is_file()  # the walk saw the real tree

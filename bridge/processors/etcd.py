@@ -56,8 +56,8 @@ from bridge.processors.sweep import Sweeper
 
 __all__ = ["EtcdProcessor", "EtcdWriter", "build"]
 
-#: Worker threads for etcd calls: bounds concurrent requests (shared etcd reference
-#: section 6 measured no gain beyond 8-16) and how many calls an outage can hold.
+#: Worker threads for etcd calls: bounds concurrent requests (measured: no gain beyond
+#: 8-16 in flight) and how many calls an outage can hold.
 POOL_SIZE = 16
 POOL_NAME = "recsync-etcd"
 #: Lease refresh and shutdown calls: never queued behind commits.
