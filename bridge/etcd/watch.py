@@ -171,7 +171,10 @@ class Watch:
 
     def _moved(self, stream: WatchStream) -> bool:
         """Probe the client's member; True when the client now uses another than `stream`."""
-        self.store.probe(self.prefix)
+        if not self.store.probe(self.prefix):
+            # The client marks a member that timed out as failed, but chooses another
+            # only for its next request: make that one now.
+            self.store.probe(self.prefix)
         current = self.store.endpoint
         if current is None or stream.endpoint is None or current == stream.endpoint:
             return False
