@@ -214,8 +214,9 @@ class Store:
 
     def _read_batch(self, keys: list[str], found: dict[str, Entry]) -> None:
         request = pb.TxnRequest()
+        out = request.success
         for key in keys:
-            request.success.add().request_range.key = key_bytes(key)
+            out.add().request_range.key = key.encode("utf-8", "surrogateescape")
         try:
             response = self._send(request)
         except MessageTooLarge as exc:
@@ -227,7 +228,9 @@ class Store:
             return
         for key, item in zip(keys, response.responses, strict=True):
             for kv in item.response_range.kvs:
-                found[key] = _entry(kv, key)
+                found[key] = Entry(
+                    key, kv.value, kv.mod_revision, kv.lease, kv.create_revision, kv.version
+                )
 
     def scan(
         self,
@@ -260,7 +263,18 @@ class Store:
                 limit = max(1, limit // 4)
                 continue
             at = at or int(response.header.revision)
-            yield Page([_entry(kv) for kv in response.kvs], at)
+            entries = [
+                Entry(
+                    kv.key.decode("utf-8", "surrogateescape"),
+                    kv.value,
+                    kv.mod_revision,
+                    kv.lease,
+                    kv.create_revision,
+                    kv.version,
+                )
+                for kv in response.kvs
+            ]
+            yield Page(entries, at)
             if not response.more or not response.kvs:
                 return
             start = response.kvs[-1].key + b"\0"
@@ -450,9 +464,9 @@ class Store:
         return True
 
 
-def _entry(kv: Any, key: str | None = None) -> Entry:
+def _entry(kv: Any) -> Entry:
     return Entry(
-        key if key is not None else key_text(kv.key),
+        key_text(kv.key),
         kv.value,
         kv.mod_revision,
         kv.lease,

@@ -30,7 +30,7 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from bridge.errors import (
@@ -397,6 +397,23 @@ class MemoryEtcd:
             return self._keys[start:]
         return self._keys[start : bisect.bisect_left(self._keys, range_end)]
 
+    def _changed(self, key: bytes, range_end: bytes, revision: int) -> bool:
+        """True if a change after `revision` touched [key, range_end)."""
+        probe = MemoryWatch(self, key, range_end, 0, False)
+        start = bisect.bisect_right(self._log_revs, revision)
+        return any(
+            probe.covers(changed)
+            for _, changes in itertools.islice(self._log, start, None)
+            for changed, _, _ in changes
+        )
+
+    def _live_span(self, key: bytes, range_end: bytes) -> tuple[int, int]:
+        """Indices in the sorted live keys of [key, range_end) (range_end b"\\0": to the end)."""
+        start = bisect.bisect_left(self._live, key)
+        if range_end == b"\0":
+            return start, len(self._live)
+        return start, max(start, bisect.bisect_left(self._live, range_end))
+
     def _range(self, request: Any, out: Any) -> None:
         # The latest state includes what the running transaction wrote before.
         revision = request.revision or _LATEST
@@ -405,17 +422,28 @@ class MemoryEtcd:
                 raise EtcdRefused(f"etcd: {_FUTURE}")
             if revision < self.compact_revision:
                 raise Compacted(f"etcd: {_COMPACTED}", self.compact_revision)
-        found = [
-            (key, kv)
-            for key in self._keys_in(request.key, request.range_end)
-            if (kv := self._history[key].at(revision)) is not None
-        ]
-        out.count = len(found)
-        taken = found[: request.limit] if request.limit else found
-        out.more = len(taken) < len(found)
+        if request.range_end and (
+            revision == _LATEST or not self._changed(request.key, request.range_end, revision)
+        ):
+            # The common case, kept cheap for paged scans: live keys only, no history.
+            start, end = self._live_span(request.key, request.range_end)
+            stop = min(end, start + request.limit) if request.limit else end
+            taken: Sequence[tuple[bytes, _KV | None]] = [
+                (key, self._history[key].states[-1]) for key in self._live[start:stop]
+            ]
+            out.count, out.more = end - start, stop < end
+        else:
+            found = [
+                (key, kv)
+                for key in self._keys_in(request.key, request.range_end)
+                if (kv := self._history[key].at(revision)) is not None
+            ]
+            taken = found[: request.limit] if request.limit else found
+            out.count, out.more = len(found), len(taken) < len(found)
         if request.count_only:
             return
         for key, kv in taken:
+            assert kv is not None
             item = out.kvs.add(
                 key=key,
                 create_revision=kv.create,
