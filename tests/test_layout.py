@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import bridge
+from bridge.testing import harness
 
 #: Everything the product runs: the twistd plugin's service, the command, the processors.
 PRODUCT_MODULES = [
@@ -54,3 +58,15 @@ def test_only_the_etcd_layer_imports_the_etcd_client_library() -> None:
             ]
     assert not offenders, "\n".join(offenders)
     assert (root / "etcd" / "client.py").is_file()  # the walk saw the real tree
+
+
+def test_the_harness_adds_the_checkout_to_pythonpath_only_from_a_checkout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = harness.checkout_root()
+    assert root is not None and (root / "twisted" / "plugins").is_dir()  # we run from one
+    env = harness.child_env({"PYTHONPATH": "/elsewhere"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(root), "/elsewhere"]
+    monkeypatch.setattr(harness, "checkout_root", lambda: None)  # as installed
+    assert harness.child_env({"PYTHONPATH": "/elsewhere"}) == {"PYTHONPATH": "/elsewhere"}
+    assert "PYTHONPATH" not in harness.child_env({})
