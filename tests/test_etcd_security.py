@@ -336,6 +336,23 @@ def test_bridge_with_bad_credentials_exits_with_one_clear_line(
     assert "listening on TCP port" not in log  # it never announced itself
 
 
+def test_bridge_whose_role_does_not_cover_the_prefix_exits_with_one_clear_line(
+    tmp_path: Path, secure_etcd: SecureEtcd
+) -> None:
+    """etcd refuses the first write: that is no outage, so the bridge does not retry."""
+    process = _bridge(tmp_path, secure_etcd, "/elsewhere")
+    process.start()
+    try:
+        process.wait(30)
+    finally:
+        process.stop()
+    log = process.log_text()
+    failed = [line for line in log.splitlines() if "could not start" in line]
+    assert len(failed) == 1, log
+    assert "permission denied" in failed[0].lower(), failed[0]
+    assert "Traceback" not in log and "still trying" not in log, log
+
+
 def test_help_and_config_errors_never_show_credentials(tmp_path: Path) -> None:
     secret = "s3cr3t-" + secrets.token_hex(8)
     config = tmp_path / "bridge.conf"

@@ -44,7 +44,7 @@ from zope.interface import implementer
 
 import bridge
 from bridge import documents as docs
-from bridge.errors import ConfigError, StoreError
+from bridge.errors import ConfigError, EtcdRefused, StoreError
 from bridge.etcd.backend import open_store
 from bridge.etcd.ops import Delete, Event, Get, Lease
 from bridge.etcd.store import Store
@@ -280,6 +280,8 @@ class EtcdProcessor(Service):
                 self._lease = self.store.grant(max(1, math.ceil(self.config.lease_ttl)))
                 self._put_bridge()
                 return
+            except EtcdRefused:
+                raise  # e.g. a role that does not cover the prefix: trying again is no use
             except StoreError as exc:
                 if self._stopping:
                     raise
