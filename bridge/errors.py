@@ -56,6 +56,11 @@ class LeaseNotFound(EtcdRefused):
     """A write attached to a lease etcd does not know (expired or revoked)."""
 
 
+class NoSpace(EtcdRefused):
+    """etcd's database is over its space quota (the NOSPACE alarm): every write is
+    refused until it is compacted, defragmented and the alarm disarmed."""
+
+
 class MessageTooLarge(StoreError):
     """A gRPC message over the size limit: a response over the client's 4 MiB."""
 

@@ -14,9 +14,27 @@ import grpc
 import pytest
 from pyetcd import exceptions as etcd_exc
 
-from bridge.errors import ConfigError, StoreError
+from bridge.errors import (
+    Compacted,
+    ConfigError,
+    DuplicateKey,
+    EtcdRefused,
+    EtcdUnavailable,
+    LeaseNotFound,
+    MessageTooLarge,
+    NoSpace,
+    RequestTooLarge,
+    StoreError,
+    TooManyOperations,
+)
 from bridge.etcd import embedded
-from bridge.etcd.client import call_with_retry, is_retryable, make_client, parse_endpoint
+from bridge.etcd.client import (
+    call_with_retry,
+    is_retryable,
+    make_client,
+    parse_endpoint,
+    rpc_error,
+)
 from bridge.etcd.embedded import free_port, free_ports, member_command
 from bridge.testing.cluster import EtcdCluster, EtcdMember
 
@@ -140,6 +158,42 @@ def test_retryable_grpc_errors() -> None:
     assert is_retryable(_RpcError(grpc.StatusCode.UNKNOWN, "etcdserver: leader changed"))
     assert not is_retryable(_RpcError(grpc.StatusCode.UNKNOWN, "something else"))
     assert not is_retryable(_RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "NOSPACE"))
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "kind"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, "connection refused", EtcdUnavailable),
+        (grpc.StatusCode.UNKNOWN, "etcdserver: leader changed", EtcdUnavailable),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: too many requests", EtcdUnavailable),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max", MessageTooLarge),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded", NoSpace),
+        (
+            grpc.StatusCode.OUT_OF_RANGE,
+            "etcdserver: mvcc: required revision has been compacted",
+            Compacted,
+        ),
+        (grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found", LeaseNotFound),
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "etcdserver: too many operations in txn request",
+            TooManyOperations,
+        ),
+        (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: request is too large", RequestTooLarge),
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "etcdserver: duplicate key given in txn request",
+            DuplicateKey,
+        ),
+        (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied", EtcdRefused),
+    ],
+)
+def test_grpc_errors_become_the_projects_classes(
+    code: grpc.StatusCode, details: str, kind: type[StoreError]
+) -> None:
+    error = rpc_error(_RpcError(code, details))
+    assert type(error) is kind
+    assert details in str(error)
 
 
 @pytest.mark.etcd

@@ -34,6 +34,7 @@ from bridge.errors import (
     EtcdUnavailable,
     LeaseNotFound,
     MessageTooLarge,
+    NoSpace,
     RequestTooLarge,
     StoreError,
     TooManyOperations,
@@ -384,10 +385,10 @@ _REFUSALS: tuple[tuple[str, type[EtcdRefused]], ...] = (
 def rpc_error(exc: grpc.RpcError) -> StoreError:
     """The project's error for what gRPC raised (`bridge.errors`).
 
-    Transient failures (`is_retryable`) become `EtcdUnavailable`; a compacted
-    revision `Compacted`; a message over gRPC's size limit `MessageTooLarge`; etcd's
-    limits and a lost lease their own `EtcdRefused` classes; anything else a plain
-    `EtcdRefused` naming the gRPC status.
+    Transient failures (`is_retryable`, and etcd's "too many requests") become
+    `EtcdUnavailable`; a compacted revision `Compacted`; a message over gRPC's size
+    limit `MessageTooLarge`; etcd's limits, a lost lease and a full database their own
+    `EtcdRefused` classes; anything else a plain `EtcdRefused` naming the gRPC status.
     """
     code = exc.code() if callable(getattr(exc, "code", None)) else None
     details = str(exc.details() or "") if callable(getattr(exc, "details", None)) else ""
@@ -395,9 +396,15 @@ def rpc_error(exc: grpc.RpcError) -> StoreError:
     text = f"{name}: {details}" if details else name
     if is_retryable(exc):
         return EtcdUnavailable(f"etcd unavailable ({text})")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return MessageTooLarge(f"message over gRPC's size limit ({text})")
     lowered = details.lower()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # gRPC's own size limit, or etcd: a full database, or too many requests at once.
+        if "larger than max" in lowered:
+            return MessageTooLarge(f"message over gRPC's size limit ({text})")
+        if "database space exceeded" in lowered:
+            return NoSpace(f"etcd: {details} (the NOSPACE alarm: etcd refuses every write)")
+        if "too many requests" in lowered:
+            return EtcdUnavailable(f"etcd overloaded ({text})")
     if "compacted" in lowered:
         return Compacted(f"etcd: {details}")
     for words, kind in _REFUSALS:
