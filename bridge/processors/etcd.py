@@ -480,11 +480,10 @@ class EtcdProcessor(Service):
             self._refresher.stop()
         if self.writer is not None:
             self.writer.stopping = True
-        # The watch's thread may be in a sweep that retries: `_drain` aborts those.
-        watch_ended = self.alive_watch.stopService() if self.alive_watch is not None else None
+        if self.alive_watch is not None:
+            # Its thread may be in a sweep that retries: waited for, and aborted, as busy.
+            self._track(self.alive_watch.stopService())
         await self._drain()
-        if watch_ended is not None:
-            await watch_ended
         if self.store is not None:
             if self._last_bridge and self.sweeper is not None and self._lease is not None:
                 d = self._in_control(self._sweep_orphans)
