@@ -18,10 +18,10 @@ from bridge.errors import (
     RequestTooLarge,
     TooManyOperations,
 )
-from bridge.etcd.backend import GrpcBackend
+from bridge.etcd.backend import Backend, GrpcBackend
 from bridge.etcd.ops import Compare, Delete, Event, Get, Put, key_bytes, prefix_end
 from bridge.etcd.rpc import pb
-from bridge.etcd.store import Backend, Store
+from bridge.etcd.store import Store
 from bridge.testing.memstore import MemoryEtcd
 
 

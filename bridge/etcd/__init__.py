@@ -2,8 +2,9 @@
 
 * `ops`: pure values: what reads return, what writes ask for, etcd's limits, chunking.
 * `store`: `Store`, typed blocking reads and writes with retries, paged scans at one
-  revision, bounded transactions, leases; `Backend`, the seam it talks to etcd through.
-* `backend`: `GrpcBackend`, the real backend, and `open_store`.
+  revision, bounded transactions, leases.
+* `backend`: `Backend`, the seam the store talks to etcd through; `GrpcBackend`, the
+  real one; `open_store`.
 * `client`: client creation (endpoints, TLS, auth, failover) and gRPC error handling.
 * `watch`: `Watch`, a prefix watch that resumes after errors and compaction and follows
   the client to another member; `ReactorWatch` runs one for Twisted code.

@@ -1,6 +1,10 @@
-"""The real backend of the store: etcd over gRPC, through a pyetcd failover client.
+"""The store's backend seam, and the real backend: etcd over gRPC through a pyetcd client.
 
-`GrpcBackend` implements `bridge.etcd.store.Backend`. Requests go straight to the
+`Backend` and `WatchStream` are what `bridge.etcd.store.Store` needs from etcd; requests
+and responses are etcd's own protobuf messages (`bridge.etcd.rpc`), so another backend
+(the tests' in-memory etcd, `bridge.testing.memstore`) answers what etcd answers.
+
+`GrpcBackend` implements them on a pyetcd failover client. Requests go straight to the
 client's gRPC stubs as protobuf messages (`bridge.etcd.rpc`), so the store's hot
 paths pay for no per-operation wrapper objects. Every gRPC error first goes through
 the client's own handler, exactly as the library's methods do (it marks the member
@@ -20,7 +24,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grpc  # type: ignore[import-untyped,unused-ignore]  # no stubs shipped
 from pyetcd import etcdrpc
@@ -40,8 +44,61 @@ _PUT_RETRY_S = 0.1
 _CANCELLED: list[Event] = []
 
 
+class WatchStream(Protocol):
+    """One open watch from a `Backend`: responses in revision order, then `cancel`."""
+
+    #: The member (``host:port``) the stream was opened on, if known.
+    endpoint: str | None
+
+    def next(self, timeout: float) -> list[Event] | None:
+        """The events of the next response, or None when none came within `timeout`.
+
+        Raises `Compacted` when the watch's start revision is compacted,
+        `EtcdUnavailable` when the stream broke, `EtcdRefused` when etcd ended it.
+        """
+
+    def cancel(self) -> None:
+        """End the stream and free what it holds (idempotent)."""
+
+
+class Backend(Protocol):
+    """What the store needs from etcd; requests and responses are etcd's own protobuf
+    messages (`bridge.etcd.rpc`). Errors are `bridge.errors` classes, transient ones
+    `EtcdUnavailable`; each method is one attempt (the store retries)."""
+
+    def txn(self, request: Any) -> Any:
+        """A ``TxnRequest``; returns the ``TxnResponse``."""
+
+    def range(self, request: Any) -> Any:
+        """A ``RangeRequest``; returns the ``RangeResponse``."""
+
+    def grant(self, ttl: int) -> Lease:
+        """A new lease of `ttl` seconds."""
+
+    def keepalive(self, lease_id: int) -> int:
+        """Refresh the lease; its TTL in seconds, <= 0 when etcd no longer has it."""
+
+    def revoke(self, lease_id: int) -> None:
+        """Revoke the lease and delete its keys (`LeaseNotFound` if it is gone)."""
+
+    def status(self) -> MemberStatus:
+        """The status of the member in use."""
+
+    def watch(
+        self, key: bytes, range_end: bytes, start_revision: int, prev_kv: bool
+    ) -> WatchStream:
+        """Watch keys in [key, range_end) from `start_revision`, once etcd confirmed it."""
+
+    def endpoint(self) -> str | None:
+        """The member (``host:port``) requests go to now; it changes when the client
+        fails over."""
+
+    def close(self) -> None:
+        """Release the connection and every open watch stream."""
+
+
 class GrpcBackend:
-    """`bridge.etcd.store.Backend` on a pyetcd ``MultiEndpointEtcd3Client``."""
+    """`Backend` on a pyetcd ``MultiEndpointEtcd3Client``."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
@@ -177,7 +234,7 @@ class GrpcBackend:
     # -- watches ---------------------------------------------------------------------------
 
     def watch(self, key: bytes, range_end: bytes, start_revision: int, prev_kv: bool) -> GrpcWatch:
-        """Open a watch stream on the member in use (see `bridge.etcd.store.WatchStream`).
+        """Open a watch stream on the member in use (see `WatchStream`).
 
         Returns once etcd confirmed the watch. Raises `Compacted` when
         `start_revision` is compacted, and `EtcdUnavailable` when the member does not

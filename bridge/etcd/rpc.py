@@ -1,6 +1,6 @@
 """etcd's v3 API messages (protobuf), as the pinned client library ships them.
 
-They are the vocabulary of the store's backend seam (`bridge.etcd.store.Backend`):
+They are the vocabulary of the store's backend seam (`bridge.etcd.backend.Backend`):
 the store builds ``TxnRequest``/``RangeRequest`` messages and reads the responses,
 whatever answers them, a real etcd or the in-memory one of the tests
 (`bridge.testing.memstore`). Import them from here, never from the client library.

@@ -1,8 +1,8 @@
 """Typed, blocking etcd access: retries, paged reads at one revision, bounded transactions.
 
 `Store` is the one way the bridge, the `recsync` command and the tests read and write
-etcd. It speaks to etcd through a `Backend`: the real one is `GrpcBackend`
-(`bridge.etcd.backend`, built by `open_store`); the tests have an in-memory etcd
+etcd. It speaks to etcd through a `Backend` (`bridge.etcd.backend`): the real one is
+`GrpcBackend` (built with the store by `open_store`); the tests have an in-memory etcd
 (`bridge.testing.memstore`) that keeps etcd's revisions, limits and errors. Nothing in
 this module's signatures is a client-library object: reads return `Entry`/`Page`,
 writes take the values of `bridge.etcd.ops`, errors are `bridge.errors` classes.
@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bridge.errors import MessageTooLarge, RequestTooLarge, StoreError, TooManyOperations
 from bridge.etcd.client import call_with_retry, is_retryable
@@ -34,7 +34,6 @@ from bridge.etcd.ops import (
     MAX_TXN_OPS,
     Compare,
     Entry,
-    Event,
     Get,
     Guarded,
     Key,
@@ -53,6 +52,9 @@ from bridge.etcd.ops import (
     prefix_end,
 )
 from bridge.etcd.rpc import pb
+
+if TYPE_CHECKING:
+    from bridge.etcd.backend import Backend
 
 T = TypeVar("T")
 
@@ -77,59 +79,6 @@ _RESULTS = {
     "<": pb.Compare.LESS,
     ">": pb.Compare.GREATER,
 }
-
-
-class WatchStream(Protocol):
-    """One open watch from a `Backend`: responses in revision order, then `cancel`."""
-
-    #: The member (``host:port``) the stream was opened on, if known.
-    endpoint: str | None
-
-    def next(self, timeout: float) -> list[Event] | None:
-        """The events of the next response, or None when none came within `timeout`.
-
-        Raises `Compacted` when the watch's start revision is compacted,
-        `EtcdUnavailable` when the stream broke, `EtcdRefused` when etcd ended it.
-        """
-
-    def cancel(self) -> None:
-        """End the stream and free what it holds (idempotent)."""
-
-
-class Backend(Protocol):
-    """What the store needs from etcd; requests and responses are etcd's own protobuf
-    messages (`bridge.etcd.rpc`). Errors are `bridge.errors` classes, transient ones
-    `EtcdUnavailable`; each method is one attempt (the store retries)."""
-
-    def txn(self, request: Any) -> Any:
-        """A ``TxnRequest``; returns the ``TxnResponse``."""
-
-    def range(self, request: Any) -> Any:
-        """A ``RangeRequest``; returns the ``RangeResponse``."""
-
-    def grant(self, ttl: int) -> Lease:
-        """A new lease of `ttl` seconds."""
-
-    def keepalive(self, lease_id: int) -> int:
-        """Refresh the lease; its TTL in seconds, <= 0 when etcd no longer has it."""
-
-    def revoke(self, lease_id: int) -> None:
-        """Revoke the lease and delete its keys (`LeaseNotFound` if it is gone)."""
-
-    def status(self) -> MemberStatus:
-        """The status of the member in use."""
-
-    def watch(
-        self, key: bytes, range_end: bytes, start_revision: int, prev_kv: bool
-    ) -> WatchStream:
-        """Watch keys in [key, range_end) from `start_revision`, once etcd confirmed it."""
-
-    def endpoint(self) -> str | None:
-        """The member (``host:port``) requests go to now; it changes when the client
-        fails over."""
-
-    def close(self) -> None:
-        """Release the connection and every open watch stream."""
 
 
 class Store:

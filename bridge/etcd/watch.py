@@ -34,8 +34,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from bridge.errors import Compacted, StoreError
+from bridge.etcd.backend import WatchStream
 from bridge.etcd.ops import Event, key_bytes, prefix_end
-from bridge.etcd.store import Store, WatchStream
+from bridge.etcd.store import Store
 
 #: Seconds between probes of the client's member (module docstring).
 PROBE_INTERVAL_S = 3.0

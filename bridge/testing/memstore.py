@@ -1,6 +1,6 @@
 """An in-memory etcd behind the store's backend seam, for fast tests of the pure rules.
 
-`MemoryEtcd` implements `bridge.etcd.store.Backend`: it answers etcd's own protobuf
+`MemoryEtcd` implements `bridge.etcd.backend.Backend`: it answers etcd's own protobuf
 requests (`bridge.etcd.rpc`) the way etcd does, with what the bridge relies on:
 
 * one revision per transaction that writes; per key its create and mod revisions,
@@ -471,7 +471,7 @@ class MemoryEtcd:
 
 
 class MemoryWatch:
-    """A watch on a `MemoryEtcd`; see `bridge.etcd.store.WatchStream`."""
+    """A watch on a `MemoryEtcd`; see `bridge.etcd.backend.WatchStream`."""
 
     def __init__(
         self, etcd: MemoryEtcd, key: bytes, range_end: bytes, start: int, prev_kv: bool
