@@ -339,24 +339,6 @@ class AuthenticatedClient(pyetcd.MultiEndpointEtcd3Client):  # type: ignore[misc
         super()._manage_grpc_errors(exc)
 
 
-def send_txn(client: Any, request: Any) -> Any:
-    """Send a ready-built ``etcdserverpb.TxnRequest``; returns the ``TxnResponse``.
-
-    The bridge's hot path builds its requests directly as protobuf messages (a quarter
-    of the cost of pyetcd's per-operation wrappers). Errors go through the client's own
-    handler exactly as pyetcd's ``transaction`` does, so endpoint failover and token
-    renewal behave the same. ``_manage_grpc_errors`` always raises; pyetcd is pinned
-    exactly (pyproject.toml), which keeps this private hook stable.
-    """
-    try:
-        return client.kvstub.Txn(
-            request, client.timeout, credentials=client.call_credentials, metadata=client.metadata
-        )
-    except grpc.RpcError as exc:
-        client._manage_grpc_errors(exc)
-        raise
-
-
 def is_retryable(exc: BaseException) -> bool:
     """True for errors after which the same request may succeed on retry."""
     if isinstance(exc, RETRYABLE):
