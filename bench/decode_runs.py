@@ -1,6 +1,6 @@
 """CPU per record of decoding one C RecCaster upload, with and without runs.
 
-Pure, no etcd: one IOC's upload (`bridge.fakeioc`, 3 infos, DESC, an alias on every
+Pure, no etcd: one IOC's upload (`bridge.testing.fakeioc`, 3 infos, DESC, an alias on every
 10th record) is fed to `bridge.wire.Decoder` in 64 KiB reads, and the best of
 several repeats is printed in microseconds per record for:
 
@@ -24,9 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge import fakeioc, wire  # noqa: E402
+from bridge import wire
 from bridge.model import Peer  # noqa: E402
 from bridge.session import Session, SessionLimits  # noqa: E402
+from bridge.testing import fakeioc  # noqa: E402
 
 CHUNK = 65536
 

@@ -23,8 +23,8 @@ from typing import Any, NamedTuple
 
 from bridge import wire
 from bridge.directory.channels import ChannelShape
+from bridge.documents import DEFAULT_PREFIX
 from bridge.errors import ConfigError
-from bridge.keys import DEFAULT_PREFIX
 from bridge.processors import BUILTIN, UNSUPPORTED
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -162,7 +162,7 @@ class BridgeService(MultiService):
         return ", ".join(self.config.etcd.endpoints)
 
     def _start_embedded(self) -> Any:
-        from bridge.embedded import EmbeddedEtcdService
+        from bridge.etcd.embedded import EmbeddedEtcdService
 
         self.embedded = EmbeddedEtcdService(self.config.etcd.data_dir, self.reactor)
         self.embedded.startService()

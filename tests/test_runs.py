@@ -1,7 +1,7 @@
 """The decoder's runs: unchanged re-uploads found from the frames, without decoding them.
 
 Pure: bytes in, messages out (`bridge.wire.Decoder.start_runs`). Uploads come from
-`bridge.fakeioc`, which puts the C RecCaster's exact sequence on the wire.
+`bridge.testing.fakeioc`, which puts the C RecCaster's exact sequence on the wire.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge import wire
-from bridge.fakeioc import IOCSpec, RecordSpec, make_ioc, upload_bytes
+from bridge.testing.fakeioc import IOCSpec, RecordSpec, make_ioc, upload_bytes
 from tests.helpers import answer_runs
 
 SEED = b"test seed"

@@ -13,12 +13,12 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from bridge import wire
-from bridge.fakeioc import make_ioc, upload_bytes
 from bridge.interfaces import IProcessor, IUnchangedRuns
 from bridge.processors import ProcessorChain
 from bridge.processors.show import ShowProcessor
 from bridge.server import MAX_INFLIGHT, BridgeFactory, RecSyncProtocol
 from bridge.session import SessionLimits
+from bridge.testing.fakeioc import make_ioc, upload_bytes
 from tests.helpers import RecordingProcessor, RunsProcessor
 
 

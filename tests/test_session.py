@@ -345,7 +345,7 @@ def test_core_modules_do_not_import_twisted() -> None:
     import sys
 
     code = (
-        "import sys, bridge.wire, bridge.session, bridge.model, bridge.keys; "
+        "import sys, bridge.wire, bridge.session, bridge.model, bridge.documents; "
         "bad = [m for m in sys.modules if m.startswith(('twisted', 'socket', 'pyetcd'))]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

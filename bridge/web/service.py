@@ -53,7 +53,7 @@ class DirectoryService(Service):
         api = ChannelFinderAPI(self.directory, self.runner, "/ChannelFinder/resources/scroll")
         self.root.putChild(SERVICE_ROOT, api.resource())
         self.feed: Any = None
-        self.client: Any = None
+        self.store: Any = None
         self.port: IListeningPort | None = None
         self.url: str | None = None
         self.ready: defer.Deferred[str] = defer.Deferred()
@@ -66,21 +66,22 @@ class DirectoryService(Service):
 
     async def _start(self) -> str:
         from bridge.directory.feed import DirectoryFeed
-        from bridge.etcdclient import make_client
+        from bridge.etcd.backend import open_store
 
         etcd = self.config.etcd
         endpoints = list(await self._endpoints()) if self._endpoints else list(etcd.endpoints)
-        self.client = await deferToThread(
-            make_client,
+        self.store = await deferToThread(
+            open_store,
             endpoints,
             timeout=etcd.timeout,
+            deadline_s=etcd.max_outage,
             username=etcd.username,
             password=etcd.password,
             ca=etcd.ca,
             cert=etcd.cert,
             key=etcd.key,
         )
-        self.feed = DirectoryFeed(self.directory, self.client, self.reactor.callFromThread)
+        self.feed = DirectoryFeed(self.directory, self.store, self.reactor.callFromThread)
         self.feed.start()
         await self.feed.ready
         http = self.config.http
@@ -114,5 +115,5 @@ class DirectoryService(Service):
         if self.feed is not None:
             await deferToThread(self.feed.stop)
         self.runner.stop()
-        if self.client is not None:
-            self.client.close()
+        if self.store is not None:
+            self.store.close()
