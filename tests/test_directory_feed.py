@@ -81,11 +81,6 @@ def test_reloads_after_compaction(etcd_client: Any, etcd_store: Store, prefix: s
 
 @pytest.mark.failover
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="intermittent: after the third kill the watch sometimes sees nothing for 30 s "
-    "(passed alone, failed once in the full suite); not yet understood",
-    strict=False,
-)
 def test_follows_the_client_when_members_die(tmp_path: Path, etcd_cluster: EtcdCluster) -> None:
     store = open_store(etcd_cluster.endpoints, timeout=2.0, deadline_s=20.0)
     writer = open_store(etcd_cluster.endpoints, timeout=2.0, deadline_s=20.0)
