@@ -1,7 +1,7 @@
 """CPU per record of decoding one C RecCaster upload, with and without runs.
 
 Pure, no etcd: one IOC's upload (`bridge.fakeioc`, 3 infos, DESC, an alias on every
-10th record) is fed to `bridge.wire.Decoder` in 64 KiB reads, and the best of
+10th record) is fed to `bridge.protocol.wire.Decoder` in 64 KiB reads, and the best of
 several repeats is printed in microseconds per record for:
 
 * plain: the decoder as it was before runs;
@@ -9,7 +9,7 @@ several repeats is printed in microseconds per record for:
   decoded (what a first upload pays);
 * runs, unchanged: every run matches its expected digest, nothing is decoded (what
   a reconnect storm pays);
-* plain + session: decoding plus `bridge.session.Session` building the records.
+* plain + session: decoding plus `bridge.protocol.session.Session` building the records.
 
     python bench/decode_runs.py [--records 1000] [--repeats 5]
 """
@@ -24,9 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge import fakeioc, wire  # noqa: E402
+from bridge import fakeioc  # noqa: E402
 from bridge.model import Peer  # noqa: E402
-from bridge.session import Session, SessionLimits  # noqa: E402
+from bridge.protocol import wire  # noqa: E402
+from bridge.protocol.session import Session, SessionLimits  # noqa: E402
 
 CHUNK = 65536
 

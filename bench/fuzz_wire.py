@@ -1,4 +1,4 @@
-"""Coverage-guided fuzz target for the RecSync stream decoder (`bridge.wire.Decoder`).
+"""Coverage-guided fuzz target for the RecSync stream decoder (`bridge.protocol.wire.Decoder`).
 
 Property checked for every input: feeding bytes to a fresh
 ``Decoder(max_body_length=4096)`` in any chunking either returns decoded
@@ -63,11 +63,11 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 if atheris is not None:
     with atheris.instrument_imports(include=["bridge"]):
-        from bridge import wire
         from bridge.errors import RemoteProtocolError
+        from bridge.protocol import wire
 else:
-    from bridge import wire
     from bridge.errors import RemoteProtocolError
+    from bridge.protocol import wire
 
 MAX_BODY = 4096
 BOUND = wire.HEADER_SIZE + MAX_BODY

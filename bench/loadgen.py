@@ -60,9 +60,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bridge import wire  # noqa: E402
 from bridge.errors import RemoteProtocolError  # noqa: E402
 from bridge.fakeioc import IOCSpec, make_ioc, upload_bytes, upload_frames  # noqa: E402
+from bridge.protocol import wire  # noqa: E402
 
 T = TypeVar("T")
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge import fakeioc, wire  # noqa: E402
+from bridge import fakeioc  # noqa: E402
 from bridge.model import Peer  # noqa: E402
-from bridge.session import Commit, Session, SessionLimits  # noqa: E402
+from bridge.protocol import wire  # noqa: E402
+from bridge.protocol.session import Commit, Session, SessionLimits  # noqa: E402
 
 CHUNK = 65536
 

@@ -27,13 +27,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge import fakeioc, wire  # noqa: E402
+from bridge import fakeioc  # noqa: E402
 from bridge.etcdclient import make_client  # noqa: E402
 from bridge.etcdproc import EtcdCluster  # noqa: E402
 from bridge.keys import Keys  # noqa: E402
 from bridge.model import Peer  # noqa: E402
 from bridge.processors.etcdwriter import EtcdWriter  # noqa: E402
-from bridge.session import Commit, Effect, Session, SessionLimits  # noqa: E402
+from bridge.protocol import wire  # noqa: E402
+from bridge.protocol.session import Commit, Effect, Session, SessionLimits  # noqa: E402
 
 CHUNK = 65536
 
@@ -45,7 +46,7 @@ def apply(writer: EtcdWriter, effects: list[Effect]) -> None:
 
 
 def upload(writer: EtcdWriter, session: Session, decoder: wire.Decoder, data: bytes) -> None:
-    """Feed `data` as the server does (`bridge.server.RecSyncProtocol`)."""
+    """Feed `data` as the server does (`bridge.server.connection.RecSyncProtocol`)."""
     for start in range(0, len(data), CHUNK):
         messages = decoder.feed(data[start : start + CHUNK])
         while True:

@@ -25,7 +25,7 @@ class IProcessor(IService):
 class IUnchangedRuns(Interface):
     """A processor that can take unchanged runs of records without the records.
 
-    A re-upload is cut into runs of records (`bridge.wire.Decoder.start_runs`). When
+    A re-upload is cut into runs of records (`bridge.protocol.wire.Decoder.start_runs`). When
     every processor provides this interface, the server asks it, once every
     transaction of the session so far has been committed (at least the first, which
     names the IOC), which run digests it holds for the IOC. Runs whose digest matches

@@ -56,7 +56,7 @@ class Record:
 class KeptRun:
     """A run of records that the IOC sent exactly as in its previous upload.
 
-    The session learns this from the digest of the run's frames (`bridge.wire`), so
+    The session learns this from the digest of the run's frames (`bridge.protocol.wire`), so
     the records were never built. The processor that gave the expected digests
     (`bridge.interfaces.IUnchangedRuns`) still holds them as they were.
 

@@ -6,7 +6,7 @@ Start-up order matters and is kept here in one place:
 2. the TCP listener (so the bound port and the default bridge id are known);
 3. the processors, and wait until the etcd processor holds its lease;
 4. only then the UDP announcer, so IOCs never connect to a bridge that cannot store;
-   for the same reason it holds back while etcd is unreachable (`bridge.announce`).
+   for the same reason it holds back while etcd is unreachable (`bridge.server.announce`).
 
 Shutdown runs the other way: stop announcing, stop listening, let the processors
 prepare (the etcd processor decides whether this bridge hands its IOCs over to the
@@ -29,13 +29,13 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bridge.announce import AnnounceService
 from bridge.config import BridgeConfig
 from bridge.errors import ConfigError, StoreError
 from bridge.logs import STARTUP_NAMESPACE, apply_log_level
 from bridge.processors import BUILTIN, UNSUPPORTED, ProcessorChain
-from bridge.server import BridgeFactory
-from bridge.session import DEFAULT_BATCH_RECORDS, SessionLimits
+from bridge.protocol.session import DEFAULT_BATCH_RECORDS, SessionLimits
+from bridge.server.announce import AnnounceService
+from bridge.server.connection import BridgeFactory
 
 # Module level on purpose: a Logger class attribute takes its class's namespace.
 _startup_log = Logger(namespace=STARTUP_NAMESPACE)

@@ -11,13 +11,13 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
-from bridge import wire
 from bridge.interfaces import IUnchangedRuns
 from bridge.model import Transaction
+from bridge.protocol import wire
 
 
 class RecordingProcessor:
-    """Stands in for the processors (`bridge.server.Committer`): keeps every transaction.
+    """Stands in for the processors (`bridge.server.connection.Committer`): keeps them all.
 
     Commits complete at once, or, with ``manual``, when the test fires `pending`.
     """

@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from bridge import keys as k
-from bridge import wire
 from bridge.etcdclient import call_with_retry
 from bridge.keys import Keys, decode_component, encode_component
 from bridge.model import Peer, Record, Transaction, derive_identity
+from bridge.protocol import wire
 
 # Tests must not write into the repository tree: no example database, and
 # Hypothesis's caches go to the temporary directory, not ./.hypothesis.

@@ -1,6 +1,6 @@
 """The decoder's runs: unchanged re-uploads found from the frames, without decoding them.
 
-Pure: bytes in, messages out (`bridge.wire.Decoder.start_runs`). Uploads come from
+Pure: bytes in, messages out (`bridge.protocol.wire.Decoder.start_runs`). Uploads come from
 `bridge.fakeioc`, which puts the C RecCaster's exact sequence on the wire.
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import wire
 from bridge.fakeioc import IOCSpec, RecordSpec, make_ioc, upload_bytes
+from bridge.protocol import wire
 from tests.helpers import answer_runs
 
 SEED = b"test seed"

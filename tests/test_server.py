@@ -12,13 +12,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from bridge import wire
 from bridge.fakeioc import make_ioc, upload_bytes
 from bridge.interfaces import IProcessor, IUnchangedRuns
 from bridge.processors import ProcessorChain
 from bridge.processors.show import ShowProcessor
-from bridge.server import MAX_INFLIGHT, BridgeFactory, RecSyncProtocol
-from bridge.session import SessionLimits
+from bridge.protocol import wire
+from bridge.protocol.session import SessionLimits
+from bridge.server.connection import MAX_INFLIGHT, BridgeFactory, RecSyncProtocol
 from tests.helpers import RecordingProcessor, RunsProcessor
 
 

@@ -6,9 +6,18 @@ import itertools
 
 import pytest
 
-from bridge import wire
 from bridge.model import KeptRun, Peer, Transaction
-from bridge.session import Close, Commit, Effect, Notice, Send, Session, SessionLimits, State
+from bridge.protocol import wire
+from bridge.protocol.session import (
+    Close,
+    Commit,
+    Effect,
+    Notice,
+    Send,
+    Session,
+    SessionLimits,
+    State,
+)
 
 PEER = Peer("10.0.0.5", 40000)
 
@@ -345,7 +354,7 @@ def test_core_modules_do_not_import_twisted() -> None:
     import sys
 
     code = (
-        "import sys, bridge.wire, bridge.session, bridge.model, bridge.keys; "
+        "import sys, bridge.protocol.wire, bridge.protocol.session, bridge.model, bridge.keys; "
         "bad = [m for m in sys.modules if m.startswith(('twisted', 'socket', 'pyetcd'))]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

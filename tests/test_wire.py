@@ -1,4 +1,4 @@
-"""The RecSync wire codec (`bridge.wire`): byte-exact vectors, tolerance, errors.
+"""The RecSync wire codec (`bridge.protocol.wire`): byte-exact vectors, tolerance, errors.
 
 Vectors are the hex strings of shared reference recsync-protocol.md §1.1 and §2.2,
 copied verbatim. Every decoder test goes through `decode_stream`, which decodes
@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import pytest
 
-from bridge import wire
 from bridge.errors import LocalProtocolError, RemoteProtocolError
+from bridge.protocol import wire
 
 HEADER = struct.Struct(">HHI")
 BOUND = wire.HEADER_SIZE  # buffered may reach HEADER_SIZE + max_body_length, never more
@@ -715,7 +715,7 @@ def test_announce_decode_accepts_bytearray_and_memoryview() -> None:
     assert wire.Announce.decode(memoryview(GOOD_ANNOUNCE)) == ANNOUNCE_VECTORS[0][2]
 
 
-# --- known gaps in bridge/wire.py (reported to the lead; remove the marks once fixed) ---
+# --- known gaps in bridge/protocol/wire.py (reported to the lead; remove the marks once fixed) ---
 
 
 @pytest.mark.parametrize(

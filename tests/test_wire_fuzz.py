@@ -1,4 +1,4 @@
-"""Property tests for the RecSync wire codec (`bridge.wire`) with hypothesis.
+"""Property tests for the RecSync wire codec (`bridge.protocol.wire`) with hypothesis.
 
 Two families:
 
@@ -22,8 +22,8 @@ import struct
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bridge import wire
 from bridge.errors import RemoteProtocolError
+from bridge.protocol import wire
 from tests.helpers import answer_runs
 
 FAST = settings(

@@ -47,11 +47,20 @@ from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bridge import wire
 from bridge.errors import StoreError
 from bridge.interfaces import IUnchangedRuns
 from bridge.model import Peer, Transaction, derive_identity
-from bridge.session import Close, Commit, Effect, Notice, Send, Session, SessionLimits, State
+from bridge.protocol import wire
+from bridge.protocol.session import (
+    Close,
+    Commit,
+    Effect,
+    Notice,
+    Send,
+    Session,
+    SessionLimits,
+    State,
+)
 
 #: Transactions of one session queued for the processors before reading pauses.
 MAX_INFLIGHT = 2

@@ -22,8 +22,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from bridge import wire
 from bridge.logs import STARTUP_NAMESPACE
+from bridge.protocol import wire
 
 _startup_log = Logger(namespace=STARTUP_NAMESPACE)
 

@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from bridge import wire
 from bridge.model import DESC_INFO_KEY, KeptRun, Peer, Record, Transaction
+from bridge.protocol import wire
 
 
 class State(enum.Enum):
