@@ -8,6 +8,7 @@ import pytest
 
 from bridge.model import KeptRun, Peer, Transaction
 from bridge.protocol import wire
+from bridge.protocol.runs import RunEnd, UnchangedRun
 from bridge.protocol.session import (
     Close,
     Commit,
@@ -195,23 +196,23 @@ def test_begin_records_commits_an_empty_first_transaction_once() -> None:
 def test_unchanged_run_is_committed_as_kept_with_every_digest_in_order() -> None:
     session = greeted()
     session.receive(
-        [wire.AddRecord(1, 0, "ai", "A"), wire.AddInfo(1, "k", "v"), wire.RunEnd(0, "d0")], 0.0
+        [wire.AddRecord(1, 0, "ai", "A"), wire.AddInfo(1, "k", "v"), RunEnd(0, "d0")], 0.0
     )
-    run = wire.UnchangedRun(1, "d1", [2, 3], ["B", "C"], ["ai", "bo"], ["B:A"], [0])
+    run = UnchangedRun(1, "d1", [2, 3], ["B", "C"], ["ai", "bo"], ["B:A"], [0])
     (txn,) = commits(session.receive([run], 0.0))
     assert [r.name for r in txn.records] == ["A"]  # the records before it go first
     assert txn.kept == (KeptRun(1, "d1", ["B", "C"], ["ai", "bo"], ["B:A"], [0]),)
     assert txn.digests == ("d0", "d1")
     assert session.records_total == 3
     # Its records are known by id: a DelRecord of one is reported by name.
-    effects = session.receive([wire.DelRecord(3), wire.RunEnd(2, ""), wire.UploadDone()], 1.0)
+    effects = session.receive([wire.DelRecord(3), RunEnd(2, ""), wire.UploadDone()], 1.0)
     (last,) = commits(effects)
     assert (last.removed, last.kept, last.digests, last.upload_done) == (("C",), (), ("",), True)
 
 
 def test_unchanged_run_beyond_max_records_closes() -> None:
     session = greeted(max_records=2)
-    run = wire.UnchangedRun(0, "d", [1, 2, 3], ["A", "B", "C"], ["ai"] * 3, [], [])
+    run = UnchangedRun(0, "d", [1, 2, 3], ["A", "B", "C"], ["ai"] * 3, [], [])
     effects = session.receive([run], 0.0)
     assert closes(effects) == ["upload exceeds maxRecords=2"]
 

@@ -621,6 +621,19 @@ def test_decoder_default_limit_is_the_longest_legitimate_body() -> None:
     assert wire.Decoder().max_body_length == wire.MAX_BODY_LENGTH == 8 + 255 + 65535
 
 
+def test_a_framing_error_names_the_limit_it_hit_or_none_for_a_protocol_error() -> None:
+    # The server counts a broken stream under this attribute, never by its message.
+    done = wire.UploadDone()
+    with pytest.raises(wire.FramingError) as oversize:
+        wire.Decoder(max_body_length=16).feed(done.encode() + frame(0x4242, b"", length=17))
+    assert oversize.value.limit == wire.MAX_BODY_LENGTH_LIMIT == "maxBodyLength"
+    assert oversize.value.decoded == [done]
+    with pytest.raises(wire.FramingError) as magic:
+        wire.Decoder().feed(done.encode() + b"XXXXXXXX")
+    assert magic.value.limit is None
+    assert magic.value.decoded == [done]
+
+
 # --- encoding limits ----------------------------------------------------------------
 
 

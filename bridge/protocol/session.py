@@ -15,8 +15,8 @@ States (shared reference recsync-protocol.md §2.3-2.5)::
   record or info before ClientGreet is a protocol error, a Pong is ignored.
 * UPLOADING: records are collected and cut into `Transaction` values at record
   boundaries, so a record with its aliases and infos is never split. When the
-  decoder cuts runs (`wire.Decoder.start_runs`), a run found unchanged arrives as
-  one `wire.UnchangedRun` and is committed as a `KeptRun` at once, and every run's
+  decoder cuts runs (`runs.RunDecoder.start_runs`), a run found unchanged arrives as
+  one `runs.UnchangedRun` and is committed as a `KeptRun` at once, and every run's
   digest goes with the next transaction.
 * LIVE: after UploadDone only Pongs matter; further uploads are not part of the
   protocol and are skipped with one notice.
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.model import DESC_INFO_KEY, KeptRun, Peer, Record, Transaction
-from bridge.protocol import wire
+from bridge.protocol import runs, wire
 
 
 class State(enum.Enum):
@@ -141,7 +141,7 @@ class Session:
         self._client_bytes = 0
         self._committed_names = _NameLog()
         self._removed: list[str] = []
-        #: Runs (`wire.Decoder.start_runs`) ended since the last cut.
+        #: Runs (`runs.RunDecoder.start_runs`) ended since the last cut.
         self._kept: list[KeptRun] = []
         self._digests: list[str] = []
         self._last_heard = 0.0
@@ -158,8 +158,8 @@ class Session:
             wire.DelRecord: self._on_del_record,
             wire.UploadDone: self._on_upload_done,
             wire.Skipped: self._on_skipped,
-            wire.UnchangedRun: self._on_unchanged_run,
-            wire.RunEnd: self._on_run_end,
+            runs.UnchangedRun: self._on_unchanged_run,
+            runs.RunEnd: self._on_run_end,
             wire.ServerGreet: self._on_server_message,
             wire.Ping: self._on_server_message,
         }
@@ -172,7 +172,7 @@ class Session:
         self._last_heard = now
         return [Send(wire.ServerGreet(0).encode())]
 
-    def receive(self, messages: Iterable[wire.Decoded], now: float) -> list[Effect]:
+    def receive(self, messages: Iterable[runs.RunDecoded], now: float) -> list[Effect]:
         """Handle messages decoded from the peer, in order."""
         effects: list[Effect] = []
         handlers = self._handlers
@@ -207,7 +207,7 @@ class Session:
     def begin_records(self, now: float) -> list[Effect]:
         """Commit what the upload has so far, if nothing was committed yet.
 
-        The server calls this before the first run is compared (`wire.Decoder`), so
+        The server calls this before the first run is compared (`runs.RunDecoder`), so
         that the processors have seen the IOC's identity (its client-wide infos) and
         can say which run digests they hold (`bridge.interfaces.IUnchangedRuns`).
         """
@@ -420,7 +420,7 @@ class Session:
             effects.append(self._ping())
         return effects
 
-    def _on_unchanged_run(self, message: wire.UnchangedRun, now: float) -> list[Effect]:
+    def _on_unchanged_run(self, message: runs.UnchangedRun, now: float) -> list[Effect]:
         if self.state is not _UPLOADING:
             return self._refused("AddRecord")
         if self.records_total + len(message.names) > self.limits.max_records:
@@ -443,7 +443,7 @@ class Session:
         self._digests.append(message.digest)
         return self._cut(now)
 
-    def _on_run_end(self, message: wire.RunEnd, now: float) -> list[Effect]:
+    def _on_run_end(self, message: runs.RunEnd, now: float) -> list[Effect]:
         if self.state is _UPLOADING:
             self._digests.append(message.digest)
         return []

@@ -1,6 +1,6 @@
 """Twisted glue for the RecSync TCP port: framing, admission and commit pipelining.
 
-`RecSyncProtocol` only moves bytes: it feeds the `wire.Decoder`, hands messages
+`RecSyncProtocol` only moves bytes: it feeds the decoder, hands messages
 to its `session.Session` and carries out the effects. Policy that spans
 connections (upload slots, connection limits, the allow-list, counters) lives in
 `BridgeFactory`.
@@ -19,7 +19,7 @@ slow or unreachable etcd holds the data in the IOC's socket, not in our memory.
 
 Unchanged re-uploads: when the processors can take unchanged runs of records
 without the records (`bridge.interfaces.IUnchangedRuns`, the etcd processor), the
-decoder cuts each upload into runs (`wire.Decoder.start_runs`). It stops in front
+decoder cuts each upload into runs (`runs.RunDecoder.start_runs`). It stops in front
 of the first record, or, if the client infos so far do not name the IOC yet, at the
 end of the first run. The protocol then commits the upload's start (the client infos
 so far), pauses reading until every commit so far is done, asks the processors which
@@ -51,6 +51,7 @@ from bridge.errors import StoreError
 from bridge.interfaces import IUnchangedRuns
 from bridge.model import Peer, Transaction, derive_identity
 from bridge.protocol import wire
+from bridge.protocol.runs import RunDecoded, RunDecoder
 from bridge.protocol.session import (
     Close,
     Commit,
@@ -89,7 +90,9 @@ class RecSyncProtocol(Protocol):
     def __init__(self, factory: BridgeFactory, session: Session) -> None:
         self.factory = factory
         self.session = session
-        self.decoder = wire.Decoder(factory.max_body_length)
+        # The plain decoder until `start_runs`, which only processors that take
+        # unchanged runs ask for (`_cut_runs`).
+        self.decoder = RunDecoder(factory.max_body_length)
         self.holds_slot = False
         self.bytes_received = 0
         self._timer: IDelayedCall | None = None
@@ -99,7 +102,7 @@ class RecSyncProtocol(Protocol):
         self._paused = False
         self._closing = False
         #: Messages decoded after the ClientGreet while waiting for an upload slot.
-        self._held: list[wire.Decoded] | None = None
+        self._held: list[RunDecoded] | None = None
         #: Runs (module docstring): cut once the upload has its slot; waiting for the
         #: commits before asking for digests.
         self._cut_runs = factory.cuts_runs
@@ -121,7 +124,7 @@ class RecSyncProtocol(Protocol):
         # Greet at once (pyreccaster waits for it); the upload slot comes with ClientGreet.
         self._apply(self.session.start(self.factory.now()))
 
-    def wait_for_slot(self, held: list[wire.Decoded]) -> None:
+    def wait_for_slot(self, held: list[RunDecoded]) -> None:
         """Queued by the factory: read nothing more until `activate`; keep `held`."""
         self._held = held
         self._paused = True
@@ -162,8 +165,7 @@ class RecSyncProtocol(Protocol):
             messages = self.decoder.feed(data, wire.ClientGreet if waiting else None)
         except wire.FramingError as error:
             self._deliver(error.decoded)
-            limit = "maxBodyLength" if "the limit is" in str(error) else PROTOCOL_ERROR
-            self._drop(str(error), limit)
+            self._drop(str(error), error.limit or PROTOCOL_ERROR)
             return
         self._deliver(messages)
         if self.decoder.awaiting and not self._awaiting_runs and not self._closing:
@@ -205,7 +207,7 @@ class RecSyncProtocol(Protocol):
             self._resume()
         self._decode(b"")
 
-    def _deliver(self, messages: list[wire.Decoded]) -> None:
+    def _deliver(self, messages: list[RunDecoded]) -> None:
         """Hand messages to the session; the first ClientGreet needs an upload slot."""
         if self._held is not None:
             self._held.extend(messages)  # only bytes already read before the pause
@@ -466,7 +468,7 @@ class BridgeFactory(ServerFactory):
             why += f" ({more} more from {peer.host} not logged)"
         self.log.warn("{peer} connection refused: {why}", peer=peer, why=why)
 
-    def acquire(self, protocol: RecSyncProtocol, held: list[wire.Decoded]) -> bool:
+    def acquire(self, protocol: RecSyncProtocol, held: list[RunDecoded]) -> bool:
         """An upload slot for a connection that just greeted: True if it has one now.
 
         Otherwise it waits, unread, in the FIFO queue with `held` (the messages that
