@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bridge import fakeioc  # noqa: E402
 from bridge.model import Peer  # noqa: E402
 from bridge.protocol import wire  # noqa: E402
-from bridge.protocol.session import Commit, Session, SessionLimits  # noqa: E402
+from bridge.protocol.effects import Commit  # noqa: E402
+from bridge.protocol.session import Session, SessionLimits  # noqa: E402
 
 CHUNK = 65536
 

@@ -33,8 +33,9 @@ from bridge.etcdproc import EtcdCluster  # noqa: E402
 from bridge.keys import Keys  # noqa: E402
 from bridge.model import Peer  # noqa: E402
 from bridge.processors.etcdwriter import EtcdWriter  # noqa: E402
+from bridge.protocol.effects import Commit, Effect  # noqa: E402
 from bridge.protocol.runs import RunDecoder  # noqa: E402
-from bridge.protocol.session import Commit, Effect, Session, SessionLimits  # noqa: E402
+from bridge.protocol.session import Session, SessionLimits  # noqa: E402
 
 CHUNK = 65536
 

@@ -51,17 +51,9 @@ from bridge.errors import StoreError
 from bridge.interfaces import IUnchangedRuns
 from bridge.model import Peer, Transaction, derive_identity
 from bridge.protocol import wire
+from bridge.protocol.effects import Close, Commit, Effect, Notice, Send
 from bridge.protocol.runs import RunDecoded, RunDecoder
-from bridge.protocol.session import (
-    Close,
-    Commit,
-    Effect,
-    Notice,
-    Send,
-    Session,
-    SessionLimits,
-    State,
-)
+from bridge.protocol.session import Session, SessionLimits, State
 
 #: Transactions of one session queued for the processors before reading pauses.
 MAX_INFLIGHT = 2
@@ -242,14 +234,9 @@ class RecSyncProtocol(Protocol):
             elif isinstance(effect, Commit):
                 self._commit(effect.transaction)
             elif isinstance(effect, Notice):
-                # A limit that closes the connection is logged once, by the Close.
-                closing = any(isinstance(e, Close) and e.reason == effect.text for e in effects)
-                self.factory.notice(self.peer, effect, log=not closing)
+                self.factory.notice(self.peer, effect)
             elif isinstance(effect, Close):
-                limited = any(
-                    isinstance(e, Notice) and e.limit and e.text == effect.reason for e in effects
-                )
-                self._drop(effect.reason, None if limited else PROTOCOL_ERROR)
+                self._drop(effect.reason, effect.limit or PROTOCOL_ERROR)
         if not self.session.uploading and not self.session.upload_finished_at:
             self._release_slot()
         self._arm_timer()
@@ -511,11 +498,12 @@ class BridgeFactory(ServerFactory):
         """True while any connection is open or any transaction awaits the processors."""
         return bool(self.connections) or self.pending_commits > 0
 
-    def notice(self, peer: Peer, notice: Notice, log: bool = True) -> None:
+    def notice(self, peer: Peer, notice: Notice) -> None:
+        """Count a session's `Notice` under its limit, if any, and log it (once: the
+        session gives each kind of notice once)."""
         if notice.limit is not None:
             self.counters[notice.limit] += 1
-        if log:
-            self.log.warn("{peer} {text}", peer=peer, text=notice.text)
+        self.log.warn("{peer} {text}", peer=peer, text=notice.text)
 
     def status(self) -> dict[str, Any]:
         """Figures for the periodic status line."""
