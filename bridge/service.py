@@ -34,8 +34,8 @@ from bridge.errors import ConfigError, StoreError
 from bridge.logs import STARTUP_NAMESPACE, apply_log_level
 from bridge.processors import BUILTIN, UNSUPPORTED, ProcessorChain
 from bridge.protocol.session import DEFAULT_BATCH_RECORDS, SessionLimits
+from bridge.server.admission import BridgeFactory
 from bridge.server.announce import AnnounceService
-from bridge.server.connection import BridgeFactory
 
 # Module level on purpose: a Logger class attribute takes its class's namespace.
 _startup_log = Logger(namespace=STARTUP_NAMESPACE)
@@ -104,7 +104,7 @@ class BridgeService(MultiService):
         if self.config.etcd.embedded:
             endpoints_ready = self._start_embedded()
         self.factory = BridgeFactory(
-            _Deferring(self),
+            None,  # refuses connections until the processors exist (they need the port)
             self.reactor,
             session_limits(self.config),
             max_active=self.config.max_active,
@@ -118,6 +118,7 @@ class BridgeService(MultiService):
         self.bridge_id = self.config.bridge_id or f"{socket.gethostname()}:{tcp_port}"
         self.processor = self._build_processors(endpoints_ready, tcp_port)
         self.processor.startService()  # type: ignore[no-untyped-call]
+        self.factory.processor = self.processor
         for child in self.processor.processors:
             when_ready = getattr(child, "whenReady", None)
             if when_ready is not None:
@@ -247,27 +248,6 @@ class BridgeService(MultiService):
         while self.factory.connections_or_commits() and waited < SHUTDOWN_COMMIT_WAIT:
             await deferLater(self.reactor, 0.05, lambda: None)
             waited += 0.05
-
-
-class _Deferring:
-    """Stands in for the processor chain until it exists (the chain needs the bound port)."""
-
-    def __init__(self, service: BridgeService) -> None:
-        self.service = service
-
-    def resolved(self) -> ProcessorChain | None:
-        """The chain it stands for, once it exists (`BridgeFactory.cuts_runs`)."""
-        return self.service.processor
-
-    def commit(self, transaction: Any) -> Any:
-        processor = self.service.processor
-        if processor is None:
-            return defer.fail(RuntimeError("processors are not running yet"))
-        return processor.commit(transaction)
-
-    def known_runs(self, session_id: int) -> Any:
-        processor = self.service.processor
-        return processor.known_runs(session_id) if processor is not None else None
 
 
 def session_limits(config: BridgeConfig) -> SessionLimits:

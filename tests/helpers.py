@@ -17,7 +17,7 @@ from bridge.protocol import runs
 
 
 class RecordingProcessor:
-    """Stands in for the processors (`bridge.server.connection.Committer`): keeps them all.
+    """Stands in for the processors (`bridge.server.admission.Committer`): keeps them all.
 
     Commits complete at once, or, with ``manual``, when the test fires `pending`.
     """

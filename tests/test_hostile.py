@@ -32,7 +32,8 @@ from bridge.harness import BridgeProcess
 from bridge.keys import Keys
 from bridge.protocol import wire
 from bridge.protocol.session import SessionLimits, State
-from bridge.server.connection import REFUSAL_LOG_INTERVAL, BridgeFactory, RecSyncProtocol
+from bridge.server.admission import REFUSAL_LOG_INTERVAL, BridgeFactory
+from bridge.server.connection import RecSyncProtocol
 from bridge.service import BridgeService
 from tests.helpers import RecordingProcessor, poll
 
