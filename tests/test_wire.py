@@ -1,7 +1,7 @@
 """The RecSync wire codec (`bridge.protocol.wire`): byte-exact vectors, tolerance, errors.
 
-Vectors are the hex strings of shared reference recsync-protocol.md §1.1 and §2.2,
-copied verbatim. Every decoder test goes through `decode_stream`, which decodes
+Vectors are the byte layouts of docs/protocol.md (Discovery, Messages), written out
+as hex. Every decoder test goes through `decode_stream`, which decodes
 the same bytes fed all at once, one byte at a time and in several random
 chunkings, and checks that all of them agree.
 """
@@ -105,7 +105,7 @@ def assert_stream_raises(data: bytes, **kw: int) -> None:
 
 # --- spec vectors -----------------------------------------------------------------
 
-# (id, hex from recsync-protocol.md §2.2 verbatim, message)
+# (id, hex of the frame as laid out in docs/protocol.md, Messages; message)
 MESSAGE_VECTORS = [
     ("server-greet-v0", "52 43 80 01 00 00 00 01 00", wire.ServerGreet(0)),
     ("ping-12345678", "52 43 80 02 00 00 00 04 12 34 56 78", wire.Ping(0x12345678)),
@@ -135,7 +135,7 @@ MESSAGE_VECTORS = [
     ("del-record-11", "52 43 00 04 00 00 00 04 00 00 00 0b", wire.DelRecord(11)),
 ]
 
-# (id, hex from recsync-protocol.md §1.1 verbatim, announcement)
+# (id, hex of the datagram as laid out in docs/protocol.md, Discovery; announcement)
 ANNOUNCE_VECTORS = [
     (
         "reference-server",

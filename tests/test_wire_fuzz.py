@@ -250,7 +250,7 @@ def test_the_decoders_fast_paths_agree_with_decode_body(
     # Decoder.feed decodes AddInfo and AddRecord inline; any body must come out as
     # decode_body says (including Latin-1 text and every kind of skipped body).
     body = body[:8] + odd + body[8:]
-    assume(body)  # an empty body is skipped before any decoder sees it (§2.5)
+    assume(body)  # an empty body is skipped before any decoder sees it (docs/protocol.md, Framing)
     frame = wire.HEADER.pack(wire.PROTO_ID, msgid, len(body)) + body
     (got,) = wire.Decoder().feed(frame)
     assert got == wire.decode_body(msgid, body)

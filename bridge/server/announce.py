@@ -1,4 +1,4 @@
-"""UDP announcements: how RecCaster IOCs find the bridge (recsync-protocol.md §1).
+"""UDP announcements: how RecCaster IOCs find the bridge (docs/protocol.md, Discovery).
 
 From the moment it starts, and then every ``announceInterval`` seconds, the
 announcer sends the 16-byte announcement (SERV ADDR 255.255.255.255 = "connect
