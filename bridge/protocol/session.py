@@ -48,6 +48,8 @@ from bridge.protocol.effects import Close, Commit, Effect, Notice, Send
 
 
 class State(enum.Enum):
+    """Where a session is (the diagram above); a column of `DISPATCH` each."""
+
     GREETING = "greeting"
     UPLOADING = "uploading"
     LIVE = "live"
@@ -198,6 +200,7 @@ class Session:
             self._paused_at = now
 
     def resume(self, now: float) -> None:
+        """The server reads from the peer again: the silence timer starts afresh."""
         if self._paused_at is not None:
             self._paused_total += now - self._paused_at
             self._paused_at = None

@@ -57,7 +57,8 @@ PROTOCOL_ERROR = "protocolError"
 
 
 class RecSyncProtocol(Protocol):
-    """One IOC connection."""
+    """One IOC connection (module docstring). Its factory builds it only once it has
+    a processor, to which the connection then commits directly."""
 
     log = Logger()
 
@@ -66,8 +67,8 @@ class RecSyncProtocol(Protocol):
         self.factory = factory
         self.session = session
         self.processor = factory.processor
-        #: The processor again if it takes unchanged runs (module docstring), else None.
-        self.runs = factory.unchanged_runs()
+        #: The same processor if it takes unchanged runs (module docstring), else None.
+        self.runs_processor = factory.unchanged_runs()
         # The plain decoder until `start_runs`, which only processors that take
         # unchanged runs ask for (`_cut_runs`).
         self.decoder = RunDecoder(factory.max_body_length)
@@ -83,7 +84,7 @@ class RecSyncProtocol(Protocol):
         self._held: list[RunDecoded] | None = None
         #: Runs (module docstring): cut once the upload has its slot; waiting for the
         #: commits before asking for digests.
-        self._cut_runs = self.runs is not None
+        self._cut_runs = self.runs_processor is not None
         self._awaiting_runs = False
 
     @property
@@ -186,8 +187,8 @@ class RecSyncProtocol(Protocol):
         self._awaiting_runs = False
         if self._closing or self._failed:
             return
-        assert self.runs is not None
-        self.decoder.expect(self.runs.known_runs(self.session.session_id))
+        assert self.runs_processor is not None
+        self.decoder.expect(self.runs_processor.known_runs(self.session.session_id))
         if self._paused and self._inflight < MAX_INFLIGHT and self._held is None:
             self._resume()
         self._decode(b"")
