@@ -572,10 +572,12 @@ del _S
 #: `_GRID` by state, as `Session.receive` looks it up: state -> message type ->
 #: handler. A closed session ignores everything (it takes no more messages anyway).
 DISPATCH: Final[dict[State, dict[type, Handler]]] = {
-    state: {kind: row[column] for kind, row in _GRID.items()}
-    for column, state in enumerate((State.GREETING, State.UPLOADING, State.LIVE))
+    **{
+        state: {kind: row[column] for kind, row in _GRID.items()}
+        for column, state in enumerate((State.GREETING, State.UPLOADING, State.LIVE))
+    },
+    State.CLOSED: dict.fromkeys(_GRID, Session._ignore),
 }
-DISPATCH[State.CLOSED] = dict.fromkeys(_GRID, Session._ignore)
 
 
 def _short(name: str, limit: int = 80) -> str:
