@@ -1,7 +1,7 @@
 """The directory read model at facility scale: load time, memory, query latency.
 
 Builds the documents the bridge writes for IOCS IOCs x RECORDS records (an alias on
-every 10th record, three info tags and a DESC each, as `bridge.fakeioc.make_ioc`), loads
+every 10th record, three info tags and a DESC each, as `bridge.testing.fakeioc.make_ioc`), loads
 them into a `Directory` the way the feed does after its range read, then times the
 queries of issue 13 (JSON encoding included) and prints each figure beside its target:
 

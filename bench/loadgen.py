@@ -60,8 +60,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bridge import wire  # noqa: E402
 from bridge.errors import RemoteProtocolError  # noqa: E402
+from bridge.protocol import wire  # noqa: E402
 from bridge.testing.fakeioc import IOCSpec, make_ioc, upload_bytes, upload_frames  # noqa: E402
 
 T = TypeVar("T")

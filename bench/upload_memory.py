@@ -3,7 +3,7 @@
 The scale benchmark (`bench/scale.py`) measures the bridge's resident size; this one
 says where per-record memory of a single upload goes. It starts a single-node etcd,
 drives one simulated C RecCaster upload (`bridge.testing.fakeioc`) through the bridge's pure
-core on one thread, exactly as the server would (`wire.Decoder` with runs, `Session`,
+core on one thread, exactly as the server would (`runs.RunDecoder`, `Session`,
 `EtcdWriter`), and measures with tracemalloc what is still allocated just before the
 upload's UploadDone: for a first upload, an unchanged re-upload (the fast path: runs
 kept, never decoded) and a re-upload with 1 % of the records changed (every run
@@ -27,12 +27,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge import wire
 from bridge.documents import Keys  # noqa: E402
 from bridge.etcd.backend import open_store  # noqa: E402
 from bridge.model import Peer  # noqa: E402
 from bridge.processors.etcdwriter import EtcdWriter  # noqa: E402
-from bridge.session import Commit, Effect, Session, SessionLimits  # noqa: E402
+from bridge.protocol.effects import Commit, Effect  # noqa: E402
+from bridge.protocol.runs import RunDecoder  # noqa: E402
+from bridge.protocol.session import Session, SessionLimits  # noqa: E402
 from bridge.testing import fakeioc  # noqa: E402
 from bridge.testing.cluster import EtcdCluster  # noqa: E402
 
@@ -45,8 +46,8 @@ def apply(writer: EtcdWriter, effects: list[Effect]) -> None:
             writer.apply(effect.transaction)
 
 
-def upload(writer: EtcdWriter, session: Session, decoder: wire.Decoder, data: bytes) -> None:
-    """Feed `data` as the server does (`bridge.server.RecSyncProtocol`)."""
+def upload(writer: EtcdWriter, session: Session, decoder: RunDecoder, data: bytes) -> None:
+    """Feed `data` as the server does (`bridge.server.connection.RecSyncProtocol`)."""
     for start in range(0, len(data), CHUNK):
         messages = decoder.feed(data[start : start + CHUNK])
         while True:
@@ -67,7 +68,7 @@ def measure(
         session_id, Peer("127.0.0.1", 40000 + session_id), SessionLimits(), lambda: 1
     )
     session.start(0.0)
-    decoder = wire.Decoder()
+    decoder = RunDecoder()
     decoder.start_runs(session.digest_seed, session.limits.max_aliases)
     gc.collect()
     tracemalloc.start(1)

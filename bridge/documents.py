@@ -220,7 +220,7 @@ def ioc_document(
     """The IOC document; named fields are conveniences derived from ``env``.
 
     `record_digests`: one digest per run of records of the IOC's stored upload, in
-    upload order (`bridge.wire.Decoder.start_runs`); None (JSON null) unless a
+    upload order (`bridge.protocol.runs.RunDecoder.start_runs`); None (JSON null) unless a
     complete upload is stored.
     """
     return {

@@ -6,7 +6,7 @@ Start-up order matters and is kept here in one place:
 2. the TCP listener (so the bound port and the default bridge id are known);
 3. the processors, and wait until the etcd processor holds its lease;
 4. only then the UDP announcer, so IOCs never connect to a bridge that cannot store;
-   for the same reason it holds back while etcd is unreachable (`bridge.announce`).
+   for the same reason it holds back while etcd is unreachable (`bridge.server.announce`).
 
 Shutdown runs the other way: stop announcing, stop listening, let the processors
 prepare (the etcd processor decides whether this bridge hands its IOCs over to the
@@ -29,13 +29,13 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bridge.announce import AnnounceService
 from bridge.config import BridgeConfig
 from bridge.errors import ConfigError, StoreError
 from bridge.logs import STARTUP_NAMESPACE, apply_log_level
 from bridge.processors import BUILTIN, UNSUPPORTED, ProcessorChain
-from bridge.server import BridgeFactory
-from bridge.session import DEFAULT_BATCH_RECORDS, SessionLimits
+from bridge.protocol.session import DEFAULT_BATCH_RECORDS, SessionLimits
+from bridge.server.admission import BridgeFactory
+from bridge.server.announce import AnnounceService
 
 # Module level on purpose: a Logger class attribute takes its class's namespace.
 _startup_log = Logger(namespace=STARTUP_NAMESPACE)
@@ -106,7 +106,7 @@ class BridgeService(MultiService):
         if self.config.etcd.embedded:
             endpoints_ready = self._start_embedded()
         self.factory = BridgeFactory(
-            _Deferring(self),
+            None,  # refuses connections until the processors exist (they need the port)
             self.reactor,
             session_limits(self.config),
             max_active=self.config.max_active,
@@ -120,6 +120,7 @@ class BridgeService(MultiService):
         self.bridge_id = self.config.bridge_id or f"{socket.gethostname()}:{tcp_port}"
         self.processor = self._build_processors(endpoints_ready, tcp_port)
         self.processor.startService()  # type: ignore[no-untyped-call]
+        self.factory.processor = self.processor
         for child in self.processor.processors:
             when_ready = getattr(child, "whenReady", None)
             if when_ready is not None:
@@ -262,27 +263,6 @@ class BridgeService(MultiService):
         while self.factory.connections_or_commits() and waited < SHUTDOWN_COMMIT_WAIT:
             await deferLater(self.reactor, 0.05, lambda: None)
             waited += 0.05
-
-
-class _Deferring:
-    """Stands in for the processor chain until it exists (the chain needs the bound port)."""
-
-    def __init__(self, service: BridgeService) -> None:
-        self.service = service
-
-    def resolved(self) -> ProcessorChain | None:
-        """The chain it stands for, once it exists (`BridgeFactory.cuts_runs`)."""
-        return self.service.processor
-
-    def commit(self, transaction: Any) -> Any:
-        processor = self.service.processor
-        if processor is None:
-            return defer.fail(RuntimeError("processors are not running yet"))
-        return processor.commit(transaction)
-
-    def known_runs(self, session_id: int) -> Any:
-        processor = self.service.processor
-        return processor.known_runs(session_id) if processor is not None else None
 
 
 def session_limits(config: BridgeConfig) -> SessionLimits:

@@ -44,8 +44,8 @@ from bridge.processors.etcd import EtcdProcessor
 from bridge.processors.etcdwriter import MAX_RECORD_BYTES, TRUNCATED_MARK, EtcdWriter, fit_record
 from bridge.processors.nameindex import NameIndex
 from bridge.processors.sweep import Sweeper
+from bridge.protocol.runs import RUN_RECORDS
 from bridge.testing.cluster import EtcdCluster
-from bridge.wire import RUN_RECORDS
 from tests.helpers import until
 
 pytestmark = pytest.mark.etcd

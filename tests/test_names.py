@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from bridge import documents as k
-from bridge import wire
 from bridge.documents import Keys, decode_component, encode_component
 from bridge.etcd.client import call_with_retry
 from bridge.etcd.store import Store
 from bridge.model import Peer, Record, Transaction, derive_identity
+from bridge.protocol import wire
 
 # Tests must not write into the repository tree: no example database, and
 # Hypothesis's caches go to the temporary directory, not ./.hypothesis.

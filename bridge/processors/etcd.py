@@ -150,7 +150,7 @@ class EtcdProcessor(Service):
     def can_store(self) -> bool:
         """False before the lease is granted, and while etcd has not answered the lease
         refresh for longer than the lease TTL (the bridge's alive keys are gone then).
-        The announcer asks it (`bridge.announce`)."""
+        The announcer asks it (`bridge.server.announce`)."""
         return (
             self._ready is True
             and self.reactor.seconds() - self._last_contact <= self.config.lease_ttl

@@ -11,21 +11,21 @@ claimed so far in this upload (only if it had records stored: without, nothing i
 ever unclaimed). They are loaded only when the upload leaves the fast path below,
 and go away when the upload is done.
 
-Unchanged re-uploads (every IOC after a restart of the bridges or of the network) take
-a fast path. A complete upload leaves ``record_digests`` in the IOC document: one
-digest per run of records, over the frames the IOC sent (`bridge.wire.Decoder.start_runs`
-computes them; they arrive in ``Transaction.digests``). When a new upload of the IOC
-begins, `known_runs` hands the stored digests to the server if the IOC's last upload
-completed. Runs whose frames match arrive as `KeptRun` values instead of records:
-they are neither read nor written, and their name-index entries are left alone if
-the IOC has no shared mark (see nameindex.py: then the entries are exactly as it left
-them), or else confirmed (`NameIndex.confirm`: value compares, no reads). Unchanged
-records found on the normal path are treated the same way. The first run that
-arrives as records (changed), a DelRecord, or a different run or record count at the
-end switches the session to the normal path: it loads the stored fingerprints then,
-and takes the kept runs' records (remembered by name hash) off the list of what may
-be stale. The digests are dropped from the document when an upload begins, so a
-partial upload is never mistaken for a complete one.
+Unchanged re-uploads (every IOC after a restart of the bridges or of the network) take a
+fast path. A complete upload leaves ``record_digests`` in the IOC document: one digest
+per run of records, over the frames the IOC sent
+(`bridge.protocol.runs.RunDecoder.start_runs` computes them; they arrive in
+``Transaction.digests``). When a new upload of the IOC begins, `known_runs` hands the
+stored digests to the server if the IOC's last upload completed. Runs whose frames match
+arrive as `KeptRun` values instead of records: they are neither read nor written, and
+their name-index entries are left alone if the IOC has no shared mark (see nameindex.py:
+then the entries are exactly as it left them), or else confirmed (`NameIndex.confirm`:
+value compares, no reads). Unchanged records found on the normal path are treated the
+same way. The first run that arrives as records (changed), a DelRecord, or a different
+run or record count at the end switches the session to the normal path: it loads the
+stored fingerprints then, and takes the kept runs' records (remembered by name hash) off
+the list of what may be stale. The digests are dropped from the document when an upload
+begins, so a partial upload is never mistaken for a complete one.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from bridge import wire
 from bridge.errors import RemoteProtocolError
+from bridge.protocol import wire
 
 
 @dataclass(frozen=True)
