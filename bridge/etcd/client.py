@@ -30,6 +30,7 @@ from bridge.errors import (
     Compacted,
     ConfigError,
     DuplicateKey,
+    EtcdOutage,
     EtcdRefused,
     EtcdUnavailable,
     LeaseNotFound,
@@ -39,6 +40,7 @@ from bridge.errors import (
     StoreError,
     TooManyOperations,
 )
+from bridge.etcd.diagnose import explain
 
 T = TypeVar("T")
 
@@ -406,12 +408,14 @@ def call_with_retry(
     """Call `fn` until it returns, retrying retryable errors (`is_retryable`).
 
     Back-off starts at 50 ms and doubles up to 1 s. No new attempt starts once
-    `deadline_s` seconds have passed since the first; then `StoreError` is raised,
-    chained to the last error. Since an attempt itself may take up to the client
+    `deadline_s` seconds have passed since the first; then `EtcdOutage` (a
+    `StoreError`) is raised, naming the most telling reason seen, chained to the last
+    error. Since an attempt itself may take up to the client
     timeout, the total can exceed `deadline_s` by one timeout. Non-retryable errors
     propagate unchanged at once. Blocks: call it from a worker thread.
     """
     log = log or _log
+    reason = "no member answered"
     start = clock()
     delay = BACKOFF_FIRST_S
     attempts = 0
@@ -424,10 +428,12 @@ def call_with_retry(
                 raise
             remaining = deadline_s - (clock() - start)
             if remaining <= 0:
-                raise StoreError(
-                    f"etcd request failed after {attempts} attempts "
-                    f"in {clock() - start:.1f} s: {exc!r}"
+                reason = explain(exc) or reason
+                raise EtcdOutage(
+                    f"etcd did not answer ({reason}; {attempts} attempts "
+                    f"in {clock() - start:.1f} s)"
                 ) from exc
+            reason = explain(exc) or reason
             log.debug(
                 "etcd request failed ({error!r}), retrying in {delay:.2f} s",
                 error=exc,
