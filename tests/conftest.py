@@ -31,6 +31,18 @@ def _etcd_binary_or_skip() -> str:
         pytest.skip(f"no etcd server binary: {exc}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_operator_environment() -> Iterator[None]:
+    """The caller's ``RECCEIVER_*`` variables configure every bridge key; tests bring
+    their own configurations, so those variables are set aside for the session (in
+    this process; child processes get `bridge.testing.harness.child_env`)."""
+    saved = {k: v for k, v in os.environ.items() if k.upper().startswith("RECCEIVER_")}
+    for name in saved:
+        del os.environ[name]
+    yield
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     """One single-node etcd for the whole session; use `prefix` to keep tests apart."""
