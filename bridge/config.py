@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import difflib
 import ipaddress
 import logging
 import math
@@ -21,10 +22,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import bridge
 from bridge.directory.channels import ChannelShape
 from bridge.documents import DEFAULT_PREFIX
 from bridge.errors import ConfigError
-from bridge.processors import BUILTIN, UNSUPPORTED
+from bridge.processors import BUILTIN, REFERENCE_PROCS
 from bridge.protocol import wire
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -40,7 +42,11 @@ MIN_BODY_LENGTH = 1024
 MAX_BODY_LIMIT = 2**32 - 1
 #: etcd leases shorter than this expire between keep-alives on a loaded server.
 MIN_LEASE_TTL = 2.0
-DEFAULT_PROCS = ("etcd",)
+#: The processor that always runs: etcd is the store whatever ``procs`` says.
+ETCD_PROC = "etcd"
+DEFAULT_PROCS = (ETCD_PROC,)
+#: Seconds the bridge may take at start to reach etcd before it gives up (exit non-zero).
+DEFAULT_START_TIMEOUT = 30.0
 
 
 def default_data_dir(environ: Mapping[str, str] = os.environ) -> str:
@@ -53,6 +59,19 @@ def default_data_dir(environ: Mapping[str, str] = os.environ) -> str:
         home = environ.get("HOME") or os.path.expanduser("~")
         state = os.path.join(home, ".local", "state")
     return os.path.join(state, "recsync-bridge", "etcd")
+
+
+@dataclass(frozen=True)
+class Note:
+    """One line about a setting the bridge does not use, and why.
+
+    A `warning` is probably a mistake (an unknown or misspelled key or section); other
+    notes say what the bridge does instead of a reference RecCeiver setting. The text
+    never contains a value (it could be a password).
+    """
+
+    text: str
+    warning: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,8 @@ class EtcdConfig:
         ca, cert, key: TLS files (existing when validated); cert and key both or neither.
         max_outage: seconds etcd may stay unreachable before sessions are closed.
         grace: seconds before a surviving bridge marks a dead bridge's IOCs inactive.
+        start_timeout: seconds the bridge may take at start to reach etcd (and for the
+            embedded one, to become healthy) before it exits non-zero.
     """
 
     endpoints: tuple[str, ...] = ()
@@ -112,6 +133,7 @@ class EtcdConfig:
     key: str | None = None
     max_outage: float = 60.0
     grace: float = 5.0
+    start_timeout: float = DEFAULT_START_TIMEOUT
 
     @property
     def embedded(self) -> bool:
@@ -142,11 +164,12 @@ class BridgeConfig:
 
     Field names are the snake_case forms of the ``[recceiver]`` keys, except
     ``bind`` (split into `bind_host` and `bind_port`) and ``procs`` (split into the
-    processors to run, `procs`, and the reference-only ones dropped, `unsupported_procs`,
-    for which the service logs a warning). `ignored_keys` lists ``[recceiver]`` and
-    ``[etcd]`` keys that were set but mean nothing to the bridge (e.g. the reference's
-    ``metricsPort``), as ``"[section] key"``. `bridge_id` None means
-    ``<hostname>:<tcp port>``, filled in once the port is bound.
+    processors to run, `procs`, always ``etcd`` first, and the reference's processors
+    that the bridge replaces, `replaced_procs`). `notes` says, one line each, what was
+    set but is not used and why (unknown keys and sections with the closest known
+    name, the reference's settings the bridge has no use for, replaced processors); the
+    service logs them at start. `bridge_id` None means ``<hostname>:<tcp port>``,
+    filled in once the port is bound.
     """
 
     bind_host: str = "0.0.0.0"
@@ -158,13 +181,13 @@ class BridgeConfig:
     commit_size_limit: int = 0
     max_active: int = 20
     procs: tuple[str, ...] = DEFAULT_PROCS
-    unsupported_procs: tuple[str, ...] = ()
+    replaced_procs: tuple[str, ...] = ()
     loglevel: str = "WARNING"
     status_interval: float = 60.0
     bridge_id: str | None = None
     limits: Limits = field(default_factory=Limits)
     etcd: EtcdConfig = field(default_factory=EtcdConfig)
-    ignored_keys: tuple[str, ...] = ()
+    notes: tuple[Note, ...] = ()
     #: ``[http]``: the directory's web server (ChannelFinder API), off unless bound.
     http: HttpConfig = field(default_factory=HttpConfig)
     #: ``[cf]``: how the directory shapes channels, with the reference's keys.
@@ -302,29 +325,40 @@ def _proc_entry(entry: str) -> tuple[str, str]:
     name = name.lower()
     if not name or (colon and not instance):
         raise ValueError(f"{entry!r} is not name[:instance]")
-    if name not in BUILTIN and name not in UNSUPPORTED:
-        known = ", ".join(sorted(BUILTIN))
-        others = " and ".join(sorted(UNSUPPORTED))
+    if name not in BUILTIN and name not in REFERENCE_PROCS:
+        known = sorted({*BUILTIN, *REFERENCE_PROCS})
+        hint = _closest(name, known)
         raise ValueError(
-            f"unknown processor {name!r}; known: {known} ({others} are accepted and ignored)"
+            f"unknown processor {name!r}"
+            + (f" (did you mean {hint!r}?)" if hint else "")
+            + f"; known: {', '.join(known)}"
         )
     return name, f"{name}:{instance}" if colon else name
 
 
 def _parse_procs(text: str) -> Parsed:
-    procs: list[str] = []
-    unsupported: list[str] = []
+    """etcd always stores; ``procs`` names what runs beside it (README: Configuration).
+
+    ``etcd`` may be listed (it is the default) and ``show`` adds logging; the
+    reference's ``cf`` and ``db`` are accepted and replaced (`REFERENCE_PROCS`), each
+    with one note at start.
+    """
+    procs: list[str] = [ETCD_PROC]
+    replaced: list[str] = []
+    etcd_listed = 0
     for entry in _items(text):
         name, canonical = _proc_entry(entry)
-        if name in UNSUPPORTED:
-            unsupported.append(canonical)
+        if name == ETCD_PROC:
+            etcd_listed += 1
+            if etcd_listed > 1:
+                raise ValueError("etcd is listed twice (it is always the store)")
+        elif name in REFERENCE_PROCS:
+            replaced.append(canonical)
         elif canonical in procs:
             raise ValueError(f"{canonical!r} is listed twice")
         else:
             procs.append(canonical)
-    if sum(p.partition(":")[0] == "etcd" for p in procs) > 1:
-        raise ValueError("at most one etcd processor may be listed")
-    return {"procs": tuple(procs) or DEFAULT_PROCS, "unsupported_procs": tuple(unsupported)}
+    return {"procs": tuple(procs), "replaced_procs": tuple(replaced)}
 
 
 def _loglevel(text: str) -> str:
@@ -344,9 +378,12 @@ def _allow(text: str) -> tuple[Network, ...]:
     networks: list[Network] = []
     for entry in _items(text):
         try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
+            network = ipaddress.ip_network(entry, strict=False)
         except ValueError:
             raise ValueError(f"{entry!r} is not an IP network like 10.0.0.0/8") from None
+        if ipaddress.ip_interface(entry).ip != network.network_address:
+            raise ValueError(f"{entry!r} has host bits set: did you mean {network}?")
+        networks.append(network)
     return tuple(networks)
 
 
@@ -491,6 +528,7 @@ _KEYS: tuple[_Key, ...] = (
     _Key("etcd", "key", _set("etcd.key", _existing_file)),
     _Key("etcd", "max_outage", _set("etcd.max_outage", _real(0.0))),
     _Key("etcd", "grace", _set("etcd.grace", _real(0.0))),
+    _Key("etcd", "start_timeout", _set("etcd.start_timeout", _positive)),
     _Key("http", "bind", _http_bind),
     _Key("cf", "alias", _set("cf.alias", _boolean)),
     _Key("cf", "recordType", _set("cf.record_type", _boolean)),
@@ -504,9 +542,32 @@ _KEYS: tuple[_Key, ...] = (
 )
 _INDEX = {(key.section, key.name.lower()): key for key in _KEYS}
 _SECTIONS = frozenset(key.section for key in _KEYS)
-#: Sections whose unknown keys are reported. ``[cf]`` is shared with the reference, whose
-#: ChannelFinder-writer keys (baseUrl, cleanOnStart, ...) mean nothing here.
-_REPORTED_SECTIONS = _SECTIONS - {"cf"}
+
+#: Keys of the reference RecCeiver that the bridge reads no value from, and why.
+_CF_WRITER = (
+    "a setting of the reference's ChannelFinder writer; the bridge serves a "
+    "ChannelFinder-compatible API from etcd itself ([http] bind)"
+)
+_REFERENCE_KEYS: dict[tuple[str, str], str] = {
+    ("recceiver", "logformat"): "the bridge logs in twistd's format",
+    ("recceiver", "metricsport"): "this version of the bridge serves no metrics port",
+    **{
+        ("cf", key.lower()): _CF_WRITER
+        for key in (
+            "cleanOnStart",
+            "cleanOnStop",
+            "recceiverId",
+            "findSizeLimit",
+            "baseUrl",
+            "cfUsername",
+            "cfPassword",
+            "verifySSL",
+            "pushMaxRetries",
+            "pushAlwaysRetry",
+            "statusInterval",
+        )
+    },
+}
 
 #: Every key the bridge understands, as (section, documented spelling).
 KNOWN_KEYS: tuple[tuple[str, str], ...] = tuple((k.section, k.name) for k in _KEYS)
@@ -536,8 +597,9 @@ def load_config(
     ``/etc/recceiver.conf`` or ``~/.recceiver.conf`` lookups. With `path` None the
     defaults apply. Section and key names are case-insensitive; values are not
     interpolated (a ``%`` is literal). Sections other than ``[recceiver]``, ``[etcd]``,
-    ``[http]`` and ``[cf]`` are ignored; of ``[cf]`` only the keys that shape channels
-    are read. Precedence, highest first: `overrides`
+    ``[http]`` and ``[cf]`` are not read, nor are unknown keys: each gets a `Note` in
+    ``notes`` (with the closest known name, or what the bridge does instead of a
+    reference RecCeiver setting). Precedence, highest first: `overrides`
     (``{(section, key): value}``, from the command line), ``RECCEIVER_<SECTION>_<KEY>``
     variables in `environ` (e.g. ``RECCEIVER_ETCD_LEASE_TTL``), the file, the defaults.
 
@@ -546,6 +608,17 @@ def load_config(
             message names ``[section] key``, the bad value (never a password) and
             where it came from.
     """
+    raw = _collect(path, environ, overrides)
+    config = _build(_parse_all(raw), environ)
+    return config.replace(notes=tuple(_notes(raw, config)))
+
+
+def _collect(
+    path: str | None,
+    environ: Mapping[str, str],
+    overrides: Mapping[tuple[str, str], str] | None,
+) -> RawValues:
+    """Every value set, by (section, key) in lower case, with where it came from."""
     raw: RawValues = _read_file(path) if path is not None else {}
     raw.update(_from_environ(environ))
     raw.update(
@@ -554,8 +627,7 @@ def load_config(
             for (s, k), v in (overrides or {}).items()
         }
     )
-    values, ignored = _parse_all(raw)
-    return _build(values, ignored, environ)
+    return raw
 
 
 def _read_file(path: str) -> RawValues:
@@ -604,17 +676,14 @@ def _from_environ(environ: Mapping[str, str]) -> RawValues:
     return found
 
 
-def _parse_all(raw: RawValues) -> tuple[Parsed, list[str]]:
-    """Convert every known key; return the field values and the unknown keys."""
+def _parse_all(raw: RawValues) -> Parsed:
+    """Convert every known key into field values (unknown keys are left to `_notes`)."""
     values: Parsed = {}
-    ignored: list[str] = []
     for (section, key), item in sorted(raw.items()):
         spec = _INDEX.get((section, key))
         if spec is not None:
             values.update(_apply(spec, item))
-        elif section in _REPORTED_SECTIONS and not item.inherited:
-            ignored.append(f"[{section}] {key}")
-    return values, ignored
+    return values
 
 
 def _apply(spec: _Key, item: _Raw) -> Parsed:
@@ -628,7 +697,7 @@ def _apply(spec: _Key, item: _Raw) -> Parsed:
         ) from None
 
 
-def _build(values: Parsed, ignored: list[str], environ: Mapping[str, str]) -> BridgeConfig:
+def _build(values: Parsed, environ: Mapping[str, str]) -> BridgeConfig:
     groups: dict[str, Parsed] = {"": {}, "limits": {}, "etcd": {}, "http": {}, "cf": {}}
     for dotted, value in values.items():
         group, _, attr = dotted.rpartition(".")
@@ -640,7 +709,6 @@ def _build(values: Parsed, ignored: list[str], environ: Mapping[str, str]) -> Br
         **groups[""],
         limits=Limits(**groups["limits"]),
         etcd=etcd,
-        ignored_keys=tuple(ignored),
         http=HttpConfig(**groups["http"]),
         cf=ChannelShape(**groups["cf"]),
     )
@@ -658,6 +726,108 @@ def _check_etcd(etcd: EtcdConfig) -> None:
             "[etcd] username/password and ca/cert/key need [etcd] endpoints; "
             "the embedded etcd uses neither"
         )
+    plain = [e for e in etcd.endpoints if e.lower().startswith("http://")]
+    if plain and (etcd.ca or etcd.cert):
+        # An explicit scheme and the TLS settings must never disagree silently.
+        raise ConfigError(
+            f"[etcd] endpoints {plain[0]} says http:// (no TLS) but [etcd] ca/cert/key "
+            "are set: use https:// endpoints for TLS, or remove ca, cert and key"
+        )
+
+
+# --- notes: what was set but is not used, and why ---
+
+
+def _notes(raw: RawValues, config: BridgeConfig) -> list[Note]:
+    """One `Note` per unknown key, unknown section, unused reference key, replaced proc."""
+    notes = [_proc_note(entry, config) for entry in config.replaced_procs]
+    proc_sections = _proc_sections(raw)
+    reported: set[str] = set()
+    for (section, key), item in sorted(raw.items()):
+        if (section, key) in _INDEX or item.inherited:
+            continue
+        where = _where(item)
+        reason = _REFERENCE_KEYS.get((section, key))
+        if reason is not None:
+            notes.append(Note(f"[{section}] {key}{where} is not used: {reason}"))
+        elif section in _SECTIONS:
+            hint = _closest_key(section, key)
+            notes.append(
+                Note(f"[{section}] {key}{where} is not a known key and is ignored{hint}", True)
+            )
+        elif section not in reported:
+            reported.add(section)
+            notes.append(_section_note(section, where, proc_sections.get(section)))
+    return notes
+
+
+def _where(item: _Raw) -> str:
+    return f" (from {item.source})"
+
+
+def _proc_sections(raw: RawValues) -> dict[str, str]:
+    """Section name -> processor, for the sections the reference reads for ``procs``
+    entries (an entry ``name:instance`` reads ``[instance]``, a bare name ``[name]``)."""
+    item = raw.get(("recceiver", "procs"))
+    sections: dict[str, str] = {}
+    for entry in _items(item.value if item is not None else ""):
+        name, _, instance = (part.strip() for part in entry.partition(":"))
+        sections[(instance or name).lower()] = name.lower()
+    return sections
+
+
+def _section_note(section: str, where: str, proc: str | None) -> Note:
+    if proc in REFERENCE_PROCS:
+        return Note(
+            f"[{section}]{where} holds settings of {REFERENCE_PROCS[proc]} "
+            f"(procs = {proc}), which the bridge replaces: not used"
+        )
+    if proc is not None:
+        return Note(f"[{section}]{where}: the {proc} processor has no settings; not used")
+    hint = _closest(section, sorted(_SECTIONS))
+    suggestion = f"; did you mean [{hint}]?" if hint else ""
+    return Note(f"[{section}]{where} is not a known section and is ignored{suggestion}", True)
+
+
+def _proc_note(entry: str, config: BridgeConfig) -> Note:
+    name = entry.partition(":")[0]
+    if name == "cf":
+        http = config.http
+        if http.enabled:
+            where = f"it is served at http://{_host_port(http.bind_host, http.bind_port)}"
+        else:
+            where = "set [http] bind = host:port to serve it"
+        return Note(
+            f"procs: {entry} ({REFERENCE_PROCS[name]}) is replaced: PV metadata is stored "
+            "in etcd, and the bridge's ChannelFinder-compatible API serves it with the "
+            f"[cf] section's properties; {where}"
+        )
+    return Note(
+        f"procs: {entry} ({REFERENCE_PROCS[name]}) is replaced: etcd stores the PV "
+        "metadata (README: 'The data model')"
+    )
+
+
+def _host_port(host: str, port: int | None) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _closest(word: str, candidates: list[str]) -> str | None:
+    """The candidate most like `word` (case-insensitive), if any is close enough."""
+    lowered = {c.lower(): c for c in candidates}
+    found = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[found[0]] if found else None
+
+
+def _closest_key(section: str, key: str) -> str:
+    """``"; did you mean [section] key?"`` for the known key most like `key`, looking in
+    `section` first, then in the other sections; "" when none is close."""
+    same = _closest(key, [k.name for k in _KEYS if k.section == section])
+    if same is not None:
+        return f"; did you mean {same}?"
+    elsewhere = {k.name: k.section for k in _KEYS if k.section != section}
+    found = _closest(key, list(elsewhere))
+    return f"; did you mean [{elsewhere[found]}] {found}?" if found else ""
 
 
 _EXAMPLE = """\
@@ -680,15 +850,17 @@ addrlist = {addrlist}
 announceInterval = {c.announce_interval}
 # Seconds of silence before an IOC is pinged; it is dropped after two.
 tcptimeout = {c.tcptimeout}
-# Seconds a pending batch may wait before it is written (0: write at once).
+# Seconds after which a batch is cut at the next record (or at the end of the upload);
+# there is no timer: a batch in progress is written when one of those arrives.
 commitInterval = {c.commit_interval}
 # Records per batch: a batch is written once it holds this many (0: 1000).
 commitSizeLimit = {c.commit_size_limit}
 # IOCs that may upload at the same time; the others are greeted and wait, unread.
 maxActive = {c.max_active}
-# Processors, comma list of name[:instance]: etcd (stores PV metadata) and show
-# (logs it; with show, unchanged re-uploads are decoded in full). The reference's
-# cf and db are accepted but ignored, with a warning.
+# What runs beside etcd, which always stores the PV metadata: comma list of
+# name[:instance]. show logs every upload (unchanged re-uploads are then decoded in
+# full). The reference's cf and db are accepted and replaced, with one line each: cf
+# by the bridge's ChannelFinder-compatible API ([http] and [cf]), db by etcd.
 procs = {procs}
 # Log level: DEBUG, INFO, WARN(ING), ERROR or CRITICAL.
 loglevel = {c.loglevel}
@@ -730,6 +902,9 @@ timeout = {e.timeout}
 max_outage = {e.max_outage}
 # Seconds before a surviving bridge marks a dead bridge's IOCs inactive.
 grace = {e.grace}
+# Seconds the bridge may take at start to reach etcd (the embedded one: to become
+# healthy); after that it exits non-zero with one line saying why.
+start_timeout = {e.start_timeout}
 # Data directory of the embedded etcd.
 # data_dir = $XDG_STATE_HOME/recsync-bridge/etcd   (default ~/.local/state/...)
 # Credentials (both or neither) and TLS files (cert and key both or neither).
@@ -780,3 +955,54 @@ def example_config() -> str:
         addrlist=", ".join(f"{host}:{port}" for host, port in defaults.addrlist),
         procs=", ".join(defaults.procs),
     )
+
+
+def effective_config(
+    path: str | None,
+    environ: Mapping[str, str] = os.environ,
+    *,
+    overrides: Mapping[tuple[str, str], str] | None = None,
+) -> str:
+    """The configuration the bridge would run with, as a file that loads to the same.
+
+    Every key, with a comment line above it saying where its value comes from (the
+    file, an environment variable, the command line, or the default); secrets are
+    masked (such a line does not load back to the same password). The notes
+    (`load_config`) follow as comments. Raises `ConfigError` as `load_config` does.
+    """
+    config = load_config(path, environ, overrides=overrides)
+    raw = _collect(path, environ, overrides)
+    defaults = _default_texts(environ)
+    lines = [
+        f"# recsync-bridge {bridge.__version__}: the effective configuration"
+        + (f" of {path}" if path else " (no file)"),
+        "# Above each key: where its value comes from.",
+    ]
+    for section in ("recceiver", "etcd", "http", "cf"):
+        lines += ["", f"[{section}]"]
+        for spec in (k for k in _KEYS if k.section == section):
+            item = raw.get((section, spec.name.lower()))
+            if item is None:
+                source, value = "default", defaults.get((section, spec.name.lower()), "")
+            else:
+                source, value = f"from {item.source}", " ".join(item.value.split())
+            if spec.secret and value:
+                value = "********"
+            lines += [f"# {source}", f"{spec.name} = {value}".rstrip()]
+    if config.notes:
+        lines += ["", "# Notes:"]
+        lines += [f"# {note.text}" for note in config.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _default_texts(environ: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    """(section, key in lower case) -> the default value as the example file spells it."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(example_config())
+    texts = {
+        (section, key): value
+        for section in parser.sections()
+        for key, value in parser.items(section, raw=True)
+    }
+    texts[("etcd", "data_dir")] = default_data_dir(environ)
+    return texts

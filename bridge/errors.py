@@ -48,7 +48,11 @@ class EtcdUnavailable(StoreError):
 class EtcdOutage(StoreError):
     """etcd stayed unreachable past the call's outage bound (``[etcd] max_outage``): the
     call gave up. The outage itself is reported once (`bridge.etcd.monitor`), not per
-    call that gives up."""
+    call that gives up. `reason` is the most telling error seen, in a few words."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class EtcdRefused(StoreError):

@@ -47,7 +47,7 @@ def test_announcements_pause_while_the_bridge_cannot_store() -> None:
         if e.get("log_namespace", "").startswith("bridge.server.announce.AnnounceService")
     ]
     assert len(lines) == 2
-    assert "not announcing" in lines[0] and "etcd unreachable" in lines[0]
+    assert "not announcing" in lines[0] and "etcd unreachable or refusing writes" in lines[0]
     assert "announcing again" in lines[1]
 
 

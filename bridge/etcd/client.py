@@ -415,7 +415,7 @@ def call_with_retry(
     propagate unchanged at once. Blocks: call it from a worker thread.
     """
     log = log or _log
-    reason = "no member answered"
+    reason: str | None = None  # the most telling reason seen (`explain`)
     start = clock()
     delay = BACKOFF_FIRST_S
     attempts = 0
@@ -430,8 +430,9 @@ def call_with_retry(
             if remaining <= 0:
                 reason = explain(exc) or reason
                 raise EtcdOutage(
-                    f"etcd did not answer ({reason}; {attempts} attempts "
-                    f"in {clock() - start:.1f} s)"
+                    f"etcd did not answer ({reason or 'no member answered'}; {attempts} "
+                    f"attempts in {clock() - start:.1f} s)",
+                    reason or "",
                 ) from exc
             reason = explain(exc) or reason
             log.debug(

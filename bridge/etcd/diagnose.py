@@ -14,6 +14,8 @@ import ssl
 import grpc  # type: ignore[import-untyped,unused-ignore]  # no stubs shipped
 from pyetcd import exceptions as etcd_exc
 
+from bridge.errors import EtcdOutage
+
 #: What gRPC's "last error" texts mean, lower case -> words for the log.
 _PLAIN_WORDS = (
     ("socket closed", "the connection was closed by the other side"),
@@ -30,6 +32,8 @@ def explain(exc: BaseException) -> str | None:
     """A short reason for `exc` (or the gRPC error behind it); None when the error says
     nothing useful (the client library's "no endpoint available", which only means every
     member failed a moment ago)."""
+    if isinstance(exc, EtcdOutage) and exc.reason:
+        return exc.reason
     for error in _chain(exc):
         if isinstance(error, etcd_exc.NoServerAvailableError):
             return None

@@ -6,8 +6,8 @@ to the sender", the bound TCP port, a random key) to every ``addrlist``
 destination. Send errors are logged once per destination and never stop the loop.
 
 While the bridge cannot store (its ``ready`` check says so: etcd unreachable for
-longer than the lease), it does not announce, so IOCs that look for a server find
-another bridge instead; connected IOCs are not affected.
+longer than the lease, or refusing writes), it does not announce, so IOCs that look
+for a server find another bridge instead; connected IOCs are not affected.
 """
 
 from __future__ import annotations
@@ -105,13 +105,14 @@ class AnnounceService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        interface = self.bind_host
         udp: Any = self.reactor
         # Announce from the TCP port number, as the reference server does; clients
         # only use the source *address*, so any free port would do if it is taken.
         try:
-            self._udp = udp.listenUDP(self.tcp_port, self.announcer, interface=self.bind_host)
+            self._udp = udp.listenUDP(self.tcp_port, self.announcer, interface=interface)
         except OSError:
-            self._udp = udp.listenUDP(0, self.announcer, interface=self.bind_host)
+            self._udp = udp.listenUDP(0, self.announcer, interface=interface)
         loop = LoopingCall(self._tick)
         clock: IReactorTime = self.reactor
         loop.clock = clock
@@ -129,8 +130,8 @@ class AnnounceService(Service):
             if not self.holding:
                 self.holding = True
                 self.log.warn(
-                    "not announcing while the bridge cannot store (etcd "
-                    "unreachable); IOCs looking for a server go elsewhere"
+                    "not announcing while the bridge cannot store (etcd unreachable or "
+                    "refusing writes); IOCs looking for a server go elsewhere"
                 )
             return
         if self.holding:
