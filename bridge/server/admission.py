@@ -7,6 +7,7 @@ subclass can override:
   at most once per host and reason per `REFUSAL_LOG_INTERVAL`) while the processors
   are not there yet or etcd refuses writes (`store_refusal`), when its address is not
   in ``[recceiver] allow``, or past ``maxConnections`` or ``maxConnectionsPerHost``.
+  An IPv4 peer of a dual-stack (``[::]``) socket is handled as its IPv4 address.
 * Upload slots (``maxActive``): every accepted connection is greeted at once; it
   takes a slot only when its ClientGreet arrives (`acquire`, `may_start`). A
   connection that greets while every slot is busy waits, unread, in a FIFO queue
@@ -131,7 +132,7 @@ class BridgeFactory(ServerFactory):
     # -- accepting connections ---------------------------------------------------------
 
     def buildProtocol(self, addr: IAddress | None) -> RecSyncProtocol | None:
-        peer = Peer(getattr(addr, "host", str(addr)), getattr(addr, "port", 0))
+        peer = Peer(_host(getattr(addr, "host", str(addr))), getattr(addr, "port", 0))
         refusal = self.refusal(peer)
         if refusal is not None:
             self.refuse(peer, *refusal)
@@ -288,6 +289,18 @@ class BridgeFactory(ServerFactory):
             "queued": len(self.queue),
             **{f"limit_{k}": v for k, v in sorted(self.counters.items())},
         }
+
+
+def _host(host: str) -> str:
+    """A peer's address as it is configured and shown: an IPv4 peer of a dual-stack
+    socket (``::ffff:10.1.2.3``) as its IPv4 address."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return host
 
 
 def _allowed(host: str, networks: Sequence[Network]) -> bool:

@@ -12,6 +12,7 @@ for a server find another bridge instead; connected IOCs are not affected.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -71,6 +72,28 @@ class Announcer(DatagramProtocol):
                     )
 
 
+def announce_interface(bind_host: str) -> str | None:
+    """The IPv4 address to announce from, for a TCP listener on `bind_host`.
+
+    RecCasters listen for announcements on IPv4 only (docs/protocol.md, Discovery) and
+    connect to the address an announcement came from. A dual-stack listener (``::``)
+    takes IPv4 connections, so it announces from any IPv4 address; one bound to an
+    IPv4-mapped address from that IPv4 address; one bound to any other IPv6 address
+    cannot be reached over IPv4 at all (None). Host names are used as given.
+    """
+    try:
+        address = ipaddress.ip_address(bind_host)
+    except ValueError:
+        return bind_host
+    if isinstance(address, ipaddress.IPv4Address):
+        return bind_host
+    if address.is_unspecified:
+        return "0.0.0.0"
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return None
+
+
 class AnnounceService(Service):
     """Owns the UDP socket and the announcement timer for one TCP port.
 
@@ -105,7 +128,14 @@ class AnnounceService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        interface = self.bind_host
+        interface = announce_interface(self.bind_host)
+        if interface is None:
+            self.log.warn(
+                "not announcing: the bridge listens on the IPv6 address {host} only, which "
+                "RecCasters (IPv4) cannot reach; bind to an IPv4 address or to [::]",
+                host=self.bind_host,
+            )
+            return
         udp: Any = self.reactor
         # Announce from the TCP port number, as the reference server does; clients
         # only use the source *address*, so any free port would do if it is taken.
