@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bridge import cli  # noqa: E402
-from bridge.etcd.embedded import free_port  # noqa: E402
+from bridge.etcd.process import free_port  # noqa: E402
 from bridge.testing.fakeioc import FakeIOC, find_bridge, make_ioc  # noqa: E402
 from bridge.testing.harness import BridgeProcess, clean_environ  # noqa: E402
 

@@ -16,7 +16,7 @@ import pytest
 from bridge.errors import ConfigError
 from bridge.etcd.backend import GrpcBackend
 from bridge.etcd.client import call_with_retry, make_client
-from bridge.etcd.embedded import find_etcd_binary
+from bridge.etcd.process import find_etcd_binary
 from bridge.etcd.store import Store
 from bridge.testing.cluster import EtcdCluster
 

@@ -16,7 +16,7 @@ import pytest
 from bridge import cli
 from bridge import documents as docs
 from bridge.documents import Keys, record_value
-from bridge.etcd.embedded import free_port
+from bridge.etcd.process import free_port
 from bridge.etcd.store import Store
 from bridge.model import Peer, Record, Transaction
 from bridge.processors.etcdwriter import EtcdWriter

@@ -20,7 +20,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
 from bridge.errors import ConfigError, StartupError
-from bridge.etcd import datadir, embedded
+from bridge.etcd import datadir, embedded, process
 from bridge.etcd.client import call_with_retry, make_client
 from bridge.etcd.datadir import ENDPOINT_FILE, LOCK_FILE, LOG_FILE
 from bridge.etcd.embedded import EmbeddedEtcdService
@@ -30,7 +30,7 @@ from tests.helpers import poll
 
 def _require_etcd() -> None:
     try:
-        embedded.find_etcd_binary()
+        process.find_etcd_binary()
     except ConfigError as exc:
         if os.environ.get("CI"):
             raise
@@ -76,7 +76,7 @@ class MissingBinaryTests(TestCase):
     def test_start_without_etcd_names_the_debian_package(self) -> None:
         empty = _scratch_dir(self)
         self.patch(os, "environ", {**os.environ, "PATH": empty})
-        self.patch(embedded, "DEBIAN_ETCD", "/nonexistent/etcd")
+        self.patch(process, "DEBIAN_ETCD", "/nonexistent/etcd")
         service = EmbeddedEtcdService(os.path.join(empty, "data"), reactor)
         with pytest.raises(StartupError, match="etcd-server"):
             service.startService()
@@ -121,7 +121,7 @@ class EmbeddedEtcdServiceTests(TestCase):
         assert host == "127.0.0.1" and int(port) not in (2379, 2380)
         value = yield deferToThread(_put_then_get, endpoints, "/e/k", b"v")
         assert value == b"v"
-        # Detached (see bridge.etcd.embedded.detached): terminal signals go to the bridge only.
+        # Detached (see bridge.etcd.process.detached): terminal signals go to the bridge only.
         assert self.service.pid is not None
         assert os.getsid(self.service.pid) == self.service.pid != os.getsid(0)
         endpoint_file = os.path.join(self.data_dir, ENDPOINT_FILE)
@@ -220,7 +220,7 @@ class EmbeddedEtcdServiceTests(TestCase):
         assert second is not None
         self.pids.append(second)
         host, port = endpoints[0].rsplit(":", 1)
-        yield _poll(lambda: embedded.check_health(host, int(port), 0.5))
+        yield _poll(lambda: process.check_health(host, int(port), 0.5))
         os.kill(second, signal.SIGKILL)  # not again
         yield _poll(lambda: bool(given_up))
         assert self.service.pid is None
@@ -251,7 +251,7 @@ def test_detached_command_has_its_own_session_and_ends_with_its_parent() -> None
     # The parent stands in for the bridge: it starts a detached child, then dies.
     script = (
         "import subprocess, sys\n"
-        "from bridge.etcd.embedded import detached\n"
+        "from bridge.etcd.process import detached\n"
         "child = subprocess.Popen(detached(['/bin/sleep', '120']))\n"
         "print(child.pid, flush=True)\n"
         "sys.stdin.read()\n"

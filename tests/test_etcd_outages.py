@@ -23,9 +23,9 @@ from twisted.logger import Logger, formatEvent
 
 from bridge.errors import NoSpace
 from bridge.etcd.backend import open_store
-from bridge.etcd.embedded import etcd_environment, find_etcd_binary, free_port, free_ports
 from bridge.etcd.monitor import SUMMARY_S, Report
 from bridge.etcd.ops import Delete, Put
+from bridge.etcd.process import etcd_environment, find_etcd_binary, free_port, free_ports
 from bridge.etcd.store import Store
 from bridge.testing.checks import content_problems, spec_iocid
 from bridge.testing.cluster import EtcdCluster, EtcdMember

@@ -28,8 +28,8 @@ from twisted.internet.task import Clock
 from bridge.config import EtcdConfig, load_config
 from bridge.errors import ConfigError
 from bridge.etcd.client import AuthenticatedClient, call_with_retry, make_client
-from bridge.etcd.embedded import etcd_environment, find_etcd_binary, free_ports
 from bridge.etcd.monitor import EtcdMonitor
+from bridge.etcd.process import etcd_environment, find_etcd_binary, free_ports
 from bridge.testing.cluster import EtcdMember
 from bridge.testing.fakeioc import FakeIOC, make_ioc
 from bridge.testing.harness import BridgeProcess, child_env

@@ -38,7 +38,7 @@ from bridge.documents import Keys
 from bridge.errors import EtcdUnavailable
 from bridge.etcd.backend import GrpcBackend, GrpcWatch
 from bridge.etcd.client import call_with_retry, make_client
-from bridge.etcd.embedded import free_port
+from bridge.etcd.process import free_port
 from bridge.etcd.store import Store
 from bridge.model import Peer, Record, Transaction
 from bridge.processors.etcd import EtcdProcessor

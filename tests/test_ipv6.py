@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bridge.etcd.embedded import free_port
+from bridge.etcd.process import free_port
 from bridge.etcd.store import Store
 from bridge.testing.cluster import EtcdCluster
 from bridge.testing.fakeioc import FakeIOC, find_bridge, make_ioc, upload_bytes

@@ -14,7 +14,7 @@ import pytest
 
 from bridge.config import load_config
 from bridge.errors import ConfigError
-from bridge.etcd.embedded import free_port
+from bridge.etcd.process import free_port
 from bridge.etcd.store import Store
 from bridge.testing.checks import content_problems, spec_iocid
 from bridge.testing.cluster import EtcdCluster

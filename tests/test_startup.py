@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bridge.etcd import datadir
-from bridge.etcd.embedded import find_etcd_binary, free_port
+from bridge.etcd.process import find_etcd_binary, free_port
 from bridge.etcd.store import Store
 from bridge.testing.checks import content_problems, spec_iocid
 from bridge.testing.cluster import EtcdCluster
@@ -121,7 +121,7 @@ def test_port_in_use_with_a_log_file_says_it_on_stderr_too(
 
 
 def test_etcd_binary_missing(tmp_path: Path) -> None:
-    setup = "import bridge.etcd.embedded as e; e.DEBIAN_ETCD = '/nonexistent/etcd'"
+    setup = "import bridge.etcd.process as p; p.DEBIAN_ETCD = '/nonexistent/etcd'"
     env = {**child_env(), "PATH": str(tmp_path)}
     path = conf(tmp_path)
     command = twistd("-n", "--pidfile=", "recsync-bridge", "-f", str(path), setup=setup)

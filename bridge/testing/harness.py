@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bridge.config import ENV_PREFIX
-from bridge.etcd.embedded import free_port
+from bridge.etcd.process import free_port
 
 #: Logged once the bridge listens, holds its lease and announces (bridge.service).
 READY_TEXT = "listening on TCP port"
