@@ -319,6 +319,11 @@ def test_bridge_over_tls_with_auth_stores_uploads_and_never_logs_the_password(
             ["speaks TLS", "https://host:port", "[etcd] ca"],
         ),
         (
+            "no user",
+            {"username": None, "password": None},
+            ["refuses a client without a user name", "set [etcd] username and password"],
+        ),
+        (
             "plaintext, no user",
             {
                 **dict.fromkeys(("ca", "cert", "key", "username", "password")),

@@ -164,7 +164,7 @@ def tls_problem(exc: BaseException) -> str | None:
         return None
     if getattr(error, "code", lambda: None)() != grpc.StatusCode.UNAVAILABLE:
         return None
-    details = str(getattr(error, "details", lambda: "")() or "")
+    details = _last_error(str(getattr(error, "details", lambda: "")() or ""))
     text = details.lower()
     if any(word in text for word in _TLS_SERVER_REFUSED):
         return (
@@ -179,6 +179,16 @@ def tls_problem(exc: BaseException) -> str | None:
     if any(word in text for word in _TLS_OTHER):
         return f"TLS handshake with etcd failed: {details}"
     return None
+
+
+def _last_error(details: str) -> str:
+    """gRPC's "failed to connect to all addresses; last error: UNKNOWN: ipv4:h:p: WHAT"
+    as WHAT (the rest names what the log line names already)."""
+    _, found, last = details.rpartition("last error: ")
+    if not found:
+        return details
+    parts = last.split(": ", 2)
+    return parts[2] if len(parts) == 3 and parts[1].startswith(("ipv4:", "ipv6:")) else last
 
 
 def _tls_failed(endpoints: Sequence[str], problem: str) -> NoReturn:

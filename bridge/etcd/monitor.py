@@ -257,11 +257,16 @@ class EtcdMonitor(Service):
                 f"etcd at {self.where} refuses writes (alarm {NOSPACE}: its database is over "
                 f"its quota): {NOSPACE_ADVICE}"
             )
-        if "permission denied" in lowered:
-            who = f"etcd user {cfg.username!r}" if cfg.username else "this etcd client"
+        if "permission denied" in lowered and not cfg.username:
             return (
-                f"{who} may not read and write under {cfg.prefix} (etcd: permission "
-                "denied): grant its role readwrite on the prefix (etcdctl role "
+                f"etcd at {self.where} refuses a client without a user name (etcd: "
+                "permission denied; authentication is enabled): set [etcd] username and "
+                f"password, of a user whose role may read and write under {cfg.prefix}"
+            )
+        if "permission denied" in lowered:
+            return (
+                f"etcd user {cfg.username!r} may not read and write under {cfg.prefix} (etcd: "
+                "permission denied): grant its role readwrite on the prefix (etcdctl role "
                 f"grant-permission ROLE --prefix=true readwrite {cfg.prefix})"
             )
         if "user name is empty" in lowered or "authentication" in lowered:
