@@ -234,6 +234,15 @@ def test_nospace_stops_uploads_and_announcements_until_disarmed(
         time.sleep(1.0)  # an announcement already on its way
         assert announcements(udp_port, 2.0) == 0
         assert not greeted(process.port)
+        # A bridge starting now would store nothing: it exits with one line instead.
+        late = BridgeProcess(tmp_path / "late", endpoints=[endpoint], name="late")
+        late.start()
+        assert late.wait(60) == 1
+        (line,) = [x for x in late.log_text().splitlines() if "could not start" in x]
+        assert line.split("could not start: ", 1)[1].startswith(
+            f"etcd at {endpoint} refuses writes (alarm NOSPACE: its database is over its "
+            "quota): compact and defragment it"
+        )
         # An operator frees space and disarms the alarm: the bridge comes back by itself.
         store.txn([], [Delete("/fill/", prefix=True)])
         revision = store.revision()

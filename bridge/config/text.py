@@ -19,10 +19,13 @@ _EXAMPLE = """\
 # overridden by an environment variable RECCEIVER_<SECTION>_<KEY>, for example
 # RECCEIVER_RECCEIVER_MAXACTIVE=50 or RECCEIVER_ETCD_ENDPOINTS=etcd1:2379.
 # Only the file given with -f is read (no /etc/recceiver.conf or ~/.recceiver.conf).
+# A key or section the bridge does not use gets one line at start saying so (with the
+# closest known name); twistd recsync-bridge -f FILE --print-config shows the
+# configuration in effect and where each value comes from.
 
 [recceiver]
-# TCP listen address host:port. Empty: all interfaces, a free port. The UDP
-# announcements tell IOCs which port to connect to.
+# TCP listen address host:port. Empty: all interfaces, a free port; [::]:port
+# listens on IPv6 and IPv4. The UDP announcements tell IOCs which port to connect to.
 bind =
 # Where to send announcements: comma list of IPv4 host[:port] (port 5049 by default).
 # <broadcast> means 255.255.255.255; use one directed broadcast per subnet on
@@ -46,7 +49,8 @@ maxActive = {c.max_active}
 procs = {procs}
 # Log level: DEBUG, INFO, WARN(ING), ERROR or CRITICAL.
 loglevel = {c.loglevel}
-# Seconds between "connections active / queued" log lines (0: never).
+# Seconds between status lines at INFO: connections, active IOCs, uploads and their
+# queue, limits hit (0: never).
 statusInterval = {c.status_interval}
 # This bridge's name in etcd. Empty: <hostname>:<tcp port>.
 bridgeId =
@@ -67,7 +71,8 @@ maxConnectionsPerHost = {lim.max_connections_per_host}
 # Seconds a new connection may take to greet, and an upload to finish.
 greetingTimeout = {lim.greeting_timeout}
 uploadTimeout = {lim.upload_timeout}
-# Networks that may connect, e.g. 10.0.0.0/8, 2001:db8::/32. Empty: everyone.
+# Networks that may connect, e.g. 10.0.0.0/8, 2001:db8::/32 (IPv4 networks match IPv4
+# peers of a [::] listener too). Empty: everyone.
 allow =
 
 [etcd]
@@ -103,7 +108,8 @@ bind =
 
 [cf]
 # How the directory shapes channels, with the reference RecCeiver's [cf] keys; its
-# ChannelFinder-writer keys (baseUrl, cleanOnStart, ...) are accepted and ignored.
+# ChannelFinder-writer keys (baseUrl, cleanOnStart, ...) are accepted, each with one
+# line at start saying it is not used.
 # One channel per alias, with the property alias=<record name>.
 alias = {cf.alias}
 # recordType and recordDesc properties.
