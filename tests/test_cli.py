@@ -290,6 +290,23 @@ def test_peer_supplied_strings_are_escaped_in_tables(
     assert lines[1].startswith("EVIL\\x1b[2J\\nFAKE  row\\x00")
 
 
+def test_peer_supplied_strings_are_escaped_in_iocs_and_pv_tables(
+    etcd_server: EtcdCluster, etcd_store: Store, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    evil = "h\x1b[2J:IOC\nFAKE ROW\x00"
+    doc = {"iocid": evil, "status": "active\r", "hostname": "h\x07", "records": 1}
+    etcd_store.put(keys.ioc(evil), docs.dumps(doc))
+    entry = {"iocid": evil, "record": "PV\x1b]0;t\x07", "type": "ai", "alias": 0, "claims": [evil]}
+    etcd_store.put(keys.pv("PV"), docs.dumps(entry))
+    for args in (("iocs",), ("pv", "PV")):
+        code, text = run(etcd_server, prefix, *args)
+        assert code == 0, args
+        assert not any(ch in text for ch in "\x1b\x00\x07\r"), args
+        assert len(text.splitlines()) == 2, (args, text)  # no forged rows
+        assert "h\\x1b[2J:IOC\\nFAKE ROW\\x00" in text, args
+
+
 @pytest.mark.slow
 def test_records_of_a_65000_record_ioc(
     etcd_server: EtcdCluster, etcd_store: Store, prefix: str
