@@ -61,7 +61,21 @@ def connect(etcd: EtcdConfig, err: TextIO | None = None) -> Store:
         endpoints = [_embedded_endpoint(etcd.data_dir, err)]
     where = ", ".join(endpoints)
     _some_endpoint_listens(endpoints, where)
-    store = open_store(
+    try:
+        store = _open(etcd, endpoints)
+    except StoreError as exc:  # logging in found nobody to answer
+        raise BridgeError(f"etcd at {where} does not answer: {explain(exc) or exc}") from None
+    try:
+        store.revision()
+    except StoreError as exc:
+        store.close()
+        raise BridgeError(f"etcd at {where} does not answer: {explain(exc) or exc}") from None
+    store.deadline_s = DEADLINE_S
+    return store
+
+
+def _open(etcd: EtcdConfig, endpoints: list[str]) -> Store:
+    return open_store(
         endpoints,
         timeout=min(etcd.timeout, FIRST_ANSWER_S - FIRST_RETRIES_S),
         deadline_s=FIRST_RETRIES_S,
@@ -71,13 +85,6 @@ def connect(etcd: EtcdConfig, err: TextIO | None = None) -> Store:
         cert=etcd.cert,
         key=etcd.key,
     )
-    try:
-        store.revision()
-    except StoreError as exc:
-        store.close()
-        raise BridgeError(f"etcd at {where} does not answer: {explain(exc) or exc}") from None
-    store.deadline_s = DEADLINE_S
-    return store
 
 
 def _embedded_endpoint(data_dir: str, err: TextIO | None) -> str:

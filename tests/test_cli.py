@@ -138,12 +138,17 @@ def test_a_refused_endpoint_is_named_at_once() -> None:
     assert took < 3
 
 
-def test_an_endpoint_that_never_answers_is_named_within_3_s() -> None:
+@pytest.mark.parametrize("credentials", [False, True])
+def test_an_endpoint_that_never_answers_is_named_within_3_s(
+    tmp_path: Any, credentials: bool
+) -> None:
+    conf = tmp_path / "b.conf"
+    conf.write_text("[etcd]\nusername = u\npassword = p\n" if credentials else "")
     with socket.socket() as silent:  # accepts TCP (the kernel does), never speaks
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         port = silent.getsockname()[1]
-        code, err, took = run_error("--endpoints", f"127.0.0.1:{port}", "iocs")
+        code, err, took = run_error("-f", str(conf), "--endpoints", f"127.0.0.1:{port}", "iocs")
     assert code == 2
     assert err.startswith(f"recsync: etcd at 127.0.0.1:{port} does not answer: ")
     assert err.count("\n") == 1

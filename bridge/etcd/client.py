@@ -232,6 +232,7 @@ def make_client(
     ca: str | None = None,
     cert: str | None = None,
     key: str | None = None,
+    auth_deadline_s: float = AUTH_DEADLINE_S,
 ) -> pyetcd.MultiEndpointEtcd3Client:
     """A failover client over `endpoints` whose every RPC is bounded by `timeout` seconds.
 
@@ -241,7 +242,7 @@ def make_client(
     (an etcd that is merely down is not an error here; later calls retry).
     With `username`/`password` the library authenticates in its constructor; that
     is retried (a fresh client per attempt, so another endpoint may be chosen) for
-    up to `AUTH_DEADLINE_S`, then `StoreError`. When etcd later forgets the token
+    up to `auth_deadline_s`, then `StoreError`. When etcd later forgets the token
     (it expired, or etcd restarted) the client authenticates again and the call is
     retried (`AuthenticatedClient`). The password is never logged.
     Raises `ConfigError` for bad endpoints, TLS files, half-given credentials,
@@ -269,7 +270,7 @@ def make_client(
             raise
 
     try:
-        return call_with_retry(attempt, deadline_s=AUTH_DEADLINE_S)
+        return call_with_retry(attempt, deadline_s=auth_deadline_s)
     except grpc.RpcError as exc:
         if exc.code() in _AUTH_REFUSED_CODES:
             raise ConfigError(

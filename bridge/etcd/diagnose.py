@@ -21,6 +21,7 @@ _PLAIN_WORDS = (
     ("socket closed", "the connection was closed by the other side"),
     ("connection reset", "the connection was reset"),
     ("deadline exceeded", "no answer in time"),
+    ("settings frame", "connected, but no answer in time"),
     ("timeout occurred", "no answer in time"),
     ("name resolution", "the host name does not resolve"),
     ("dns resolution failed", "the host name does not resolve"),

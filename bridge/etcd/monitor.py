@@ -188,6 +188,7 @@ class EtcdMonitor(Service):
                 ca=cfg.ca,
                 cert=cfg.cert,
                 key=cfg.key,
+                auth_deadline_s=cfg.start_timeout,
             )
         except ConfigError as exc:  # TLS trust, client certificate, credentials
             raise StartupError(str(exc)) from None
