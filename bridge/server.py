@@ -106,6 +106,11 @@ class RecSyncProtocol(Protocol):
     def peer(self) -> Peer:
         return self.session.peer
 
+    @property
+    def reading_paused(self) -> bool:
+        """Reading is paused because commits are behind (not waiting for a slot)."""
+        return self._paused and self._held is None
+
     # -- Twisted hooks ------------------------------------------------------------
 
     def connectionMade(self) -> None:
@@ -265,6 +270,7 @@ class RecSyncProtocol(Protocol):
         self._inflight += 1
         self.factory.pending_commits += 1
         if self._inflight >= MAX_INFLIGHT and not self._paused and txn.connected:
+            self.factory.backpressure_pauses += 1
             self._pause()
         self._chain.addCallback(lambda _: self._run_commit(txn))
 
@@ -402,6 +408,8 @@ class BridgeFactory(ServerFactory):
         self.queue: collections.deque[RecSyncProtocol] = collections.deque()
         self.counters: collections.Counter[str] = collections.Counter()
         self.pending_commits = 0
+        #: Times a session stopped reading because its commits were behind (metrics).
+        self.backpressure_pauses = 0
         self._granting = False
         #: (host, counter) -> [time of the last logged refusal, refusals not logged since].
         self._refusals: dict[tuple[str, str], list[float]] = {}

@@ -36,6 +36,8 @@ from bridge.logs import STARTUP_NAMESPACE, apply_log_level
 from bridge.processors import BUILTIN, UNSUPPORTED, ProcessorChain
 from bridge.server import BridgeFactory
 from bridge.session import DEFAULT_BATCH_RECORDS, SessionLimits
+from bridge.web import metrics
+from bridge.web.health import Health, bridge_checks
 
 # Module level on purpose: a Logger class attribute takes its class's namespace.
 _startup_log = Logger(namespace=STARTUP_NAMESPACE)
@@ -78,8 +80,18 @@ class BridgeService(MultiService):
         self.announcer: AnnounceService | None = None
         self.bridge_id: str | None = None
         self._status: LoopingCall | None = None
-        #: The directory (ChannelFinder API), when ``[http] bind`` is set.
+        #: The directory (pages, ChannelFinder API), when ``[http] bind`` is set or the
+        #: etcd is embedded (the quick start).
         self.directory: Any = None
+        #: Metrics and readiness of this process (bridge/web): ``/metrics`` and
+        #: ``/readyz`` on the directory's port, and ``metricsPort``.
+        self.registry = metrics.new_registry()
+        self.metrics = metrics.BridgeMetrics(self.registry)
+        self.registry.register(metrics.BridgeCollector(self))
+        self.health = Health()
+        for check in bridge_checks(self, reactor.seconds):
+            self.health.add(check)
+        self.metrics_port: IListeningPort | None = None
         #: Fires with this service once it announces; errbacks if start-up failed.
         self.ready: defer.Deferred[BridgeService] = defer.Deferred()
 
@@ -140,18 +152,45 @@ class BridgeService(MultiService):
         )
         self.announcer.startService()
         self._start_status()
+        await self._start_metrics_port()
         self._start_directory(endpoints_ready)
         return self
 
     def _start_directory(self, endpoints_ready: Any) -> None:
-        """The read-only directory beside the bridge, when ``[http] bind`` is set; it
-        starts after the bridge announces and its failures never stop the bridge."""
-        if not self.config.http.enabled:
+        """The read-only directory beside the bridge, when ``[http] bind`` is set or
+        the etcd is embedded (`HttpConfig.serves`); it starts after the bridge announces
+        and its failures never stop the bridge."""
+        http = self.config.http.serves(self.config.etcd.embedded)
+        if http is None:
             return
         from bridge.web.service import DirectoryService
 
-        self.directory = DirectoryService(self.config, self.reactor, endpoints_ready)
+        self.directory = DirectoryService(
+            self.config,
+            self.reactor,
+            endpoints_ready,
+            http=http,
+            registry=self.registry,
+            health=self.health,
+        )
         self.directory.startService()
+
+    async def _start_metrics_port(self) -> None:
+        """``metricsPort``: Prometheus metrics at any path of a port of their own, on the
+        ``bind`` host, as the reference RecCeiver served them."""
+        import bridge.etcdclient
+
+        bridge.etcdclient.request_observer = self.metrics.etcd_request
+        if not self.config.metrics_port:
+            return
+        host = self.config.bind_host or "0.0.0.0"
+        endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
+        endpoint = endpoint_type(self.reactor, self.config.metrics_port, interface=host)
+        site = metrics.metrics_site(self.registry)
+        self.metrics_port = await endpoint.listen(site)  # type: ignore[no-untyped-call]
+        _startup_log.info(
+            "Prometheus metrics on port {port} ({host})", port=self.config.metrics_port, host=host
+        )
 
     def _can_store(self) -> bool:
         return self.processor is not None and self.processor.can_store()
@@ -233,6 +272,8 @@ class BridgeService(MultiService):
             self._status.stop()
         if self.directory is not None:
             await defer.maybeDeferred(self.directory.stopService)
+        if self.metrics_port is not None:
+            await defer.maybeDeferred(self.metrics_port.stopListening)
         if self.announcer is not None:
             await defer.maybeDeferred(self.announcer.stopService)
         if self.port is not None:
@@ -278,7 +319,8 @@ class _Deferring:
         processor = self.service.processor
         if processor is None:
             return defer.fail(RuntimeError("processors are not running yet"))
-        return processor.commit(transaction)
+        committing = defer.maybeDeferred(processor.commit, transaction)
+        return self.service.metrics.commit(transaction, committing)
 
     def known_runs(self, session_id: int) -> Any:
         processor = self.service.processor

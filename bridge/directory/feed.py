@@ -17,9 +17,10 @@ revision applied, with back-off. Nothing is ever written to etcd.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc  # type: ignore[import-untyped,unused-ignore]  # no stubs shipped
@@ -85,6 +86,10 @@ class DirectoryFeed:
         self.loads = 0
         #: When the last change was applied on the reactor (monotonic), for health pages.
         self.applied_at = 0.0
+        #: True while a watch stream is open and has not failed since (health, metrics).
+        self.watching = False
+        #: When each batch handed to the reactor and not yet applied arrived (monotonic).
+        self._received: collections.deque[float] = collections.deque()
 
     @property
     def prefix(self) -> str:
@@ -93,6 +98,28 @@ class DirectoryFeed:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="directory-feed", daemon=True)
         self._thread.start()
+
+    def lag(self) -> float:
+        """Seconds the oldest change received from etcd has waited for the reactor
+        (0 when the view holds everything the watch delivered)."""
+        received = self._received
+        return time.monotonic() - received[0] if received else 0.0
+
+    def probe(self) -> dict[str, Any]:
+        """(blocking; a worker thread) Ask etcd for its status: version, database size,
+        whether it has a leader. Raises what the client raises when etcd is away."""
+        status = self.client.status()
+        return {
+            "version": str(status.version),
+            "db_size": int(status.db_size),
+            "leader": status.leader is not None,
+            "raft_index": int(status.raft_index),
+        }
+
+    def fetch(self, keys: Sequence[str]) -> list[bytes | None]:
+        """(blocking; a worker thread) The values of `keys` now, None where absent: the
+        parts of documents the view does not keep (every info tag of a record)."""
+        return [self.client.get(key)[0] for key in keys]
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -116,9 +143,11 @@ class DirectoryFeed:
                     backoff = BACKOFF_FIRST_S
                     self._hand_over(events)
             except RevisionCompactedError:
+                self.watching = False
                 self.log.info("directory: revision {rev} compacted; loading again", rev=revision)
                 revision = None
             except Exception as error:
+                self.watching = False
                 if self._stop.is_set():
                     return
                 if not is_retryable(error):
@@ -164,6 +193,7 @@ class DirectoryFeed:
             self.prefix, start_revision=start_revision
         )
         self._cancel = cancel
+        self.watching = True
         try:
             for response in responses:
                 events: list[Event] = [
@@ -177,13 +207,16 @@ class DirectoryFeed:
                 if events:
                     yield events
         finally:
+            self.watching = False
             self._cancel = None
             cancel()
 
     def _hand_over(self, events: list[Event]) -> None:
+        arrived = time.monotonic()
         while not self._pending.acquire(timeout=0.5):
             if self._stop.is_set():
                 return
+        self._received.append(arrived)
         self._call(self._apply, events)
 
     # -- the reactor thread -----------------------------------------------------------
@@ -199,6 +232,8 @@ class DirectoryFeed:
 
     def _apply(self, events: list[Event]) -> None:
         self._pending.release()
+        if self._received:
+            self._received.popleft()
         for key, value, revision in events:
             self.directory.apply(key, value, revision)
         self.revision = events[-1][2]

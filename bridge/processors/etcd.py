@@ -52,7 +52,7 @@ import bridge
 from bridge import keys as k
 from bridge.errors import ConfigError, StoreError
 from bridge.etcdclient import make_client
-from bridge.interfaces import IProcessor, IUnchangedRuns
+from bridge.interfaces import IProcessor, IStoreHealth, IUnchangedRuns
 from bridge.model import Transaction, iso_time
 from bridge.processors.etcdwriter import EtcdWriter
 from bridge.processors.sweep import Sweeper
@@ -81,7 +81,7 @@ DEFAULT_GRACE_S = 2.0
 EndpointsReady = Callable[[], "Deferred[list[str]]"]
 
 
-@implementer(IProcessor, IUnchangedRuns)
+@implementer(IProcessor, IUnchangedRuns, IStoreHealth)
 class EtcdProcessor(Service):
     """Stores transactions in etcd; holds the bridge's lease; sweeps dead bridges' IOCs.
 
@@ -143,6 +143,10 @@ class EtcdProcessor(Service):
         self.watching = False
         #: How often the watch had to be added again after an error.
         self.rewatches = 0
+        #: IStoreHealth: times etcd answered the lease grant or refresh, and new leases
+        #: taken after etcd lost one (read by bridge/web/metrics.py).
+        self.lease_refreshes = 0
+        self.lease_renewals = 0
 
     # -- IProcessor ----------------------------------------------------------------------
 
@@ -314,6 +318,12 @@ class EtcdProcessor(Service):
 
     def _contact(self, _: object = None) -> None:
         self._last_contact = self.reactor.seconds()
+        self.lease_refreshes += 1
+
+    @property
+    def last_contact(self) -> float | None:
+        """IStoreHealth: when etcd last answered the lease refresh (reactor seconds)."""
+        return None if math.isinf(self._last_contact) else self._last_contact
 
     def _refresh_blocking(self) -> None:
         """(thread) Keep the lease alive; if it expired meanwhile, start over with a new one."""
@@ -342,6 +352,7 @@ class EtcdProcessor(Service):
                 "and re-announcing the live sessions"
             )
             self._grant()
+            self.lease_renewals += 1
         self.reactor.callFromThread(self._reassert)
 
     def _reassert(self) -> None:
