@@ -239,8 +239,9 @@ class DirectoryService(Service):
             etcd = f"answered {ago:.0f} s ago"
             if status is not None:
                 leader = "has a leader" if status.get("leader") else "NO LEADER"
-                size = status.get("db_size", 0) / 1e6
-                etcd += f" (etcd {status.get('version')}, {leader}, {size:.1f} MB)"
+                size = status.get("db_size", 0)
+                shown = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+                etcd += f" (etcd {status.get('version')}, {leader}, database {shown})"
             if self.etcd_error and ago > PROBE_INTERVAL_S:
                 etcd += f"; since then: {self.etcd_error}"
         return {"view": view, "lag": f"{lag:.1f} s", "etcd": etcd}
