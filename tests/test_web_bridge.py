@@ -5,6 +5,7 @@ parser), and the read-only directory's readiness."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.config import HttpConfig, load_config
 from bridge.etcdproc import EtcdCluster, find_etcd_binary, free_port
 from bridge.harness import REPO_ROOT, BridgeProcess
 from tests.helpers import poll
@@ -171,3 +173,36 @@ def test_directory_process_not_ready_without_etcd(tmp_path: Path) -> None:
         assert http_get(base + "/healthz")[0] == 200
     finally:
         directory.stop()
+
+
+def test_quick_start_serves_the_directory_on_loopback(tmp_path: Path) -> None:
+    """No [http] section and no etcd endpoints (the embedded etcd): the bridge serves
+    pages, API and metrics on 127.0.0.1 at a free port, and logs the address."""
+    bridge = BridgeProcess(tmp_path, endpoints=None)
+    try:
+        bridge.start().wait_ready(60)
+        match = poll(
+            lambda: re.search(r"pages at (http://127\.0\.0\.1:\d+/),", bridge.log_text()),
+            30,
+            "the logged address",
+        )
+        base = match.group(1).rstrip("/")
+        assert http_get(base + "/")[0] == 200
+        status, body = http_get(base + "/ChannelFinder")
+        assert status == 200 and "ChannelFinder Service" in body
+        assert value(scrape(base + "/metrics"), "recsync_can_store") == 1
+    finally:
+        bridge.stop()
+
+
+def test_http_serves_only_where_configured() -> None:
+    assert HttpConfig().serves(embedded_etcd=True) == HttpConfig("127.0.0.1", 0)
+    assert HttpConfig().serves(embedded_etcd=False) is None
+    assert HttpConfig(off=True).serves(embedded_etcd=True) is None
+    bound = HttpConfig("0.0.0.0", 8080)
+    assert bound.serves(embedded_etcd=False) is bound
+    config = load_config(
+        None, {"RECCEIVER_HTTP_BIND": "off", "RECCEIVER_RECCEIVER_METRICSPORT": "9102"}
+    )
+    assert config.http.serves(embedded_etcd=True) is None
+    assert config.metrics_port == 9102
