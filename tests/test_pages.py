@@ -118,6 +118,8 @@ class PagesTests(TestCase):
     async def test_pv_page_claimants_aliases_properties(self) -> None:
         _, page = await self.get("/pvs/SR:C01:BPM2")
         self.assertIn("2 IOC(s)", page)
+        self.assertIn("<td>Beam y on B</td>", page)  # each claimant's own DESC
+        self.assertIn("<td>Beam y</td>", page)
         self.assertIn("duplicateCount", page)
         for iocid in (IOC_A, IOC_B):
             self.assertIn(f'href="/iocs/{iocid}"', page)

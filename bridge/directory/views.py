@@ -74,6 +74,8 @@ class Claimant:
     status: str
     host: str
     owner: bool
+    #: DESC of this IOC's record, as the view holds it (None if unknown).
+    desc: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,12 +330,19 @@ def _name_mask(state: State, glob: Glob, count: int) -> npt.NDArray[np.bool_]:
     return mask
 
 
-def _claimant(state: State, iocid: str, owner: bool) -> Claimant:
+def _claimant(state: State, iocid: str, owner: bool, record_slot: int) -> Claimant:
     index = state.ioc_index.get(iocid)
     doc = state.iocs[index].doc if index is not None else None
     doc = doc or {}
+    facts = state.facts(record_slot, index) if index is not None else None
+    status = text(doc.get("status")) or "unknown"
     return Claimant(
-        iocid, is_up(doc), text(doc.get("status")) or "unknown", text(doc.get("hostname")), owner
+        iocid,
+        is_up(doc),
+        status,
+        text(doc.get("hostname")),
+        owner,
+        facts[0] if facts is not None else None,
     )
 
 
@@ -347,8 +356,8 @@ def pv(state: State, name: str) -> PVView | None:
     alias = bool(state.flags[slot] & FLAG_ALIAS)
     target = int(state.target[slot])
     claims = state.claim_lists.get(slot) or (owner,)
-    claimants = [_claimant(state, owner, True)]
-    claimants += [_claimant(state, c, False) for c in claims if c != owner]
+    claimants = [_claimant(state, owner, True, target)]
+    claimants += [_claimant(state, c, False, target) for c in claims if c != owner]
     code = int(state.rtype[slot])
     facts = state.facts(target, owner_index)
     infos: list[tuple[str, str]] = []

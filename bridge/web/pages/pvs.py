@@ -186,7 +186,7 @@ def _pv(
                 html.shown(c.host),
                 "yes" if c.owner else "no",
                 html.shown(views.text(records.get(c.iocid, {}).get("type"))),
-                html.shown(views.text(records.get(c.iocid, {}).get("desc"))),
+                html.shown(views.text(records.get(c.iocid, {}).get("desc", c.desc))),
                 html.shown(infos_text(records.get(c.iocid, {}).get("infos"))),
             )
             for c in found.claimants
