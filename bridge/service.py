@@ -103,6 +103,9 @@ class BridgeService(MultiService):
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         tune_gc()
         apply_log_level(self.config.loglevel)
+        from bridge import etcdclient  # imports gRPC: only after GRPC_VERBOSITY is set
+
+        etcdclient.request_observer = self.metrics.etcd_request  # etcd request metrics
         for name in self.config.unsupported_procs:
             self.log.warn(
                 "procs: {name!r} ({what}) is not supported by recsync-bridge; PV metadata goes "
@@ -152,7 +155,7 @@ class BridgeService(MultiService):
         )
         self.announcer.startService()
         self._start_status()
-        await self._start_metrics_port()
+        await self._start_metrics()
         self._start_directory(endpoints_ready)
         return self
 
@@ -175,12 +178,9 @@ class BridgeService(MultiService):
         )
         self.directory.startService()
 
-    async def _start_metrics_port(self) -> None:
+    async def _start_metrics(self) -> None:
         """``metricsPort``: Prometheus metrics at any path of a port of their own, on the
         ``bind`` host, as the reference RecCeiver served them."""
-        import bridge.etcdclient
-
-        bridge.etcdclient.request_observer = self.metrics.etcd_request
         if not self.config.metrics_port:
             return
         host = self.config.bind_host or "0.0.0.0"
