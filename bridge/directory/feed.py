@@ -186,7 +186,22 @@ class DirectoryFeed:
                 yield kv.key.decode("utf-8", "replace"), kv.value
             if not response.more or not response.kvs or self._stop.is_set():
                 return
-            response = self._range(response.kvs[-1].key + b"\0", revision)
+            response = self._page_again(response.kvs[-1].key + b"\0", revision)
+
+    def _page_again(self, start: bytes, revision: int) -> Any:
+        """The page from `start`, retried with back-off while etcd is busy or away: a
+        load of millions of keys must not start over for one slow page. Errors that are
+        not transient (a compacted revision among them) end the load."""
+        backoff = BACKOFF_FIRST_S
+        while True:
+            try:
+                return self._range(start, revision)
+            except Exception as error:
+                if self._stop.is_set() or not is_retryable(error):
+                    raise
+                self.log.info("directory load: a page failed ({error!r}); retrying", error=error)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     def _watch(self, start_revision: int) -> Iterator[list[Event]]:
         responses, cancel = self.client.watch_prefix_response(
