@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 
 def iocs_page(pages: Pages, args: Args) -> Work:
+    """``/iocs``: ?q= filter (IOC id, host, IOC name, engineer), ?status=up|down,
+    ?sort= one of `views.IOC_SORTS` and ?desc=1, ?page= of ?size= rows."""
     state = pages.directory.state
     pattern, status = arg(args, "q"), arg(args, "status")
     sort = arg(args, "sort", "iocid")
@@ -108,6 +110,7 @@ def iocs_page(pages: Pages, args: Args) -> Work:
 
 
 def ioc_page(pages: Pages, iocid: str, args: Args) -> Work:
+    """``/iocs/<iocid>``: the IOC document, and its records (?q= filter, ?after= page)."""
     state = pages.directory.state
     pattern, after = arg(args, "q"), arg(args, "after") or None
     size, page = page_size(args), page_number(args)

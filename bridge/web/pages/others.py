@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 
 def duplicates_page(pages: Pages, args: Args) -> Work:
+    """``/duplicates``: names more than one IOC claims, in name order, ?after= paged."""
     state = pages.directory.state
     size, page = page_size(args), page_number(args)
     after = arg(args, "after") or None
@@ -61,6 +62,7 @@ def duplicates_page(pages: Pages, args: Args) -> Work:
 
 
 def bridges_page(pages: Pages, args: Args) -> Work:
+    """``/bridges``: the bridge documents in etcd, with their IOCs alive."""
     state = pages.directory.state
 
     def work() -> Reply:

@@ -62,11 +62,13 @@ def overview_data(pages: Pages, state: State, status: Mapping[str, str]) -> dict
 
 
 def overview_json(pages: Pages, args: Args) -> Work:
+    """``/overview.json``: what live.js puts in place on the overview."""
     state, status = pages.directory.state, dict(pages.status())
     return lambda: Reply(200, dumps(overview_data(pages, state, status)), JSON)
 
 
 def overview_page(pages: Pages, args: Args) -> Work:
+    """``/``: figures, recently changed IOCs, bridges, health; refreshed by live.js."""
     state, status = pages.directory.state, dict(pages.status())
 
     def work() -> Reply:

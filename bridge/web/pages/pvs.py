@@ -37,6 +37,7 @@ _OWN = frozenset({"q", "active", "size", "after", "page"})
 
 
 def pvs_page(pages: Pages, args: Args) -> Work:
+    """``/pvs``: the search (module docstring of bridge.web.pages), paged by name."""
     state = pages.directory.state
     text = arg(args, "q")
     active = arg(args, "active") == "1"
@@ -124,6 +125,7 @@ def pvs_page(pages: Pages, args: Args) -> Work:
 
 
 def pv_page(pages: Pages, name: str) -> Work:
+    """``/pvs/<name>``: one name, every IOC claiming it with its record from etcd."""
     state = pages.directory.state
 
     def work() -> Reply:
