@@ -1,7 +1,8 @@
 """CPU per record of decoding one C RecCaster upload, with and without runs.
 
-Pure, no etcd: one IOC's upload (`bridge.fakeioc`, 3 infos, DESC, an alias on every
-10th record) is fed to `bridge.wire.Decoder` in 64 KiB reads, and the best of
+Pure, no etcd: one IOC's upload (`bridge.testing.fakeioc`, 3 infos, DESC, an alias on every
+10th record) is fed to `bridge.protocol.wire.Decoder` (or, with runs, to
+`bridge.protocol.runs.RunDecoder`) in 64 KiB reads, and the best of
 several repeats is printed in microseconds per record for:
 
 * plain: the decoder as it was before runs;
@@ -9,7 +10,7 @@ several repeats is printed in microseconds per record for:
   decoded (what a first upload pays);
 * runs, unchanged: every run matches its expected digest, nothing is decoded (what
   a reconnect storm pays);
-* plain + session: decoding plus `bridge.session.Session` building the records.
+* plain + session: decoding plus `bridge.protocol.session.Session` building the records.
 
     python bench/decode_runs.py [--records 1000] [--repeats 5]
 """
@@ -24,9 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge import fakeioc, wire  # noqa: E402
 from bridge.model import Peer  # noqa: E402
-from bridge.session import Session, SessionLimits  # noqa: E402
+from bridge.protocol import runs as r  # noqa: E402
+from bridge.protocol import wire  # noqa: E402
+from bridge.protocol.session import Session, SessionLimits  # noqa: E402
+from bridge.testing import fakeioc  # noqa: E402
 
 CHUNK = 65536
 
@@ -45,10 +48,10 @@ def with_session(chunks: Sequence[bytes]) -> None:
         session.receive(decoder.feed(chunk), 0.0)
 
 
-def runs(chunks: Sequence[bytes], expected: Sequence[str] | None) -> list[wire.Decoded]:
-    decoder = wire.Decoder()
+def runs(chunks: Sequence[bytes], expected: Sequence[str] | None) -> list[r.RunDecoded]:
+    decoder = r.RunDecoder()
     decoder.start_runs(b"bench")
-    out: list[wire.Decoded] = []
+    out: list[r.RunDecoded] = []
     for chunk in chunks:
         out += decoder.feed(chunk)
         while decoder.awaiting:
@@ -76,13 +79,13 @@ def main() -> None:
     args = parser.parse_args()
     data = fakeioc.upload_bytes(fakeioc.make_ioc("B", args.records))
     chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
-    expected = [m.digest for m in runs(chunks, None) if isinstance(m, wire.RunEnd)]
+    expected = [m.digest for m in runs(chunks, None) if isinstance(m, r.RunEnd)]
     again = fakeioc.upload_bytes(fakeioc.make_ioc("B", args.records), first_rid=args.records + 1)
     again_chunks = [again[i : i + CHUNK] for i in range(0, len(again), CHUNK)]
     assert all(
-        isinstance(m, wire.UnchangedRun)
+        isinstance(m, r.UnchangedRun)
         for m in runs(again_chunks, expected)
-        if isinstance(m, wire.UnchangedRun | wire.RunEnd)
+        if isinstance(m, r.UnchangedRun | r.RunEnd)
     )
     print(f"{args.records} records, {len(data) / args.records:.0f} bytes each on the wire")
     for label, fn in (

@@ -1,7 +1,7 @@
 """The directory read model at facility scale: load time, memory, query latency.
 
 Builds the documents the bridge writes for IOCS IOCs x RECORDS records (an alias on
-every 10th record, three info tags and a DESC each, as `bridge.fakeioc.make_ioc`), loads
+every 10th record, three info tags and a DESC each, as `bridge.testing.fakeioc.make_ioc`), loads
 them into a `Directory` the way the feed does after its range read, then times the
 queries of issue 13 (JSON encoding included) and prints each figure beside its target:
 
@@ -21,7 +21,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 
-from bridge import keys
+from bridge import documents as docs
 from bridge.directory import search
 from bridge.directory.channels import ChannelShape
 from bridge.directory.model import Directory, State
@@ -52,9 +52,9 @@ def record(i: int, j: int) -> Record:
 
 def documents(iocs: int, records: int, prefix: str = "/recsync") -> Iterator[tuple[str, bytes]]:
     """Every key and value the bridge stores for the fleet, in etcd's key order."""
-    k = keys.Keys(prefix)
+    k = docs.Keys(prefix)
     for i in range(iocs):
-        doc = keys.ioc_document(
+        doc = docs.ioc_document(
             iocid=iocid(i),
             status="active" if i % 10 else "inactive",
             hostname="fakehost",
@@ -69,17 +69,17 @@ def documents(iocs: int, records: int, prefix: str = "/recsync") -> Iterator[tup
             records=records,
             aliases=records // 10,
         )
-        yield k.ioc(iocid(i)), keys.dumps(doc)
+        yield k.ioc(iocid(i)), docs.dumps(doc)
     for i in range(iocs):
         for j in range(records):
             rec = record(i, j)
-            for name, alias in keys.pv_names(rec):
-                doc = keys.pv_document(iocid(i), rec.name, rec.rtype, alias, [iocid(i)])
-                yield k.pv(name), keys.dumps(doc)
+            for name, alias in docs.pv_names(rec):
+                doc = docs.pv_document(iocid(i), rec.name, rec.rtype, alias, [iocid(i)])
+                yield k.pv(name), docs.dumps(doc)
     for i in range(iocs):
         for j in range(records):
             rec = record(i, j)
-            yield k.record(iocid(i), rec.name), keys.record_value(rec, iocid(i))
+            yield k.record(iocid(i), rec.name), docs.record_value(rec, iocid(i))
 
 
 def p95(samples: list[float]) -> float:
@@ -140,17 +140,16 @@ def through_etcd(args: argparse.Namespace) -> State:
     from pathlib import Path
 
     from bridge.directory.feed import DirectoryFeed
+    from bridge.etcd.backend import open_store
+    from bridge.etcd.embedded import find_etcd_binary
     from bridge.etcd.ops import chunk_ops
-    from bridge.etcdclient import make_client
-    from bridge.etcdproc import EtcdCluster, find_etcd_binary
-    from bridge.processors.etcdstore import Store
+    from bridge.testing.cluster import EtcdCluster
 
     with (
         tempfile.TemporaryDirectory() as tmp,
         EtcdCluster(1, Path(tmp), binary=find_etcd_binary()) as cluster,
     ):
-        client = make_client(cluster.endpoints, timeout=10.0)
-        store = Store(client, 60.0)
+        store = open_store(cluster.endpoints, timeout=10.0, deadline_s=60.0)
         start = time.perf_counter()
         ops = ((k.encode(), v) for k, v in documents(args.iocs, args.records))
         for chunk in chunk_ops(ops):
@@ -159,7 +158,7 @@ def through_etcd(args: argparse.Namespace) -> State:
         gc.collect()
         before = rss()
         directory = Directory(SHAPE)
-        feed = DirectoryFeed(directory, client, lambda fn, *a: fn(*a))
+        feed = DirectoryFeed(directory, store, lambda fn, *a: fn(*a))
         start = time.perf_counter()
         feed.start()
         while feed.loads < 1:
@@ -173,7 +172,7 @@ def through_etcd(args: argparse.Namespace) -> State:
         line("load through the feed (range reads at one revision)", f"{load_s:.1f} s", "< write")
         line("memory per channel on top of the process", f"{per_channel:.0f} B", "<= 300 B")
         stop = threading.Event()
-        k = keys.Keys()
+        k = docs.Keys()
 
         def uploads() -> None:
             n = 0
@@ -187,9 +186,9 @@ def through_etcd(args: argparse.Namespace) -> State:
         lags = []
         for i in range(50):
             name = f"MARK{i:03d}"
-            doc = keys.pv_document("fakehost:IOC0000", name, "ai", False, ["fakehost:IOC0000"])
+            doc = docs.pv_document("fakehost:IOC0000", name, "ai", False, ["fakehost:IOC0000"])
             start = time.perf_counter()
-            client.put(k.pv(name), keys.dumps(doc))
+            store.put(k.pv(name), docs.dumps(doc))
             while state.slot(name) is None or state.owner[state.slot(name)] < 0:
                 time.sleep(0.001)
             lags.append(time.perf_counter() - start)
@@ -198,7 +197,7 @@ def through_etcd(args: argparse.Namespace) -> State:
         lags.sort()
         line("change in etcd visible while writes run, p99", f"{lags[-1] * 1000:.0f} ms", "< 1 s")
         feed.stop()
-        client.close()
+        store.close()
         return state
 
 

@@ -1,7 +1,7 @@
 """Fault benchmark: what a bridge crash and an etcd outage cost, in seconds, records and MB.
 
 Runs a 3-member etcd cluster and two bridges (real ``twistd`` processes) on loopback,
-with fake C RecCaster IOCs (bridge.fakeioc), and prints:
+with fake C RecCaster IOCs (bridge.testing.fakeioc), and prints:
 
 * failover time: from SIGKILL of a bridge in the middle of its IOCs' uploads until every
   one of its IOCs is ``active`` again through the other bridge (the IOCs reconnect as
@@ -9,9 +9,9 @@ with fake C RecCaster IOCs (bridge.fakeioc), and prints:
 * longest stale-active time: the longest any IOC document said active/uploading for a
   dead session (a few IOCs of the killed bridge stay away, so the dead-bridge sweep
   is measured too), and the longest it said so without a matching alive key; both
-  from a watch on etcd (bridge.harness.LivenessChecker);
+  from a watch on etcd (bridge.testing.checks.LivenessChecker);
 * records lost: every key under the prefix compared with what the IOCs uploaded
-  (bridge.harness.content_problems), after the crash and after the outage: must be 0;
+  (bridge.testing.checks.content_problems), after the crash and after the outage: must be 0;
 * bridge memory during an outage of the whole etcd cluster with uploads in flight
   (resident set of each bridge sampled every 0.2 s; peak and before), and the time
   from etcd's return until every IOC is active again.
@@ -39,16 +39,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bridge.etcdclient import call_with_retry, make_client  # noqa: E402
-from bridge.etcdproc import EtcdCluster, free_port  # noqa: E402
-from bridge.fakeioc import FakeIOC, IOCSpec, find_bridge, make_ioc  # noqa: E402
-from bridge.harness import (  # noqa: E402
-    BridgeProcess,
-    LivenessChecker,
-    content_problems,
-    spec_iocid,
-)
-from bridge.keys import Keys  # noqa: E402
+from bridge.documents import Keys  # noqa: E402
+from bridge.etcd.backend import GrpcBackend  # noqa: E402
+from bridge.etcd.client import call_with_retry, make_client  # noqa: E402
+from bridge.etcd.embedded import free_port  # noqa: E402
+from bridge.etcd.store import Store  # noqa: E402
+from bridge.testing.checks import LivenessChecker, content_problems, spec_iocid  # noqa: E402
+from bridge.testing.cluster import EtcdCluster  # noqa: E402
+from bridge.testing.fakeioc import FakeIOC, IOCSpec, find_bridge, make_ioc  # noqa: E402
+from bridge.testing.harness import BridgeProcess  # noqa: E402
 
 PREFIX = "/faults"
 #: IOCs of the killed bridge that stay away, so that the sweep's delay is measured.
@@ -155,7 +154,8 @@ class Bench:
 
     def lost(self, bridges: Sequence[str]) -> tuple[int, list[str]]:
         """(records missing or different, every problem) under the prefix."""
-        problems = content_problems(self.client, PREFIX, self.specs, bridges)
+        store = Store(GrpcBackend(self.client), 20.0)
+        problems = content_problems(store, PREFIX, self.specs, bridges)
         return sum(" record " in p for p in problems), problems
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzz target for the RecSync stream decoder (`bridge.wire.Decoder`).
+"""Coverage-guided fuzz target for the RecSync stream decoders of `bridge.protocol`.
 
 Property checked for every input: feeding bytes to a fresh
 ``Decoder(max_body_length=4096)`` in any chunking either returns decoded
@@ -10,7 +10,7 @@ chunked one whenever neither raised.
 Input layout: byte 0 selects how the rest is used.
 
 * bits 0-5: chunk size; 0 feeds everything in one read, N feeds N bytes at a time;
-* bit 6: runs mode (`Decoder.start_runs`, as the server uses it for uploads): the
+* bit 6: runs mode (`runs.RunDecoder.start_runs`, as the server uses it for uploads): the
   stream is also decoded with runs, first expecting nothing, then expecting the
   digests that gave; it must give the plain decoder's messages (in any order; the
   record frames of a run that never ended may still be held), and the unchanged
@@ -63,11 +63,19 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 if atheris is not None:
     with atheris.instrument_imports(include=["bridge"]):
-        from bridge import wire
         from bridge.errors import RemoteProtocolError
+        from bridge.protocol import wire
+        from bridge.protocol.runs import (
+            RUN_HOLD_LIMIT,
+            RunDecoded,
+            RunDecoder,
+            RunEnd,
+            UnchangedRun,
+        )
 else:
-    from bridge import wire
     from bridge.errors import RemoteProtocolError
+    from bridge.protocol import wire
+    from bridge.protocol.runs import RUN_HOLD_LIMIT, RunDecoded, RunDecoder, RunEnd, UnchangedRun
 
 MAX_BODY = 4096
 BOUND = wire.HEADER_SIZE + MAX_BODY
@@ -119,12 +127,12 @@ def _feed(stream: bytes, step: int) -> tuple[list[wire.Decoded], bool, int]:
 
 def _feed_runs(
     stream: bytes, step: int, expected: list[str] | None, first_run: bool
-) -> tuple[list[wire.Decoded], bool]:
+) -> tuple[list[RunDecoded], bool]:
     """`_feed` with runs on, answering the decoder whenever it waits (as the server)."""
-    decoder = wire.Decoder(max_body_length=MAX_BODY)
+    decoder = RunDecoder(max_body_length=MAX_BODY)
     decoder.start_runs(b"fuzz", max_aliases=2)
     chunks = [stream] if step == 0 else [stream[i : i + step] for i in range(0, len(stream), step)]
-    out: list[wire.Decoded] = []
+    out: list[RunDecoded] = []
     for chunk in chunks:
         try:
             got = decoder.feed(chunk)
@@ -136,18 +144,18 @@ def _feed_runs(
                 got += decoder.feed(b"")
         except RemoteProtocolError:
             return out, True
-        if not all(isinstance(m, (*_DECODED, wire.UnchangedRun, wire.RunEnd)) for m in got):
+        if not all(isinstance(m, (*_DECODED, UnchangedRun, RunEnd)) for m in got):
             raise AssertionError(f"feed returned {got!r}")
-        if decoder.buffered > BOUND or decoder.held > wire.RUN_HOLD_LIMIT + len(chunk):
+        if decoder.buffered > BOUND or decoder.held > RUN_HOLD_LIMIT + len(chunk):
             raise AssertionError(f"buffered {decoder.buffered}, held {decoder.held}")
         out.extend(got)
     return out, False
 
 
-def _records(out: list[wire.Decoded]) -> int:
+def _records(out: list[RunDecoded]) -> int:
     return sum(
         len(m.names)
-        if isinstance(m, wire.UnchangedRun)
+        if isinstance(m, UnchangedRun)
         else isinstance(m, wire.AddRecord) and m.atype == wire.ATYPE_RECORD
         for m in out
     )
@@ -161,7 +169,7 @@ def _check_runs(stream: bytes, step: int, first_run: bool) -> None:
     if raised:
         return
     plain_count = collections.Counter(map(repr, plain))
-    decoded = collections.Counter(repr(m) for m in runs if not isinstance(m, wire.RunEnd))
+    decoded = collections.Counter(repr(m) for m in runs if not isinstance(m, RunEnd))
     if decoded - plain_count:
         raise AssertionError(f"runs gave more than plain: {decoded - plain_count}")
     missing = plain_count - decoded
@@ -176,7 +184,7 @@ def _check_runs(stream: bytes, step: int, first_run: bool) -> None:
         return
     if missing:
         raise AssertionError(f"runs lost {missing} of a finished upload")
-    digests = [m.digest for m in runs if isinstance(m, wire.RunEnd)]
+    digests = [m.digest for m in runs if isinstance(m, RunEnd)]
     again, _ = _feed_runs(stream, step, digests, first_run)
     if _records(again) != _records(plain):
         raise AssertionError("unchanged runs do not stand for the same records")

@@ -1,13 +1,13 @@
 """Asyncio load generator: many simulated C RecCaster IOCs, each on its own TCP connection.
 
-Every simulated IOC speaks the exact byte sequence of the C RecCaster (shared
-reference real-clients.md section 2.2, as `bridge.fakeioc` produces it): ClientGreet
+Every simulated IOC speaks the exact byte sequence of the C RecCaster (docs/protocol.md,
+Real clients and their quirks; `bridge.testing.fakeioc` produces it): ClientGreet
 first, without waiting for the ServerGreet; then EPICS_VERSION and the environment;
 each record followed by its aliases, its info tags and ``recordDesc``; UploadDone;
 then a Pong for every Ping, echoing the nonce.
 
-Data comes from `bridge.fakeioc.make_ioc` (deterministic; ``variant``/``changed``/
-``removed`` for re-upload scenarios) and `bridge.fakeioc.upload_frames`. To keep
+Data comes from `bridge.testing.fakeioc.make_ioc` (deterministic; ``variant``/``changed``/
+``removed`` for re-upload scenarios) and `bridge.testing.fakeioc.upload_frames`. To keep
 the generator's own CPU and memory out of the measurement, uploads are encoded
 before a scenario starts (`prepare_uploads`, in worker processes) into one file
 per IOC, without the ClientGreet, which carries the announced key and is sent
@@ -60,9 +60,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bridge import wire  # noqa: E402
 from bridge.errors import RemoteProtocolError  # noqa: E402
-from bridge.fakeioc import IOCSpec, make_ioc, upload_bytes, upload_frames  # noqa: E402
+from bridge.protocol import wire  # noqa: E402
+from bridge.testing.fakeioc import IOCSpec, make_ioc, upload_bytes, upload_frames  # noqa: E402
 
 T = TypeVar("T")
 

@@ -167,25 +167,23 @@ def bench_pages(args: argparse.Namespace) -> None:
 def bench_pings(args: argparse.Namespace) -> None:
     """Ping lateness of connected IOCs while a cold bridge loads its directory and
     pages and API queries run without pause (module docstring)."""
-    from bridge.etcdclient import make_client
-    from bridge.etcdproc import EtcdCluster, find_etcd_binary, free_port
-    from bridge.fakeioc import find_bridge
-    from bridge.harness import BridgeProcess
-    from bridge.processors.etcdstore import Store
+    from bridge.etcd.backend import open_store
+    from bridge.etcd.embedded import find_etcd_binary, free_port
+    from bridge.etcd.ops import chunk_ops
+    from bridge.testing.cluster import EtcdCluster
+    from bridge.testing.fakeioc import find_bridge
+    from bridge.testing.harness import BridgeProcess
 
     with (
         tempfile.TemporaryDirectory() as tmp,
         EtcdCluster(1, Path(tmp) / "etcd", binary=find_etcd_binary()) as etcd,
     ):
-        client = make_client(etcd.endpoints, timeout=10.0)
-        from bridge.etcd.ops import chunk_ops
-
-        store = Store(client, 60.0)
+        store = open_store(etcd.endpoints, timeout=10.0, deadline_s=60.0)
         started = time.perf_counter()
         ops = ((k.encode(), v) for k, v in FLEET.documents(args.iocs, args.records))
         for chunk in chunk_ops(ops):
             store.write(chunk)
-        client.close()
+        store.close()
         print(f"fleet written to etcd in {time.perf_counter() - started:.0f} s", flush=True)
         udp_port, http_port = free_port(), free_port()
         bridge = BridgeProcess(

@@ -8,7 +8,7 @@ Run from the repository root::
 
 Scenarios (targets from the issue in brackets):
 
-* ``cold``: ``--iocs`` x ``--records`` IOCs (`bridge.fakeioc.make_ioc` data: 3 info
+* ``cold``: ``--iocs`` x ``--records`` IOCs (`bridge.testing.fakeioc.make_ioc` data: 3 info
   tags and a DESC per record, an alias on every 10th) connect at once and must all
   be ``active`` with exact content [>= 16,000 records/s end to end, or >= 0.8 of
   the raw etcd ceiling if that is lower].
@@ -29,8 +29,8 @@ Scenarios (targets from the issue in brackets):
 ``storm`` and ``changed`` need ``cold`` first; it runs (and is reported) whenever
 either is chosen. Scenarios share one etcd and bridge per group: cold/storm/changed,
 big, huge. Each group measures the raw ceiling, starts a fresh single-node etcd
-(`bridge.etcdproc.EtcdCluster`, default flags: auto-compaction on, 2 GiB quota), then
-starts the bridge (`bridge.harness.BridgeProcess`,
+(`bridge.testing.cluster.EtcdCluster`, default flags: auto-compaction on, 2 GiB quota), then
+starts the bridge (`bridge.testing.harness.BridgeProcess`,
 ``twistd -n recsync-bridge``) announcing to a loopback UDP port, finds it through
 that announcement, and starts the probes (a separate process).
 
@@ -45,7 +45,7 @@ How figures are taken:
   the bench's etcd watch on ``P/iocs/`` delivered the last IOC document's first
   ``active`` put of the scenario; records/s = uploaded records / that time.
 * raw ceiling: the same record and name-index keys (values built with
-  `bridge.keys.record_value` / `pv_document`) put straight into a fresh single-node
+  `bridge.documents.record_value` / `pv_document`) put straight into a fresh single-node
   etcd like the bridge's, 128 puts per transaction, with the bridge's client
   (`make_client`), once by one thread and once by ``--ceiling-threads`` threads (one
   client and one fresh etcd each; the bridge is not running then), for a
@@ -123,12 +123,13 @@ from loadgen import (  # noqa: E402
 from pyetcd import transactions as tx  # noqa: E402
 from pyetcd.events import PutEvent  # noqa: E402
 
-from bridge import keys as k  # noqa: E402
-from bridge.etcdclient import make_client  # noqa: E402
-from bridge.etcdproc import EtcdCluster, free_port  # noqa: E402
-from bridge.fakeioc import IOCSpec, find_bridge  # noqa: E402
-from bridge.harness import BridgeProcess  # noqa: E402
+from bridge import documents as k  # noqa: E402
+from bridge.etcd.client import make_client  # noqa: E402
+from bridge.etcd.embedded import free_port  # noqa: E402
 from bridge.model import Record  # noqa: E402
+from bridge.testing.cluster import EtcdCluster  # noqa: E402
+from bridge.testing.fakeioc import IOCSpec, find_bridge  # noqa: E402
+from bridge.testing.harness import BridgeProcess  # noqa: E402
 
 PREFIX = "/recsync"
 RAW_PREFIX = "/rawceiling"

@@ -2,8 +2,8 @@
 
 The scale benchmark (`bench/scale.py`) measures the bridge's resident size; this one
 says where per-record memory of a single upload goes. It starts a single-node etcd,
-drives one simulated C RecCaster upload (`bridge.fakeioc`) through the bridge's pure
-core on one thread, exactly as the server would (`wire.Decoder` with runs, `Session`,
+drives one simulated C RecCaster upload (`bridge.testing.fakeioc`) through the bridge's pure
+core on one thread, exactly as the server would (`runs.RunDecoder`, `Session`,
 `EtcdWriter`), and measures with tracemalloc what is still allocated just before the
 upload's UploadDone: for a first upload, an unchanged re-upload (the fast path: runs
 kept, never decoded) and a re-upload with 1 % of the records changed (every run
@@ -27,13 +27,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge import fakeioc, wire  # noqa: E402
-from bridge.etcdclient import make_client  # noqa: E402
-from bridge.etcdproc import EtcdCluster  # noqa: E402
-from bridge.keys import Keys  # noqa: E402
+from bridge.documents import Keys  # noqa: E402
+from bridge.etcd.backend import open_store  # noqa: E402
 from bridge.model import Peer  # noqa: E402
 from bridge.processors.etcdwriter import EtcdWriter  # noqa: E402
-from bridge.session import Commit, Effect, Session, SessionLimits  # noqa: E402
+from bridge.protocol.effects import Commit, Effect  # noqa: E402
+from bridge.protocol.runs import RunDecoder  # noqa: E402
+from bridge.protocol.session import Session, SessionLimits  # noqa: E402
+from bridge.testing import fakeioc  # noqa: E402
+from bridge.testing.cluster import EtcdCluster  # noqa: E402
 
 CHUNK = 65536
 
@@ -44,8 +46,8 @@ def apply(writer: EtcdWriter, effects: list[Effect]) -> None:
             writer.apply(effect.transaction)
 
 
-def upload(writer: EtcdWriter, session: Session, decoder: wire.Decoder, data: bytes) -> None:
-    """Feed `data` as the server does (`bridge.server.RecSyncProtocol`)."""
+def upload(writer: EtcdWriter, session: Session, decoder: RunDecoder, data: bytes) -> None:
+    """Feed `data` as the server does (`bridge.server.connection.RecSyncProtocol`)."""
     for start in range(0, len(data), CHUNK):
         messages = decoder.feed(data[start : start + CHUNK])
         while True:
@@ -66,7 +68,7 @@ def measure(
         session_id, Peer("127.0.0.1", 40000 + session_id), SessionLimits(), lambda: 1
     )
     session.start(0.0)
-    decoder = wire.Decoder()
+    decoder = RunDecoder()
     decoder.start_runs(session.digest_seed, session.limits.max_aliases)
     gc.collect()
     tracemalloc.start(1)
@@ -89,11 +91,9 @@ def main() -> None:
     args = parser.parse_args()
     spec = fakeioc.make_ioc("MEM", args.records)
     with EtcdCluster(1) as etcd:
-        client = make_client(etcd.endpoints, timeout=5.0)
-        lease = client.lease(600)
-        writer = EtcdWriter(
-            client, Keys("/bench-memory"), "bench", lambda: lease, time.time, deadline_s=30.0
-        )
+        store = open_store(etcd.endpoints, timeout=5.0, deadline_s=30.0)
+        lease = store.grant(600)
+        writer = EtcdWriter(store, Keys("/bench-memory"), "bench", lambda: lease, time.time)
         try:
             changed = fakeioc.make_ioc("MEM", args.records, changed=0.01, variant=1)
             for label, upload_spec, first_rid, session_id in (
@@ -109,7 +109,7 @@ def main() -> None:
                 for line in lines:
                     print(f"    {line}")
         finally:
-            client.close()
+            store.close()
 
 
 if __name__ == "__main__":

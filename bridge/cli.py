@@ -3,11 +3,13 @@
     recsync iocs                 one line per IOC: iocid, status, host, records, since
     recsync pv NAME...           who serves a PV: owner, record, type, status, claims
     recsync records IOCID        the records of one IOC
-    recsync watch [--json]       live changes, readable (or one JSON object per line)
+    recsync watch [--all]        the current state, then every change as it happens
 
-It reads the same configuration as the bridge (``-f FILE`` and the
-``RECCEIVER_ETCD_*`` environment variables), so it finds the same etcd, including
-the bridge's embedded one.
+Every command takes ``--json``: one JSON object per line instead of a table. It reads
+the same configuration as the bridge (``-f FILE`` and the ``RECCEIVER_ETCD_*``
+environment variables), so it finds the same etcd, including the bridge's embedded one.
+Reads are paged (`bridge.etcd.store.Store.scan`), so any number of IOCs or records
+works; strings from IOCs are shown with control characters escaped.
 """
 
 from __future__ import annotations
@@ -16,15 +18,21 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from bridge import keys
+from bridge import documents as docs
 from bridge.config import EtcdConfig, load_config
-from bridge.embedded import ENDPOINT_FILE
-from bridge.errors import BridgeError
-from bridge.etcdclient import call_with_retry, make_client
+from bridge.errors import BridgeError, Compacted
+from bridge.etcd.backend import open_store
+from bridge.etcd.embedded import ENDPOINT_FILE
+from bridge.etcd.ops import Entry
+from bridge.etcd.store import Store
+from bridge.etcd.watch import Watch
+
+#: How long a command waits for an etcd that does not answer.
+DEADLINE_S = 10.0
 
 
 def embedded_endpoint(data_dir: str) -> str | None:
@@ -35,7 +43,7 @@ def embedded_endpoint(data_dir: str) -> str | None:
         return None
 
 
-def connect(etcd: EtcdConfig) -> Any:
+def connect(etcd: EtcdConfig) -> Store:
     endpoints = list(etcd.endpoints)
     if not endpoints:
         found = embedded_endpoint(etcd.data_dir)
@@ -45,9 +53,10 @@ def connect(etcd: EtcdConfig) -> Any:
                 "is the bridge running?"
             )
         endpoints = [found]
-    return make_client(
+    return open_store(
         endpoints,
         timeout=etcd.timeout,
+        deadline_s=DEADLINE_S,
         username=etcd.username,
         password=etcd.password,
         ca=etcd.ca,
@@ -56,110 +65,210 @@ def connect(etcd: EtcdConfig) -> Any:
     )
 
 
-def _prefix_items(client: Any, prefix: str) -> Iterator[tuple[str, Any]]:
-    for value, meta in call_with_retry(lambda: list(client.get_prefix(prefix)), deadline_s=10):
-        yield meta.key.decode("utf-8", "replace"), keys.loads(value)
+def terminal_safe(text: str) -> str:
+    """`text` with every character a terminal would act on shown as an escape (``\\x1b``)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def _table(rows: Sequence[Sequence[object]], out: TextIO) -> None:
-    texts = [[("-" if cell is None else str(cell)) for cell in row] for row in rows]
+    texts = [[("-" if cell is None else terminal_safe(str(cell))) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in texts) for i in range(len(texts[0]))]
     for row in texts:
         out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         out.write("\n")
 
 
-def cmd_iocs(client: Any, k: keys.Keys, args: argparse.Namespace, out: TextIO) -> int:
+def _json_line(value: object, out: TextIO) -> None:
+    out.write(json.dumps(value) + "\n")
+
+
+def _entries(store: Store, prefix: str) -> Iterable[Entry]:
+    for page in store.scan(prefix):
+        yield from page.entries
+
+
+def cmd_iocs(store: Store, k: docs.Keys, args: argparse.Namespace, out: TextIO) -> int:
     rows: list[Sequence[object]] = [("IOCID", "STATUS", "HOST", "RECORDS", "SINCE")]
-    for _, doc in sorted(_prefix_items(client, k.iocs_prefix())):
-        status = doc.get("status")
-        since = {"active": doc.get("uploaded"), "inactive": doc.get("disconnected")}.get(
-            status, doc.get("connected")
-        )
-        rows.append((doc.get("iocid"), status, doc.get("hostname"), doc.get("records"), since))
-    _table(rows, out)
+    for entry in _entries(store, k.iocs_prefix()):
+        doc = docs.parse_ioc(entry.value)
+        iocid = k.split(entry.key)[-1]
+        if args.json:
+            _json_line(doc.fields if doc is not None else {"iocid": iocid, "invalid": True}, out)
+        elif doc is not None:
+            rows.append((doc.iocid or iocid, doc.status, doc.hostname, doc.records, doc.since))
+        else:
+            rows.append((iocid, "invalid", None, None, None))
+    if not args.json:
+        _table(rows, out)
     return 0
 
 
-def _get(client: Any, key: str) -> Any:
-    value, _ = call_with_retry(lambda: client.get(key), deadline_s=10)
-    return None if value is None else keys.loads(value)
-
-
-def cmd_pv(client: Any, k: keys.Keys, args: argparse.Namespace, out: TextIO) -> int:
+def cmd_pv(store: Store, k: docs.Keys, args: argparse.Namespace, out: TextIO) -> int:
     rows: list[Sequence[object]] = [("PV", "OWNER", "RECORD", "TYPE", "STATUS", "CLAIMS")]
+    found = store.get_many(k.pv(name) for name in args.names)
+    entries = {
+        name: docs.parse_pv(raw.value) if (raw := found.get(k.pv(name))) else None
+        for name in args.names
+    }
+    owners = store.get_many(k.ioc(e.owner) for e in entries.values() if e is not None)
     missing = 0
-    for name in args.names:
-        entry = _get(client, k.pv(name))
+    for name, entry in entries.items():
         if entry is None:
-            rows.append((name, None, None, None, "unknown", None))
             missing += 1
+            if args.json:
+                _json_line({"pv": name, "status": "unknown"}, out)
+            else:
+                rows.append((name, None, None, None, "unknown", None))
             continue
-        ioc = _get(client, k.ioc(entry["iocid"])) or {}
-        rows.append(
-            (
-                name,
-                entry["iocid"],
-                entry["record"],
-                entry["type"],
-                ioc.get("status"),
-                ",".join(entry["claims"]),
+        raw = owners.get(k.ioc(entry.owner))
+        ioc = docs.parse_ioc(raw.value) if raw is not None else None
+        status = ioc.status if ioc is not None else None
+        if args.json:
+            _json_line(
+                {
+                    "pv": name,
+                    "owner": entry.owner,
+                    "record": entry.record,
+                    "type": entry.rtype,
+                    "alias": entry.alias,
+                    "status": status,
+                    "claims": entry.claims,
+                },
+                out,
             )
-        )
-    _table(rows, out)
+        else:
+            row = (name, entry.owner, entry.record, entry.rtype, status, ",".join(entry.claims))
+            rows.append(row)
+    if not args.json:
+        _table(rows, out)
     return 1 if missing else 0
 
 
-def cmd_records(client: Any, k: keys.Keys, args: argparse.Namespace, out: TextIO) -> int:
+def cmd_records(store: Store, k: docs.Keys, args: argparse.Namespace, out: TextIO) -> int:
     rows: list[Sequence[object]] = [("RECORD", "TYPE", "ALIASES", "DESC", "INFOS")]
-    for _, doc in sorted(_prefix_items(client, k.records_prefix(args.iocid))):
-        infos = ",".join(f"{key}={value}" for key, value in sorted(doc["infos"].items()))
-        rows.append((doc["name"], doc["type"], ",".join(doc["aliases"]), doc["desc"], infos))
-    if len(rows) == 1:
-        out.write(f"no records for IOC {args.iocid!r}\n")
-        return 1
-    _table(rows, out)
-    return 0
-
-
-def cmd_watch(client: Any, k: keys.Keys, args: argparse.Namespace, out: TextIO) -> int:
-    from bridge.watching import watch_changes
-
-    # Start at the current revision: only what changes from now on is printed
-    # (after a compaction-forced resync, the current values are printed again).
-    head = call_with_retry(lambda: client.get_prefix_response(k.everything()), deadline_s=10)
-    start = int(head.header.revision) + 1
-    for change in watch_changes(client, k.everything(), start_revision=start):
-        parts = k.split(change.key)
+    count = 0
+    for entry in _entries(store, k.records_prefix(args.iocid)):
+        doc = docs.parse_record(entry.value)
+        if doc is None:
+            continue
+        count += 1
         if args.json:
-            record = {
-                "event": change.kind,
-                "revision": change.revision,
-                "key": list(parts),
-                "value": change.value,
-            }
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        else:
-            out.write(_describe(change.kind, parts, change.value) + "\n")
-        out.flush()
+            record = {"name": doc.name, "type": doc.rtype, "iocid": doc.iocid, "desc": doc.desc}
+            _json_line({**record, "aliases": doc.aliases, "infos": doc.infos}, out)
+            continue
+        infos = ",".join(f"{key}={value}" for key, value in sorted(doc.infos.items()))
+        rows.append((doc.name, doc.rtype, ",".join(doc.aliases), doc.desc, infos))
+    if not count:
+        message = f"no records for IOC {terminal_safe(repr(args.iocid))}\n"
+        (sys.stderr if args.json else out).write(message)
+        return 1
+    if not args.json:
+        _table(rows, out)
     return 0
+
+
+def cmd_watch(store: Store, k: docs.Keys, args: argparse.Namespace, out: TextIO) -> int:
+    """The current state at one revision R first, then every change from R + 1 on."""
+    shown = _Shown(k, out, args.json, args.all)
+    watch = Watch(store, k.everything(), reload=lambda: _print_state(store, k, shown))
+    try:
+        for events in watch:
+            for event in events:
+                shown.event(event.kind, event.key, event.value, event.revision)
+            out.flush()
+    finally:
+        watch.stop()
+    return 0
+
+
+def _print_state(store: Store, k: docs.Keys, shown: _Shown) -> int:
+    """(the watch's reload) Print every key at one revision; returns that revision."""
+    while True:
+        shown.begin()
+        try:
+            revision = 0
+            for page in store.scan(k.everything()):
+                revision = page.revision
+                for entry in page.entries:
+                    shown.event("put", entry.key, entry.value, entry.mod_revision)
+        except Compacted:
+            continue  # the snapshot's revision went away meanwhile: read it again
+        shown.synced(revision)
+        return revision
+
+
+class _Shown:
+    """How `recsync watch` prints: readable lines or JSON objects, `shared/` hidden."""
+
+    def __init__(self, k: docs.Keys, out: TextIO, as_json: bool, everything: bool) -> None:
+        self.keys = k
+        self.out = out
+        self.as_json = as_json
+        self.everything = everything
+        self._loads = 0
+
+    def begin(self) -> None:
+        """A snapshot follows: the first one is the state, later ones a resynchronisation."""
+        self._loads += 1
+        if self._loads > 1:
+            if self.as_json:
+                _json_line({"event": "resync"}, self.out)
+            else:
+                self.out.write(f"{_stamp()} history compacted: the whole state again\n")
+
+    def synced(self, revision: int) -> None:
+        if self.as_json:
+            _json_line({"event": "synced", "revision": revision}, self.out)
+        else:
+            self.out.write(f"{_stamp()} state above is at revision {revision}; changes follow\n")
+        self.out.flush()
+
+    def event(self, kind: str, key: str, raw: bytes, revision: int) -> None:
+        try:
+            parts = self.keys.split(key)
+        except ValueError:
+            return
+        if parts[0] == docs.SHARED and not self.everything:
+            return
+        value = _value(raw) if kind == "put" else None
+        if self.as_json:
+            record = {"event": kind, "revision": revision, "key": list(parts), "value": value}
+            _json_line(record, self.out)
+        else:
+            self.out.write(terminal_safe(_describe(kind, parts, value)) + "\n")
+
+
+def _stamp() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def _value(raw: bytes) -> Any:
+    try:
+        return docs.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
 
 
 def _describe(kind: str, parts: Sequence[str], value: Any) -> str:
-    stamp = time.strftime("%H:%M:%S")
     where = "/".join(parts)
-    if kind == "resync":
-        return f"{stamp} resynchronised from a full read ({where})"
     if kind == "delete":
-        return f"{stamp} - {where}"
-    if parts[0] == keys.IOCS and isinstance(value, dict):
-        return f"{stamp} ioc {parts[1]} {value.get('status')} ({value.get('records')} records)"
-    if parts[0] == keys.RECORDS and isinstance(value, dict):
-        return f"{stamp} record {parts[1]} {value.get('name')} ({value.get('type')})"
-    return f"{stamp} + {where} {json.dumps(value, ensure_ascii=False)}"
+        return f"{_stamp()} - {where}"
+    if parts[0] == docs.IOCS and isinstance(value, dict):
+        return f"{_stamp()} ioc {parts[1]} {value.get('status')} ({value.get('records')} records)"
+    if parts[0] == docs.RECORDS and isinstance(value, dict):
+        return f"{_stamp()} record {parts[1]} {value.get('name')} ({value.get('type')})"
+    return f"{_stamp()} + {where} {json.dumps(value, ensure_ascii=False)}"
 
 
-COMMANDS = {"iocs": cmd_iocs, "pv": cmd_pv, "records": cmd_records, "watch": cmd_watch}
+Command = Callable[[Store, docs.Keys, argparse.Namespace, TextIO], int]
+COMMANDS: dict[str, Command] = {
+    "iocs": cmd_iocs,
+    "pv": cmd_pv,
+    "records": cmd_records,
+    "watch": cmd_watch,
+}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -168,13 +277,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoints", help="etcd endpoints, comma-separated (overrides the file)")
     p.add_argument("--prefix", help="key prefix (overrides the file)")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("iocs", help="list IOCs")
-    pv = sub.add_parser("pv", help="look PVs up by name")
-    pv.add_argument("names", nargs="+")
-    records = sub.add_parser("records", help="list one IOC's records")
-    records.add_argument("iocid")
-    watch = sub.add_parser("watch", help="print changes as they happen")
-    watch.add_argument("--json", action="store_true", help="one JSON object per line")
+    commands = {
+        "iocs": sub.add_parser("iocs", help="list IOCs"),
+        "pv": sub.add_parser("pv", help="look PVs up by name"),
+        "records": sub.add_parser("records", help="list one IOC's records"),
+        "watch": sub.add_parser("watch", help="print the state, then changes as they happen"),
+    }
+    commands["pv"].add_argument("names", nargs="+")
+    commands["records"].add_argument("iocid")
+    commands["watch"].add_argument(
+        "--all", action="store_true", help="also show the internal shared/ marks"
+    )
+    for command in commands.values():
+        command.add_argument("--json", action="store_true", help="one JSON object per line")
     return p
 
 
@@ -185,12 +300,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         etcd = load_config(
             args.config, overrides={k: v for k, v in overrides.items() if v is not None}
         ).etcd
-        prefix = etcd.prefix
-        client = connect(etcd)
+        store = connect(etcd)
         try:
-            return COMMANDS[args.command](client, keys.Keys(prefix), args, out)
+            return COMMANDS[args.command](store, docs.Keys(etcd.prefix), args, out)
         finally:
-            client.close()
+            store.close()
     except BridgeError as error:
         sys.stderr.write(f"recsync: {error}\n")
         return 2

@@ -21,11 +21,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from bridge import wire
 from bridge.directory.channels import ChannelShape
+from bridge.documents import DEFAULT_PREFIX
 from bridge.errors import ConfigError
-from bridge.keys import DEFAULT_PREFIX
 from bridge.processors import BUILTIN, UNSUPPORTED
+from bridge.protocol import wire
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -25,13 +25,14 @@ class IProcessor(IService):
 class IUnchangedRuns(Interface):
     """A processor that can take unchanged runs of records without the records.
 
-    A re-upload is cut into runs of records (`bridge.wire.Decoder.start_runs`). When
-    every processor provides this interface, the server asks it, once every
-    transaction of the session so far has been committed (at least the first, which
-    names the IOC), which run digests it holds for the IOC. Runs whose digest matches
-    then arrive as `bridge.model.KeptRun` values in ``Transaction.kept`` instead of as
-    records; every run's digest arrives in ``Transaction.digests``. Without this
-    interface (on any processor) the server sends records only.
+    A re-upload is cut into runs of records (`bridge.protocol.runs.RunDecoder`).
+    When the processor given to the server provides this interface (a
+    `bridge.processors.ProcessorChain` does when all its processors do), the server
+    asks it, once every transaction of the session so far has been committed (at
+    least the first, which names the IOC), which run digests it holds for the IOC.
+    Runs whose digest matches then arrive as `bridge.model.KeptRun` values in
+    ``Transaction.kept`` instead of as records; every run's digest arrives in
+    ``Transaction.digests``. Without this interface the server sends records only.
     """
 
     def known_runs(session_id: int) -> Any:

@@ -56,9 +56,10 @@ class Record:
 class KeptRun:
     """A run of records that the IOC sent exactly as in its previous upload.
 
-    The session learns this from the digest of the run's frames (`bridge.wire`), so
-    the records were never built. The processor that gave the expected digests
-    (`bridge.interfaces.IUnchangedRuns`) still holds them as they were.
+    The session learns this from the digest of the run's frames
+    (`bridge.protocol.runs`), so the records were never built. The processor that
+    gave the expected digests (`bridge.interfaces.IUnchangedRuns`) still holds them
+    as they were.
 
     Attributes:
         index: the run's position in the upload, from 0.

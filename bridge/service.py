@@ -6,7 +6,7 @@ Start-up order matters and is kept here in one place:
 2. the TCP listener (so the bound port and the default bridge id are known);
 3. the processors, and wait until the etcd processor holds its lease;
 4. only then the UDP announcer, so IOCs never connect to a bridge that cannot store;
-   for the same reason it holds back while etcd is unreachable (`bridge.announce`).
+   for the same reason it holds back while etcd is unreachable (`bridge.server.announce`).
 
 Shutdown runs the other way: stop announcing, stop listening, let the processors
 prepare (the etcd processor decides whether this bridge hands its IOCs over to the
@@ -28,14 +28,16 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import alsoProvides
 
-from bridge.announce import AnnounceService
 from bridge.config import BridgeConfig
 from bridge.errors import ConfigError, StoreError
+from bridge.interfaces import IUnchangedRuns
 from bridge.logs import STARTUP_NAMESPACE, apply_log_level
 from bridge.processors import BUILTIN, UNSUPPORTED, ProcessorChain
-from bridge.server import BridgeFactory
-from bridge.session import DEFAULT_BATCH_RECORDS, SessionLimits
+from bridge.protocol.session import DEFAULT_BATCH_RECORDS, SessionLimits
+from bridge.server.admission import BridgeFactory
+from bridge.server.announce import AnnounceService
 from bridge.web import metrics
 from bridge.web.health import Health, bridge_checks
 
@@ -103,7 +105,7 @@ class BridgeService(MultiService):
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         tune_gc()
         apply_log_level(self.config.loglevel)
-        from bridge import etcdclient  # imports gRPC: only after GRPC_VERBOSITY is set
+        from bridge.etcd import client as etcdclient  # gRPC: only after GRPC_VERBOSITY
 
         etcdclient.request_observer = self.metrics.etcd_request  # etcd request metrics
         for name in self.config.unsupported_procs:
@@ -121,7 +123,7 @@ class BridgeService(MultiService):
         if self.config.etcd.embedded:
             endpoints_ready = self._start_embedded()
         self.factory = BridgeFactory(
-            _Deferring(self),
+            None,  # refuses connections until the processors exist (they need the port)
             self.reactor,
             session_limits(self.config),
             max_active=self.config.max_active,
@@ -135,6 +137,7 @@ class BridgeService(MultiService):
         self.bridge_id = self.config.bridge_id or f"{socket.gethostname()}:{tcp_port}"
         self.processor = self._build_processors(endpoints_ready, tcp_port)
         self.processor.startService()  # type: ignore[no-untyped-call]
+        self.factory.processor = _Metered(self.processor, self.metrics)
         for child in self.processor.processors:
             when_ready = getattr(child, "whenReady", None)
             if when_ready is not None:
@@ -201,7 +204,7 @@ class BridgeService(MultiService):
         return ", ".join(self.config.etcd.endpoints)
 
     def _start_embedded(self) -> Any:
-        from bridge.embedded import EmbeddedEtcdService
+        from bridge.etcd.embedded import EmbeddedEtcdService
 
         self.embedded = EmbeddedEtcdService(self.config.etcd.data_dir, self.reactor)
         self.embedded.startService()
@@ -305,26 +308,22 @@ class BridgeService(MultiService):
             waited += 0.05
 
 
-class _Deferring:
-    """Stands in for the processor chain until it exists (the chain needs the bound port)."""
+class _Metered:
+    """The processor chain as the server sees it, each commit counted and timed
+    (`bridge.web.metrics.BridgeMetrics.commit`)."""
 
-    def __init__(self, service: BridgeService) -> None:
-        self.service = service
-
-    def resolved(self) -> ProcessorChain | None:
-        """The chain it stands for, once it exists (`BridgeFactory.cuts_runs`)."""
-        return self.service.processor
+    def __init__(self, chain: ProcessorChain, counted: metrics.BridgeMetrics) -> None:
+        self.chain = chain
+        self.counted = counted
+        if IUnchangedRuns.providedBy(chain):
+            alsoProvides(self, IUnchangedRuns)
 
     def commit(self, transaction: Any) -> Any:
-        processor = self.service.processor
-        if processor is None:
-            return defer.fail(RuntimeError("processors are not running yet"))
-        committing = defer.maybeDeferred(processor.commit, transaction)
-        return self.service.metrics.commit(transaction, committing)
+        committing = defer.maybeDeferred(self.chain.commit, transaction)
+        return self.counted.commit(transaction, committing)
 
     def known_runs(self, session_id: int) -> Any:
-        processor = self.service.processor
-        return processor.known_runs(session_id) if processor is not None else None
+        return self.chain.known_runs(session_id)
 
 
 def session_limits(config: BridgeConfig) -> SessionLimits:

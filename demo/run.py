@@ -30,9 +30,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bridge import cli  # noqa: E402
-from bridge.etcdproc import free_port  # noqa: E402
-from bridge.fakeioc import FakeIOC, find_bridge, make_ioc  # noqa: E402
-from bridge.harness import BridgeProcess  # noqa: E402
+from bridge.etcd.embedded import free_port  # noqa: E402
+from bridge.testing.fakeioc import FakeIOC, find_bridge, make_ioc  # noqa: E402
+from bridge.testing.harness import BridgeProcess  # noqa: E402
 
 PYRECCASTER_PORT = 5049  # fixed in pyreccaster
 

@@ -1,6 +1,6 @@
 """Shared fixtures: real etcd processes on loopback, a client, and a unique key prefix.
 
-The process helpers live in `bridge.etcdproc`; this file only wires them to pytest.
+The process helpers live in `bridge.testing.cluster`; this file only wires them to pytest.
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ from typing import Any
 import pytest
 
 from bridge.errors import ConfigError
-from bridge.etcdclient import call_with_retry, make_client
-from bridge.etcdproc import EtcdCluster, find_etcd_binary
+from bridge.etcd.backend import GrpcBackend
+from bridge.etcd.client import call_with_retry, make_client
+from bridge.etcd.embedded import find_etcd_binary
+from bridge.etcd.store import Store
+from bridge.testing.cluster import EtcdCluster
 
 
 def _etcd_binary_or_skip() -> str:
@@ -45,6 +48,12 @@ def etcd_client(etcd_server: EtcdCluster) -> Iterator[Any]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def etcd_store(etcd_client: Any) -> Store:
+    """A `Store` on `etcd_client` (closed with it)."""
+    return Store(GrpcBackend(etcd_client), 10.0)
 
 
 @pytest.fixture

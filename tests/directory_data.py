@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from bridge import keys
+from bridge import documents as docs_module
 from bridge.directory.channels import ChannelShape
 from bridge.directory.model import Directory
 from bridge.model import Record
 
 PREFIX = "/recsync"
-K = keys.Keys(PREFIX)
+K = docs_module.Keys(PREFIX)
 SHAPE = ChannelShape(
     alias=True, record_type=True, record_desc=True, infotags=("archive",), username="cfstore"
 )
@@ -51,10 +51,10 @@ def documents() -> list[tuple[str, bytes]]:
     claims: dict[str, list[str]] = {}
     for iocid, _, _, _, records in FLEET:
         for record in records:
-            for name, _ in keys.pv_names(record):
+            for name, _ in docs_module.pv_names(record):
                 claims.setdefault(name, []).append(iocid)
     for iocid, status, host, env, records in FLEET:
-        doc = keys.ioc_document(
+        doc = docs_module.ioc_document(
             iocid=iocid,
             status=status,
             hostname=host,
@@ -69,12 +69,14 @@ def documents() -> list[tuple[str, bytes]]:
             records=len(records),
             aliases=sum(len(r.aliases) for r in records),
         )
-        out.append((K.ioc(iocid), keys.dumps(doc)))
+        out.append((K.ioc(iocid), docs_module.dumps(doc)))
         for record in records:
-            out.append((K.record(iocid, record.name), keys.record_value(record, iocid)))
-            for name, alias in keys.pv_names(record):
-                index = keys.pv_document(iocid, record.name, record.rtype, alias, claims[name])
-                out.append((K.pv(name), keys.dumps(index)))
+            out.append((K.record(iocid, record.name), docs_module.record_value(record, iocid)))
+            for name, alias in docs_module.pv_names(record):
+                index = docs_module.pv_document(
+                    iocid, record.name, record.rtype, alias, claims[name]
+                )
+                out.append((K.pv(name), docs_module.dumps(index)))
     return out
 
 

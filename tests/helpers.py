@@ -11,13 +11,13 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
-from bridge import wire
 from bridge.interfaces import IUnchangedRuns
 from bridge.model import Transaction
+from bridge.protocol import runs
 
 
 class RecordingProcessor:
-    """Stands in for the processors (`bridge.server.Committer`): keeps every transaction.
+    """Stands in for the processors (`bridge.server.admission.Committer`): keeps them all.
 
     Commits complete at once, or, with ``manual``, when the test fires `pending`.
     """
@@ -57,12 +57,12 @@ class RunsProcessor(RecordingProcessor):
 
 
 def answer_runs(
-    decoder: wire.Decoder, expected: Sequence[str] | None, first_run: bool = False
-) -> list[wire.Decoded]:
-    """While `decoder` waits (`wire.Decoder.start_runs`), answer it as the server does:
+    decoder: runs.RunDecoder, expected: Sequence[str] | None, first_run: bool = False
+) -> list[runs.RunDecoded]:
+    """While `decoder` waits (`runs.RunDecoder.start_runs`), answer it as the server does:
     with `expected`, or with `first_run` first wait for the first run to end when it
     stops in front of the first record. Returns what it decodes meanwhile."""
-    out: list[wire.Decoded] = []
+    out: list[runs.RunDecoded] = []
     while decoder.awaiting:
         if first_run and decoder.before_records:
             decoder.wait_for_first_run()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 
-from bridge.announce import AnnounceService
+from bridge.server.announce import AnnounceService
 
 
 class UDPClock(MemoryReactorClock):
@@ -44,7 +44,7 @@ def test_announcements_pause_while_the_bridge_cannot_store() -> None:
     lines = [
         formatEvent(e)
         for e in events
-        if e.get("log_namespace", "").startswith("bridge.announce.AnnounceService")
+        if e.get("log_namespace", "").startswith("bridge.server.announce.AnnounceService")
     ]
     assert len(lines) == 2
     assert "not announcing" in lines[0] and "etcd unreachable" in lines[0]

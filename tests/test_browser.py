@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bridge.etcdproc import EtcdCluster
+from bridge.testing.cluster import EtcdCluster
 from tests.helpers import poll
 from tests.webfleet import FIRST_ID, SCRIPT, SECOND_ID, WebFleet, web_fleet
 

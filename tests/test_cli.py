@@ -6,27 +6,28 @@ import contextlib
 import io
 import json
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from bridge import cli
-from bridge.etcdproc import EtcdCluster
-from bridge.keys import Keys
+from bridge import documents as docs
+from bridge.documents import Keys, record_value
+from bridge.etcd.store import Store
 from bridge.model import Peer, Record, Transaction
 from bridge.processors.etcdwriter import EtcdWriter
-from bridge.watching import watch_changes
+from bridge.testing.cluster import EtcdCluster
+from tests.helpers import poll
 
 pytestmark = pytest.mark.etcd
 
 
 @pytest.fixture
-def filled(etcd_client: Any, prefix: str) -> Iterator[EtcdWriter]:
+def filled(etcd_store: Store, prefix: str) -> Iterator[EtcdWriter]:
     """Two IOCs: A (active, 2 records, one alias) and B (inactive, claims A's PV too)."""
-    lease = etcd_client.lease(60)
-    writer = EtcdWriter(etcd_client, Keys(prefix), "b1", lambda: lease, lambda: 1.8e9, 10.0)
+    lease = etcd_store.grant(60)
+    writer = EtcdWriter(etcd_store, Keys(prefix), "b1", lambda: lease, lambda: 1.8e9)
     for sid, name, records in (
         (
             1,
@@ -43,7 +44,7 @@ def filled(etcd_client: Any, prefix: str) -> Iterator[EtcdWriter]:
         writer.apply(Transaction(sid, peer, 0, infos, records, upload_done=True))
     writer.apply(Transaction(2, Peer("127.0.0.1", 1002), 1, {}, connected=False, reason="bye"))
     yield writer
-    etcd_client.revoke_lease(lease.id)
+    etcd_store.revoke(lease.id)
 
 
 def run(etcd_server: EtcdCluster, prefix: str, *args: str) -> tuple[int, str]:
@@ -104,81 +105,190 @@ def test_unreachable_configuration_is_one_clear_error(tmp_path: Any) -> None:
     assert "no embedded etcd found" in err.getvalue()
 
 
-def test_watch_yields_changes_in_order_and_resumes_from_a_revision(
-    etcd_client: Any, prefix: str
+class Interruptible(io.StringIO):
+    """Output of a running `recsync watch`: `interrupt` makes its next write a Ctrl-C."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False
+
+    def write(self, text: str) -> int:
+        if self.interrupted:
+            raise KeyboardInterrupt
+        return super().write(text)
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+
+
+class RunningWatch:
+    """`recsync watch ARGS` in a thread, ended by a Ctrl-C at the next line it prints."""
+
+    def __init__(self, etcd_server: EtcdCluster, prefix: str, *args: str) -> None:
+        self.out = Interruptible()
+        self.code: int | None = None
+        argv = ["--endpoints", etcd_server.endpoints[0], "--prefix", prefix, "watch", *args]
+        self.thread = threading.Thread(target=self._run, args=(argv,), daemon=True)
+        self.thread.start()
+
+    def _run(self, argv: list[str]) -> None:
+        self.code = cli.main(argv, out=self.out)
+
+    def text(self) -> str:
+        return self.out.getvalue()
+
+    def stop(self, store: Store, prefix: str) -> None:
+        self.out.interrupt()
+        store.put(prefix + "/iocs/zz-wake", b"{}")  # something to print
+        self.thread.join(10)
+        assert not self.thread.is_alive() and self.code == 130
+
+
+def test_watch_prints_the_state_first_then_changes(
+    etcd_server: EtcdCluster, etcd_store: Store, prefix: str
 ) -> None:
-    head = int(etcd_client.get_prefix_response(prefix + "/").header.revision)
-    seen: list[tuple[str, str, Any]] = []
-    done = threading.Event()
-
-    def consume() -> None:
-        for change in watch_changes(
-            etcd_client, prefix + "/", start_revision=head + 1, stop=lambda: len(seen) >= 3
-        ):
-            seen.append((change.kind, change.key, change.value))
-        done.set()
-
-    thread = threading.Thread(target=consume, daemon=True)
-    thread.start()
-    etcd_client.put(prefix + "/iocs/x", json.dumps({"status": "active"}))
-    etcd_client.put(prefix + "/iocs/x", json.dumps({"status": "inactive"}))
-    etcd_client.delete(prefix + "/iocs/x")
-    assert done.wait(10)
-    assert seen == [
-        ("put", prefix + "/iocs/x", {"status": "active"}),
-        ("put", prefix + "/iocs/x", {"status": "inactive"}),
-        ("delete", prefix + "/iocs/x", None),
-    ]
-
-
-def test_watch_resynchronises_after_compaction(etcd_client: Any, prefix: str) -> None:
-    etcd_client.put(prefix + "/iocs/y", json.dumps({"status": "active"}))
-    old = int(etcd_client.get_prefix_response(prefix + "/").header.revision)
-    etcd_client.put(prefix + "/iocs/y", json.dumps({"status": "inactive"}))
-    new = int(etcd_client.get_prefix_response(prefix + "/").header.revision)
-    etcd_client.compact(new)
-    changes = watch_changes(etcd_client, prefix + "/", start_revision=old)
-    first = next(changes)
-    assert first.kind == "resync"
-    second = next(changes)
-    assert (second.kind, second.key, second.value) == (
-        "put",
-        prefix + "/iocs/y",
-        {"status": "inactive"},
-    )
-
-
-def test_watch_command_prints_readable_and_json_lines(
-    etcd_server: EtcdCluster, etcd_client: Any, prefix: str
-) -> None:
-    outputs: dict[str, io.StringIO] = {"text": io.StringIO(), "json": io.StringIO()}
-    threads = [
-        threading.Thread(
-            target=run_watch, args=(etcd_server, prefix, out, mode == "json"), daemon=True
+    keys = Keys(prefix)
+    before = {"iocid": "h:OLD", "status": "active", "records": 1}
+    etcd_store.put(keys.ioc("h:OLD"), json.dumps(before).encode())
+    etcd_store.put(keys.shared("h:OLD"), b'{"name": "X"}')
+    watches = {
+        "text": RunningWatch(etcd_server, prefix),
+        "json": RunningWatch(etcd_server, prefix, "--json"),
+        "all": RunningWatch(etcd_server, prefix, "--json", "--all"),
+    }
+    try:
+        poll(
+            lambda: all(
+                "synced" in w.text() or "changes follow" in w.text() for w in watches.values()
+            )
         )
-        for mode, out in outputs.items()
+        doc = {"iocid": "h:W", "status": "active", "records": 3}
+        etcd_store.put(keys.ioc("h:W"), json.dumps(doc).encode())
+        poll(lambda: all("h:W" in w.text() for w in watches.values()), what="the change")
+    finally:
+        for watch in watches.values():
+            watch.stop(etcd_store, prefix)
+
+    text = watches["text"].text().splitlines()
+    assert "ioc h:OLD active (1 records)" in text[0]
+    assert "changes follow" in text[1]
+    assert "ioc h:W active (3 records)" in text[2]
+    assert not any("shared" in line for line in text)
+
+    lines = [json.loads(line) for line in watches["json"].text().splitlines()]
+    assert (lines[0]["event"], lines[0]["key"], lines[0]["value"]) == (
+        "put",
+        ["iocs", "h:OLD"],
+        before,
+    )
+    assert lines[1]["event"] == "synced"
+    state_revision = lines[1]["revision"]
+    assert (lines[2]["event"], lines[2]["key"], lines[2]["value"]) == ("put", ["iocs", "h:W"], doc)
+    assert lines[2]["revision"] == state_revision + 1
+
+    shown = [json.loads(line).get("key") for line in watches["all"].text().splitlines()]
+    assert ["shared", "h:OLD"] in shown
+
+
+def test_every_command_has_json_lines(
+    filled: EtcdWriter, etcd_server: EtcdCluster, prefix: str
+) -> None:
+    code, text = run(etcd_server, prefix, "iocs", "--json")
+    iocs = [json.loads(line) for line in text.splitlines()]
+    assert code == 0
+    assert [(d["iocid"], d["status"], d["records"]) for d in iocs] == [
+        ("h:IOC-A", "active", 2),
+        ("h:IOC-B", "inactive", 1),
     ]
-    for thread in threads:
-        thread.start()
-    doc = {"iocid": "h:W", "status": "active", "records": 3}
-
-    def both_printed() -> bool:
-        etcd_client.put(prefix + "/iocs/h:W", json.dumps(doc))
-        return all("h:W" in out.getvalue() for out in outputs.values())
-
-    deadline = time.monotonic() + 10
-    while not both_printed():
-        assert time.monotonic() < deadline, {k: v.getvalue() for k, v in outputs.items()}
-        time.sleep(0.1)
-    assert "ioc h:W active (3 records)" in outputs["text"].getvalue()
-    line = json.loads(outputs["json"].getvalue().splitlines()[0])
-    assert (line["event"], line["key"], line["value"]) == ("put", ["iocs", "h:W"], doc)
-
-
-def run_watch(etcd_server: EtcdCluster, prefix: str, out: io.StringIO, as_json: bool) -> None:
-    args = ["watch", "--json"] if as_json else ["watch"]
-    run_into(etcd_server, prefix, out, *args)
+    code, text = run(etcd_server, prefix, "pv", "SHARED", "NOPE", "--json")
+    pvs = [json.loads(line) for line in text.splitlines()]
+    assert code == 1
+    assert pvs[0]["owner"] == "h:IOC-A" and sorted(pvs[0]["claims"]) == ["h:IOC-A", "h:IOC-B"]
+    assert pvs[1] == {"pv": "NOPE", "status": "unknown"}
+    code, text = run(etcd_server, prefix, "records", "h:IOC-A", "--json")
+    records = [json.loads(line) for line in text.splitlines()]
+    assert code == 0
+    assert records[0] == {
+        "name": "A:PV1",
+        "type": "ai",
+        "iocid": "h:IOC-A",
+        "desc": "Current",
+        "aliases": ["A:PV1:AL"],
+        "infos": {"archive": "x"},
+    }
 
 
-def run_into(etcd_server: EtcdCluster, prefix: str, out: io.StringIO, *args: str) -> None:
-    cli.main(["--endpoints", etcd_server.endpoints[0], "--prefix", prefix, *args], out=out)
+def test_peer_supplied_strings_are_escaped_in_tables(
+    etcd_server: EtcdCluster, etcd_store: Store, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    evil = "EVIL\x1b[2J\nFAKE  row\x00"
+    record = Record(1, evil, "ai", [], {"k": "v\x07"}, "desc\r")
+    etcd_store.put(keys.record("h:X", evil), record_value(record, "h:X"))
+    code, text = run(etcd_server, prefix, "records", "h:X")
+    assert code == 0
+    assert not any(ch in text for ch in "\x1b\x00\x07\r")
+    lines = text.splitlines()
+    assert len(lines) == 2
+    assert lines[1].startswith("EVIL\\x1b[2J\\nFAKE  row\\x00")
+
+
+@pytest.mark.slow
+def test_records_of_a_65000_record_ioc(
+    etcd_server: EtcdCluster, etcd_store: Store, prefix: str
+) -> None:
+    """Far more than one page, and about 12 MB: more than gRPC's 4 MiB in one response."""
+    keys = Keys(prefix)
+    n = 65_000
+    infos = {"archive": "monitor 1.0", "egu": "mA", "note": "x" * 64}
+    etcd_store.write(
+        (
+            keys.record("h:BIG", name).encode(),
+            record_value(Record(i, name, "ai", [name + ":A"], infos, f"record {i}"), "h:BIG"),
+        )
+        for i in range(n)
+        if (name := f"BIG:{i:05d}")
+    )
+    code, text = run(etcd_server, prefix, "records", "h:BIG")
+    assert code == 0
+    lines = text.splitlines()
+    assert len(lines) == n + 1
+    assert lines[1].split()[:3] == ["BIG:00000", "ai", "BIG:00000:A"]
+    assert lines[-1].split()[:3] == ["BIG:64999", "ai", "BIG:64999:A"]
+
+
+def test_iocs_over_4_mib(etcd_server: EtcdCluster, etcd_store: Store, prefix: str) -> None:
+    keys = Keys(prefix)
+    env = {f"VAR{i}": "v" * 100 for i in range(80)}  # about 8.5 kB per document
+    n = 600
+    etcd_store.write(
+        (keys.ioc(f"h:IOC{i:03d}").encode(), docs.dumps(ioc_doc(f"IOC{i:03d}", env)))
+        for i in range(n)
+    )
+    assert sum(len(e.value) for p in etcd_store.scan(keys.iocs_prefix()) for e in p.entries) > (
+        4 * 1024 * 1024
+    )
+    code, text = run(etcd_server, prefix, "iocs")
+    assert code == 0
+    rows = [line.split() for line in text.splitlines()[1:]]
+    assert [r[0] for r in rows] == [f"h:IOC{i:03d}" for i in range(n)]
+    code, text = run(etcd_server, prefix, "iocs", "--json")
+    assert len(text.splitlines()) == n
+
+
+def ioc_doc(name: str, env: dict[str, str]) -> dict[str, Any]:
+    return docs.ioc_document(
+        iocid=f"h:{name}",
+        status="active",
+        hostname="h",
+        iocname=name,
+        ip="127.0.0.1",
+        port=1,
+        env=env,
+        bridge_id="b1",
+        connected="2027-01-15T08:00:00.000Z",
+        uploaded="2027-01-15T08:00:01.000Z",
+        disconnected=None,
+        records=1,
+        aliases=0,
+    )

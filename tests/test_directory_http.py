@@ -5,7 +5,6 @@ pyCFClient, Phoebus and pvinfo ask (request shapes from their sources)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.error
@@ -17,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from bridge.etcdproc import EtcdCluster, free_port
-from bridge.fakeioc import FakeIOC, IOCSpec, RecordSpec, find_bridge
-from bridge.harness import REPO_ROOT, BridgeProcess, write_config
+from bridge.etcd.embedded import free_port
+from bridge.testing.cluster import EtcdCluster
+from bridge.testing.fakeioc import FakeIOC, IOCSpec, RecordSpec, find_bridge
+from bridge.testing.harness import BridgeProcess, child_env, write_config
 from tests.helpers import poll
 
 pytestmark = pytest.mark.etcd
@@ -65,7 +65,7 @@ class DirectoryProcess:
         return f"http://127.0.0.1:{self.port}/ChannelFinder"
 
     def start(self) -> DirectoryProcess:
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        env = child_env()
         command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
         command += ["-n", "--pidfile=", "recsync-directory", "-f", str(self.config)]
         with open(self.log, "ab") as log:

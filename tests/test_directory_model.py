@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from bridge import keys
+from bridge import documents
 from bridge.directory import search
 from bridge.directory.channels import ChannelShape, cf_time
 from bridge.directory.model import Directory
@@ -75,8 +75,8 @@ def test_duplicate_shows_the_owner_record_and_how_many_claim_it() -> None:
 
 def test_ownership_moving_back_swaps_the_record_in() -> None:
     cf = directory()
-    index = keys.pv_document(IOC_A, "SR:C01:BPM2", "ao", False, [IOC_B, IOC_A])
-    cf.apply(K.pv("SR:C01:BPM2"), keys.dumps(index))
+    index = documents.pv_document(IOC_A, "SR:C01:BPM2", "ao", False, [IOC_B, IOC_A])
+    cf.apply(K.pv("SR:C01:BPM2"), documents.dumps(index))
     values = dict(props(channel(cf, "SR:C01:BPM2")))
     assert (values["iocid"], values["recordDesc"]) == (IOC_A, "Beam y")
     cf.apply(K.record(IOC_A, "SR:C01:BPM2"), None)
@@ -115,19 +115,19 @@ def test_updates_one_document_at_a_time() -> None:
     assert cf.state.count() == 5
     assert search.count(cf.state, parse_query([("~name", "BR:Q1")])) == 0
     record = Record(0, "AA:NEW", "ai", [], {}, "new one")
-    cf.apply(K.record(IOC_A, "AA:NEW"), keys.record_value(record, IOC_A))
+    cf.apply(K.record(IOC_A, "AA:NEW"), documents.record_value(record, IOC_A))
     assert search.count(cf.state, parse_query([("~name", "AA:*")])) == 0  # no index yet
-    index = keys.pv_document(IOC_A, "AA:NEW", "ai", False, [IOC_A])
-    cf.apply(K.pv("AA:NEW"), keys.dumps(index))
+    index = documents.pv_document(IOC_A, "AA:NEW", "ai", False, [IOC_A])
+    cf.apply(K.pv("AA:NEW"), documents.dumps(index))
     selection = search.select(cf.state, parse_query([("~size", "1")]), exact_count=False)
     assert [cf.state.names[s] for s in selection.slots] == ["AA:NEW"]
-    doc = json.loads(keys.dumps(_ioc_doc(IOC_A, "inactive")))
+    doc = json.loads(documents.dumps(_ioc_doc(IOC_A, "inactive")))
     cf.apply(K.ioc(IOC_A), orjson.dumps(doc))
     assert dict(props(channel(cf, "AA:NEW")))["pvStatus"] == "Inactive"
 
 
 def _ioc_doc(iocid: str, status: str) -> dict[str, Any]:
-    return keys.ioc_document(
+    return documents.ioc_document(
         iocid=iocid,
         status=status,
         hostname="hostA",
@@ -148,8 +148,8 @@ def test_many_inserts_keep_name_order() -> None:
     cf = Directory(SHAPE, PREFIX)
     names = [f"N{(i * 7919) % 10007:05d}" for i in range(10007)]
     for name in names:
-        index = keys.pv_document(IOC_A, name, "ai", False, [IOC_A])
-        cf.apply(K.pv(name), keys.dumps(index))
+        index = documents.pv_document(IOC_A, name, "ai", False, [IOC_A])
+        cf.apply(K.pv(name), documents.dumps(index))
     found = search.select(cf.state, parse_query([("~size", "10000")]), exact_count=True)
     assert found.count == 10007
     assert [cf.state.names[s] for s in found.slots] == sorted(names)[:10000]
@@ -162,7 +162,7 @@ def test_garbage_values_and_foreign_keys_are_ignored() -> None:
     cf.apply(K.pv("BR:Q1"), b"not json")
     cf.apply(K.pv("BR:Q1"), b"[1, 2]")
     cf.apply("/elsewhere/pvs/X", b"{}")
-    cf.apply(K.alive(IOC_A), keys.dumps({"bridge": "bridge-a", "since": "t"}))
+    cf.apply(K.alive(IOC_A), documents.dumps({"bridge": "bridge-a", "since": "t"}))
     assert cf.state.count() == 6
 
 
@@ -182,10 +182,10 @@ HOSTILE = [
 def test_hostile_names_round_trip_through_json(name: str) -> None:
     cf = directory()
     record = Record(0, name, "ai", [name + ":A"], {"archive": name}, name)
-    cf.apply(K.record(IOC_A, name), keys.record_value(record, IOC_A))
-    for each, alias in keys.pv_names(record):
-        index = keys.pv_document(IOC_A, name, "ai", alias, [IOC_A])
-        cf.apply(K.pv(each), keys.dumps(index))
+    cf.apply(K.record(IOC_A, name), documents.record_value(record, IOC_A))
+    for each, alias in documents.pv_names(record):
+        index = documents.pv_document(IOC_A, name, "ai", alias, [IOC_A])
+        cf.apply(K.pv(each), documents.dumps(index))
     found = channel(cf, name)
     assert found["name"] == name
     assert dict(props(found))["recordDesc"] == name

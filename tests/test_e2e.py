@@ -16,9 +16,12 @@ from typing import Any
 
 import pytest
 
-from bridge.etcdproc import EtcdCluster, free_port
-from bridge.fakeioc import FakeIOC, IOCSpec, RecordSpec, find_bridge, make_ioc
-from bridge.harness import READY_TEXT, BridgeProcess, content_problems, spec_iocid
+from bridge.etcd.embedded import free_port
+from bridge.etcd.store import Store
+from bridge.testing.checks import content_problems, spec_iocid
+from bridge.testing.cluster import EtcdCluster
+from bridge.testing.fakeioc import FakeIOC, IOCSpec, RecordSpec, find_bridge, make_ioc
+from bridge.testing.harness import READY_TEXT, BridgeProcess
 from tests.helpers import poll
 
 pytestmark = pytest.mark.etcd
@@ -206,7 +209,7 @@ def test_reupload_writes_only_what_changed(
 
 
 def test_unchanged_reconnect_is_found_from_the_frames_and_writes_nothing(
-    bridge: tuple[BridgeProcess, int], etcd_client: Any, prefix: str
+    bridge: tuple[BridgeProcess, int], etcd_client: Any, etcd_store: Store, prefix: str
 ) -> None:
     process, udp_port = bridge
     host, port, key = find_bridge(udp_port, timeout=10)
@@ -228,7 +231,7 @@ def test_unchanged_reconnect_is_found_from_the_frames_and_writes_nothing(
         poll(lambda: ioc_status(etcd_client, prefix, iocid) == "active", what="re-upload")
         after = mod_revisions(etcd_client, prefix)
         doc = dump(etcd_client, prefix)[f"/iocs/{iocid}"]
-        assert content_problems(etcd_client, prefix, {iocid: spec}, ["bridge"]) == []
+        assert content_problems(etcd_store, prefix, {iocid: spec}, ["bridge"]) == []
     finally:
         again.close()
     stored = {k: v for k, v in before.items() if "/records/" in k or "/pvs/" in k}

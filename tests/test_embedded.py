@@ -18,17 +18,17 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
-from bridge import etcdproc
-from bridge.embedded import ENDPOINT_FILE, EmbeddedEtcdService
 from bridge.errors import ConfigError
-from bridge.etcdclient import call_with_retry, make_client
-from bridge.harness import REPO_ROOT
+from bridge.etcd import embedded
+from bridge.etcd.client import call_with_retry, make_client
+from bridge.etcd.embedded import ENDPOINT_FILE, EmbeddedEtcdService
+from bridge.testing.harness import child_env
 from tests.helpers import poll
 
 
 def _require_etcd() -> None:
     try:
-        etcdproc.find_etcd_binary()
+        embedded.find_etcd_binary()
     except ConfigError as exc:
         if os.environ.get("CI"):
             raise
@@ -74,7 +74,7 @@ class MissingBinaryTests(TestCase):
     def test_start_without_etcd_names_the_debian_package(self) -> None:
         empty = _scratch_dir(self)
         self.patch(os, "environ", {**os.environ, "PATH": empty})
-        self.patch(etcdproc, "DEBIAN_ETCD", "/nonexistent/etcd")
+        self.patch(embedded, "DEBIAN_ETCD", "/nonexistent/etcd")
         service = EmbeddedEtcdService(os.path.join(empty, "data"), reactor)
         with pytest.raises(ConfigError, match="etcd-server"):
             service.startService()
@@ -118,7 +118,7 @@ class EmbeddedEtcdServiceTests(TestCase):
         assert host == "127.0.0.1" and int(port) not in (2379, 2380)
         value = yield deferToThread(_put_then_get, endpoints, "/e/k", b"v")
         assert value == b"v"
-        # Detached (see bridge.embedded.detached): terminal signals go to the bridge only.
+        # Detached (see bridge.etcd.embedded.detached): terminal signals go to the bridge only.
         assert self.service.pid is not None
         assert os.getsid(self.service.pid) == self.service.pid != os.getsid(0)
         endpoint_file = os.path.join(self.data_dir, ENDPOINT_FILE)
@@ -194,12 +194,12 @@ def test_detached_command_has_its_own_session_and_ends_with_its_parent() -> None
     # The parent stands in for the bridge: it starts a detached child, then dies.
     script = (
         "import subprocess, sys\n"
-        "from bridge.embedded import detached\n"
+        "from bridge.etcd.embedded import detached\n"
         "child = subprocess.Popen(detached(['/bin/sleep', '120']))\n"
         "print(child.pid, flush=True)\n"
         "sys.stdin.read()\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = child_env()
     parent = subprocess.Popen(
         [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
     )

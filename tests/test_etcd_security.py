@@ -10,7 +10,6 @@ trustme; users are created with etcdctl. The member forgets unused tokens after
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -26,15 +25,11 @@ import pytest
 
 from bridge.config import EtcdConfig, load_config
 from bridge.errors import ConfigError
-from bridge.etcdclient import AuthenticatedClient, call_with_retry, make_client
-from bridge.etcdproc import (
-    EtcdMember,
-    etcd_environment,
-    find_etcd_binary,
-    free_ports,
-)
-from bridge.fakeioc import FakeIOC, make_ioc
-from bridge.harness import REPO_ROOT, BridgeProcess
+from bridge.etcd.client import AuthenticatedClient, call_with_retry, make_client
+from bridge.etcd.embedded import etcd_environment, find_etcd_binary, free_ports
+from bridge.testing.cluster import EtcdMember
+from bridge.testing.fakeioc import FakeIOC, make_ioc
+from bridge.testing.harness import BridgeProcess, child_env
 from tests.helpers import poll
 
 pytestmark = pytest.mark.etcd
@@ -341,6 +336,23 @@ def test_bridge_with_bad_credentials_exits_with_one_clear_line(
     assert "listening on TCP port" not in log  # it never announced itself
 
 
+def test_bridge_whose_role_does_not_cover_the_prefix_exits_with_one_clear_line(
+    tmp_path: Path, secure_etcd: SecureEtcd
+) -> None:
+    """etcd refuses the first write: that is no outage, so the bridge does not retry."""
+    process = _bridge(tmp_path, secure_etcd, "/elsewhere")
+    process.start()
+    try:
+        process.wait(30)
+    finally:
+        process.stop()
+    log = process.log_text()
+    failed = [line for line in log.splitlines() if "could not start" in line]
+    assert len(failed) == 1, log
+    assert "permission denied" in failed[0].lower(), failed[0]
+    assert "Traceback" not in log and "still trying" not in log, log
+
+
 def test_help_and_config_errors_never_show_credentials(tmp_path: Path) -> None:
     secret = "s3cr3t-" + secrets.token_hex(8)
     config = tmp_path / "bridge.conf"
@@ -348,13 +360,7 @@ def test_help_and_config_errors_never_show_credentials(tmp_path: Path) -> None:
         "[etcd]\nendpoints = https://127.0.0.1:1\nusername = u\n"
         f"password = {secret}\nlease_ttl = oops\n"
     )
-    env = {
-        **os.environ,
-        "RECCEIVER_ETCD_PASSWORD": secret,
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
-        ),
-    }
+    env = {**child_env(), "RECCEIVER_ETCD_PASSWORD": secret}
     twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
     for args in (["recsync-bridge", "--help"], ["recsync-bridge", "-f", str(config)]):
         result = subprocess.run(

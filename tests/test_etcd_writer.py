@@ -17,7 +17,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pyetcd.exceptions import ConnectionFailedError
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.threads import deferToThread
@@ -25,7 +24,11 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase as TrialTestCase
 from zope.interface.verify import verifyObject
 
-from bridge.errors import StoreError
+from bridge.documents import Keys, record_value
+from bridge.errors import EtcdUnavailable, StoreError
+from bridge.etcd.backend import GrpcBackend
+from bridge.etcd.client import call_with_retry, make_client
+from bridge.etcd.embedded import find_etcd_binary
 from bridge.etcd.ops import (
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
@@ -34,16 +37,15 @@ from bridge.etcd.ops import (
     chunk_guarded,
     chunk_ops,
 )
-from bridge.etcdclient import call_with_retry, make_client
-from bridge.etcdproc import EtcdCluster, find_etcd_binary
+from bridge.etcd.store import Store
 from bridge.interfaces import IProcessor
-from bridge.keys import Keys, record_value
 from bridge.model import KeptRun, Peer, Record, Transaction
 from bridge.processors.etcd import EtcdProcessor
 from bridge.processors.etcdwriter import MAX_RECORD_BYTES, TRUNCATED_MARK, EtcdWriter, fit_record
 from bridge.processors.nameindex import NameIndex
 from bridge.processors.sweep import Sweeper
-from bridge.wire import RUN_RECORDS
+from bridge.protocol.runs import RUN_RECORDS
+from bridge.testing.cluster import EtcdCluster
 from tests.helpers import until
 
 pytestmark = pytest.mark.etcd
@@ -65,47 +67,25 @@ class Clock:
         self.t += seconds
 
 
-class StubWrapper:
-    """Forwards to a real client, except that its KV stub's ``Txn`` goes to `txn`.
+def store_on(target: Any, deadline_s: float = 10.0) -> Store:
+    """A store on a pyetcd client, or on one of the backends below."""
+    return Store(target if isinstance(target, GrpcBackend) else GrpcBackend(target), deadline_s)
 
-    Every transaction of `Store` (so of the writer) passes through ``kvstub.Txn``.
+
+class RecordingClient(GrpcBackend):
+    """Records the op counts and real encoded size of every transaction.
+
+    Every transaction of `Store` (so of the writer) passes through `GrpcBackend.txn`.
     """
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-
-    @property
-    def kvstub(self) -> Any:
-        real = self._client.kvstub
-        wrapper = self
-
-        class Stub:
-            def Txn(self, request: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
-                return wrapper.txn(real, request, *args, **kwargs)
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real, name)
-
-        return Stub()
-
-    def txn(self, stub: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        return stub.Txn(request, *args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-
-class RecordingClient(StubWrapper):
-    """Records the op counts and real encoded size of every transaction."""
 
     def __init__(self, client: Any) -> None:
         super().__init__(client)
         self.txns: list[tuple[int, int, int]] = []  # (compares, max ops, bytes)
 
-    def txn(self, stub: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+    def txn(self, request: Any) -> Any:
         ops = max(len(request.success), len(request.failure))
         self.txns.append((len(request.compare), ops, request.ByteSize()))
-        return stub.Txn(request, *args, **kwargs)
+        return super().txn(request)
 
 
 class FakeSession:
@@ -237,11 +217,11 @@ def keys(prefix: str) -> Keys:
 
 @pytest.fixture
 def writer(etcd_client: Any, keys: Keys, lease: Any, clock: Clock) -> EtcdWriter:
-    return EtcdWriter(etcd_client, keys, BRIDGE, lambda: lease, clock, deadline_s=10.0)
+    return EtcdWriter(store_on(etcd_client), keys, BRIDGE, lambda: lease, clock)
 
 
 def make_writer(client: Any, keys: Keys, bridge_id: str, lease: Any, clock: Clock) -> EtcdWriter:
-    return EtcdWriter(client, keys, bridge_id, lambda: lease, clock, deadline_s=10.0)
+    return EtcdWriter(store_on(client), keys, bridge_id, lambda: lease, clock)
 
 
 def run_digest(records: Sequence[Record]) -> str:
@@ -558,7 +538,7 @@ def test_duplicates_across_bridges_stay_consistent_under_concurrency(
 # -- unchanged re-uploads (record digests) ----------------------------------------------
 
 
-class CountingClient(StubWrapper):
+class CountingClient(GrpcBackend):
     """Counts the reads (range requests, in transactions or alone) sent to etcd."""
 
     def __init__(self, client: Any) -> None:
@@ -566,18 +546,18 @@ class CountingClient(StubWrapper):
         self.reads: list[bytes] = []
         self.compared: list[bytes] = []
 
-    def txn(self, stub: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+    def txn(self, request: Any) -> Any:
         self.reads += [
             op.request_range.key
             for op in request.success
             if op.WhichOneof("request") == "request_range"
         ]
         self.compared += [c.key for c in request.compare]
-        return stub.Txn(request, *args, **kwargs)
+        return super().txn(request)
 
-    def get_range_response(self, key: Any, *args: Any, **kwargs: Any) -> Any:
-        self.reads.append(key)
-        return self._client.get_range_response(key, *args, **kwargs)
+    def range(self, request: Any) -> Any:
+        self.reads.append(request.key)
+        return super().range(request)
 
 
 def fleet_records(n: int, changed: Sequence[int] = ()) -> list[Record]:
@@ -929,24 +909,24 @@ def test_a_stale_session_does_not_end_a_newer_one(
     assert json.loads(etcd_client.get(keys.alive("vm:MOVER"))[0])["bridge"] == "bridge-b"
 
 
-class FlakyClient(StubWrapper):
+class FlakyClient(GrpcBackend):
     """Forwards to a real client, except that every transaction fails while `down`."""
 
     def __init__(self, client: Any) -> None:
         super().__init__(client)
         self.down = False
 
-    def txn(self, stub: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+    def txn(self, request: Any) -> Any:
         if self.down:
-            raise ConnectionFailedError()
-        return stub.Txn(request, *args, **kwargs)
+            raise EtcdUnavailable("etcd down (test)")
+        return super().txn(request)
 
 
 def test_a_disconnect_lost_to_an_outage_is_written_later(
     etcd_client: Any, keys: Keys, lease: Any, clock: Clock
 ) -> None:
     flaky = FlakyClient(etcd_client)
-    writer = EtcdWriter(flaky, keys, BRIDGE, lambda: lease, clock, deadline_s=0.2)
+    writer = EtcdWriter(store_on(flaky, deadline_s=0.2), keys, BRIDGE, lambda: lease, clock)
     session = FakeSession(writer, ioc_infos("FLAKY"))
     session.upload([rec("F")])
     flaky.down = True
@@ -1010,7 +990,7 @@ def test_lost_alive_key_is_put_back_for_a_live_session(
 ) -> None:
     """After the lease lapsed (outage), `reassert` restores alive key and document."""
     leases = [etcd_client.lease(60)]
-    writer = EtcdWriter(etcd_client, keys, BRIDGE, lambda: leases[-1], clock, deadline_s=10.0)
+    writer = EtcdWriter(store_on(etcd_client), keys, BRIDGE, lambda: leases[-1], clock)
     session = FakeSession(writer, ioc_infos("OUTAGE"))
     session.upload([rec("O")])
     etcd_client.revoke_lease(leases[0].id)
@@ -1065,9 +1045,7 @@ class EtcdProcessorTests(TrialTestCase):
     def dead_bridge_upload(self, name: str, bridge_id: str = "bridge-dead") -> Any:
         """An IOC stored by another bridge (process); returns that bridge's lease."""
         lease = self.client.lease(60)
-        writer = EtcdWriter(
-            self.client, self.keys, bridge_id, lambda: lease, time.time, deadline_s=10.0
-        )
+        writer = EtcdWriter(store_on(self.client), self.keys, bridge_id, lambda: lease, time.time)
         FakeSession(writer, ioc_infos(name)).upload([rec(name + ":X")])
         return lease
 
@@ -1189,7 +1167,8 @@ class EtcdRestartTests(TrialTestCase):
 
             keys = Keys("/restart")
             lease = call_with_retry(lambda: client.lease(60), deadline_s=20.0)
-            writer = EtcdWriter(client, keys, "bridge-dead", lambda: lease, time.time, 20.0)
+            store = store_on(client, deadline_s=20.0)
+            writer = EtcdWriter(store, keys, "bridge-dead", lambda: lease, time.time)
             FakeSession(writer, ioc_infos("AFTER")).upload([rec("AFTER:X")])
             client.revoke_lease(lease.id)
 

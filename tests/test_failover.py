@@ -34,14 +34,19 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase as TrialTestCase
 
-from bridge.etcdclient import call_with_retry, make_client
-from bridge.etcdproc import EtcdCluster, EtcdMember, free_port
-from bridge.fakeioc import FakeIOC, IOCSpec, find_bridge, make_ioc
-from bridge.harness import BridgeProcess, LivenessChecker, content_problems, spec_iocid
-from bridge.keys import Keys
+from bridge.documents import Keys
+from bridge.errors import EtcdUnavailable
+from bridge.etcd.backend import GrpcBackend, GrpcWatch
+from bridge.etcd.client import call_with_retry, make_client
+from bridge.etcd.embedded import free_port
+from bridge.etcd.store import Store
 from bridge.model import Peer, Record, Transaction
 from bridge.processors.etcd import EtcdProcessor
 from bridge.processors.etcdwriter import EtcdWriter
+from bridge.testing.checks import LivenessChecker, content_problems, spec_iocid
+from bridge.testing.cluster import EtcdCluster, EtcdMember
+from bridge.testing.fakeioc import FakeIOC, IOCSpec, find_bridge, make_ioc
+from bridge.testing.harness import BridgeProcess
 from tests.helpers import poll, until
 
 pytestmark = [pytest.mark.etcd, pytest.mark.failover]
@@ -83,6 +88,7 @@ class Scenario:
         self.specs: dict[str, IOCSpec] = {spec_iocid(s): s for s in specs}
         self.iocids = list(self.specs)
         self.client = make_client(cluster.endpoints, timeout=1.0)
+        self.store = Store(GrpcBackend(self.client), 20.0)
         self.bridges: dict[str, BridgeProcess] = {}
         self.udp: dict[str, int] = {}
         self.iocs: dict[str, FakeIOC] = {}
@@ -214,7 +220,7 @@ class Scenario:
         # them back under a new one); the checker bounds how long they may be missing.
         deadline = time.monotonic() + UNMATCHED_BOUND
         while (
-            problems := content_problems(self.client, PREFIX, self.specs, live)
+            problems := content_problems(self.store, PREFIX, self.specs, live)
         ) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not problems, "\n".join(problems[:20]) + self.logs()
@@ -601,11 +607,17 @@ class ProcessorRecoveryTests(TrialTestCase):
 
     def test_resync_after_compaction(self) -> Deferred[None]:
         """An alive key deleted while the watch was down, its history compacted since:
-        re-adding the watch from the last revision seen fails, and the processor falls
+        watching again from the last revision seen fails, and the processor falls
         back to a full resync, which still sweeps the IOC."""
 
         async def body() -> None:
-            processor = EtcdProcessor(self.config, "survivor", reactor)
+            backends: list[WatchOutage] = []
+
+            def connect(endpoints: Sequence[str]) -> Store:
+                backends.append(WatchOutage(make_client(endpoints, timeout=1.0)))
+                return Store(backends[-1], 10.0)
+
+            processor = EtcdProcessor(self.config, "survivor", reactor, connect=connect)
             processor.startService()
             self.addCleanup(processor.stopService)
             await processor.whenReady()
@@ -615,9 +627,12 @@ class ProcessorRecoveryTests(TrialTestCase):
             resyncs: list[int] = []
             resync = processor.sweeper.resync
             processor.sweeper.resync = lambda: resyncs.append(1) or resync()  # type: ignore
+            backends[0].down = True  # the watch breaks, and cannot be opened again
+            await until(lambda: not processor.watching)
             # A bridge that dies while our watch is down (its events are never seen).
             lease = self.client.lease(60)
-            writer = EtcdWriter(self.client, self.keys, "dead", lambda: lease, time.time, 10.0)
+            store = Store(GrpcBackend(self.client), 10.0)
+            writer = EtcdWriter(store, self.keys, "dead", lambda: lease, time.time)
             txn = Transaction(
                 1,
                 Peer("127.0.0.1", 4000),
@@ -627,12 +642,12 @@ class ProcessorRecoveryTests(TrialTestCase):
                 upload_done=True,
             )
             writer.apply(txn)
-            processor._watch_generation += 1  # what arrives now belongs to a lost stream
             self.client.revoke_lease(lease.id)
             revision = int(self.client.get_response("/").header.revision)
             self.client.compact(revision)
-            assert processor._last_revision < revision
-            processor._watch_lost()
+            assert processor.alive_watch is not None
+            assert processor.alive_watch.watch.revision < revision
+            backends[0].down = False
             await until(lambda: processor.rewatches > seen and processor.watching)
             doc = json.loads(self.client.get(self.keys.ioc("h:C"))[0])
             await until(
@@ -670,6 +685,34 @@ class ProcessorRecoveryTests(TrialTestCase):
             assert bridge is not None and bridge.lease_id == processor.lease.id
 
         return ensureDeferred(body())
+
+
+class WatchOutage(GrpcBackend):
+    """A real backend whose watch streams break, and cannot be opened, while `down`."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.down = False
+
+    def watch(self, key: bytes, range_end: bytes, start: int, prev_kv: bool) -> Any:
+        if self.down:
+            raise EtcdUnavailable("watch refused (test)")
+        return _Breakable(super().watch(key, range_end, start, prev_kv), self)
+
+
+class _Breakable:
+    def __init__(self, stream: GrpcWatch, backend: WatchOutage) -> None:
+        self.stream = stream
+        self.backend = backend
+        self.endpoint = stream.endpoint
+
+    def next(self, timeout: float) -> Any:
+        if self.backend.down:
+            raise EtcdUnavailable("watch broken (test)")
+        return self.stream.next(timeout)
+
+    def cancel(self) -> None:
+        self.stream.cancel()
 
 
 async def _until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:

@@ -26,14 +26,15 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from bridge import wire
 from bridge.config import BridgeConfig
-from bridge.fakeioc import FakeIOC, IOCSpec, make_ioc, upload_bytes
-from bridge.harness import BridgeProcess
-from bridge.keys import Keys
-from bridge.server import REFUSAL_LOG_INTERVAL, BridgeFactory, RecSyncProtocol
+from bridge.documents import Keys
+from bridge.protocol import wire
+from bridge.protocol.session import SessionLimits, State
+from bridge.server.admission import REFUSAL_LOG_INTERVAL, BridgeFactory
+from bridge.server.connection import RecSyncProtocol
 from bridge.service import BridgeService
-from bridge.session import SessionLimits, State
+from bridge.testing.fakeioc import FakeIOC, IOCSpec, make_ioc, upload_bytes
+from bridge.testing.harness import BridgeProcess
 from tests.helpers import RecordingProcessor, poll
 
 NONCE = 0x1234ABCD

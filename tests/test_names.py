@@ -5,7 +5,7 @@ contain (``/``, ``%``, ``..``, NUL, control characters, 60 kB, bytes that are no
 UTF-8) they must land under the sending IOC's own keys and can never address
 another IOC's keys or the bridge's own.
 
-The property tests check the key builders (`bridge.keys`); the etcd test drives the
+The property tests check the key builders (`bridge.documents`); the etcd test drives the
 real `EtcdWriter` with hostile names and compares etcd before and after.
 """
 
@@ -23,11 +23,12 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from bridge import keys as k
-from bridge import wire
-from bridge.etcdclient import call_with_retry
-from bridge.keys import Keys, decode_component, encode_component
+from bridge import documents as k
+from bridge.documents import Keys, decode_component, encode_component
+from bridge.etcd.client import call_with_retry
+from bridge.etcd.store import Store
 from bridge.model import Peer, Record, Transaction, derive_identity
+from bridge.protocol import wire
 
 # Tests must not write into the repository tree: no example database, and
 # Hypothesis's caches go to the temporary directory, not ./.hypothesis.
@@ -210,12 +211,12 @@ def snapshot(client: Any, prefix: str) -> dict[str, tuple[bytes, int]]:
 
 @pytest.mark.etcd
 def test_hostile_names_write_only_their_own_iocs_keys(
-    etcd_client: Any, prefix: str, lease: Any
+    etcd_client: Any, etcd_store: Store, prefix: str, lease: Any
 ) -> None:
     from bridge.processors.etcdwriter import EtcdWriter
 
     keys = Keys(prefix)
-    writer = EtcdWriter(etcd_client, keys, "bridge-a", lambda: lease, lambda: 1.8e9, 10.0)
+    writer = EtcdWriter(etcd_store, keys, "bridge-a", lambda: lease, lambda: 1.8e9)
     etcd_client.put(keys.bridge("bridge-a"), k.dumps({"host": "h"}), lease=lease)
     etcd_client.put(prefix + "-sibling/x", b"{}")  # a neighbour of the prefix itself
     victim = Peer("10.0.0.1", 1000)

@@ -14,7 +14,7 @@ from twisted.web.client import Agent, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from bridge import keys
+from bridge import documents as docs
 from bridge.directory import views
 from bridge.directory.model import Directory
 from bridge.model import Record
@@ -28,8 +28,8 @@ SCRIPT = '<script>alert("x")</script>'
 def add_hostile(cf: Directory) -> None:
     """A record named like a script, with a DESC that closes attributes."""
     record = Record(0, SCRIPT, "ai", [], {"archive": "<b>bold</b>"}, '" onmouseover="x')
-    cf.apply(K.record(IOC_A, SCRIPT), keys.record_value(record, IOC_A))
-    cf.apply(K.pv(SCRIPT), keys.dumps(keys.pv_document(IOC_A, SCRIPT, "ai", False, [IOC_A])))
+    cf.apply(K.record(IOC_A, SCRIPT), docs.record_value(record, IOC_A))
+    cf.apply(K.pv(SCRIPT), docs.dumps(docs.pv_document(IOC_A, SCRIPT, "ai", False, [IOC_A])))
 
 
 class PagesTests(TestCase):
@@ -135,9 +135,9 @@ class PagesTests(TestCase):
         _, page = await self.get("/duplicates")
         self.assertIn("1 names are claimed", page)
         self.assertIn('href="/pvs/SR:C01:BPM2"', page)
-        bridge = keys.bridge_document("bridge-host", 5075, "1.0", "2026-11-23T21:00:00.000Z")
-        self.directory.apply(K.bridge("bridge-a"), keys.dumps(bridge))
-        self.directory.apply(K.alive(IOC_A), keys.dumps(keys.alive_document("bridge-a", "x")))
+        bridge = docs.bridge_document("bridge-host", 5075, "1.0", "2026-11-23T21:00:00.000Z")
+        self.directory.apply(K.bridge("bridge-a"), docs.dumps(bridge))
+        self.directory.apply(K.alive(IOC_A), docs.dumps(docs.alive_document("bridge-a", "x")))
         _, page = await self.get("/bridges")
         self.assertIn("<td>bridge-a</td><td>bridge-host</td><td>5075</td>", page)
         self.assertIn(">1</a></td>", page)  # one IOC alive on it

@@ -4,7 +4,7 @@ Every fenced block marked ``hex`` in the document is one example: hex bytes (``#
 starts a comment that runs to the end of the line), then one ``=> Name(field=value,
 ...)`` line per item the bytes decode to, in order. Each example is decoded twice:
 
-* by the bridge's codec (`bridge.wire`), fed whole and one byte at a time;
+* by the bridge's codec (`bridge.protocol.wire`), fed whole and one byte at a time;
 * by `parse_as_documented` below, a small parser written from the document's layout
   tables with `struct` alone, so a codec and a document that drift together still fail.
 
@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from bridge import wire
 from bridge.config import load_config
+from bridge.protocol import wire
 from bridge.service import session_limits
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"

@@ -1,18 +1,27 @@
 """The decoder's runs: unchanged re-uploads found from the frames, without decoding them.
 
-Pure: bytes in, messages out (`bridge.wire.Decoder.start_runs`). Uploads come from
-`bridge.fakeioc`, which puts the C RecCaster's exact sequence on the wire.
+Pure: bytes in, messages out (`bridge.protocol.runs.RunDecoder.start_runs`). Uploads come from
+`bridge.testing.fakeioc`, which puts the C RecCaster's exact sequence on the wire.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import wire
-from bridge.fakeioc import IOCSpec, RecordSpec, make_ioc, upload_bytes
+from bridge.protocol import wire
+from bridge.protocol.runs import (
+    RUN_BYTES,
+    RUN_HOLD_LIMIT,
+    RunDecoded,
+    RunDecoder,
+    RunEnd,
+    UnchangedRun,
+)
+from bridge.testing.fakeioc import IOCSpec, RecordSpec, make_ioc, upload_bytes
 from tests.helpers import answer_runs
 
 SEED = b"test seed"
@@ -24,31 +33,31 @@ def feed_runs(
     chunk: int = 65536,
     seed: bytes = SEED,
     first_run: bool = False,
-) -> list[wire.Decoded]:
+) -> list[RunDecoded]:
     """Decode as the server does: cut runs, and say what to expect when asked (with
     `first_run`, at the end of the first run instead of in front of the first record)."""
-    decoder = wire.Decoder()
+    decoder = RunDecoder()
     decoder.start_runs(seed)
-    out: list[wire.Decoded] = []
+    out: list[RunDecoded] = []
     for i in range(0, len(data), chunk):
         out += decoder.feed(data[i : i + chunk])
         out += answer_runs(decoder, expected, first_run)
     return out
 
 
-def plain(data: bytes) -> list[wire.Decoded]:
+def plain(data: bytes) -> list[RunDecoded]:
     return wire.Decoder().feed(data)
 
 
-def digests(out: list[wire.Decoded]) -> list[str]:
-    return [m.digest for m in out if isinstance(m, wire.RunEnd | wire.UnchangedRun)]
+def digests(out: list[RunDecoded]) -> list[str]:
+    return [m.digest for m in out if isinstance(m, RunEnd | UnchangedRun)]
 
 
-def without_run_ends(out: list[wire.Decoded]) -> list[wire.Decoded]:
-    return [m for m in out if not isinstance(m, wire.RunEnd)]
+def without_run_ends(out: list[RunDecoded]) -> list[RunDecoded]:
+    return [m for m in out if not isinstance(m, RunEnd)]
 
 
-def kinds(out: list[wire.Decoded]) -> list[str]:
+def kinds(out: list[RunDecoded]) -> list[str]:
     return [type(m).__name__ for m in out]
 
 
@@ -64,7 +73,7 @@ def test_a_reconnect_with_new_record_ids_is_found_unchanged() -> None:
     assert kinds(again) == ["ClientGreet"] + ["AddInfo"] * len(spec.env) + ["UnchangedRun"] * 3 + [
         "UploadDone"
     ]
-    runs = [m for m in again if isinstance(m, wire.UnchangedRun)]
+    runs = [m for m in again if isinstance(m, UnchangedRun)]
     assert [r.index for r in runs] == [0, 1, 2]
     assert [r.digest for r in runs] == stored
     assert [n for r in runs for n in r.names] == [r.name for r in spec.records]
@@ -83,8 +92,8 @@ def test_one_changed_record_reveals_only_its_own_run() -> None:
     changed = IOCSpec(spec.env, tuple(records))
     out = feed_runs(upload_bytes(changed, first_rid=9), stored)
 
-    unchanged = [m.index for m in out if isinstance(m, wire.UnchangedRun)]
-    ends = [m for m in out if isinstance(m, wire.RunEnd)]
+    unchanged = [m.index for m in out if isinstance(m, UnchangedRun)]
+    ends = [m for m in out if isinstance(m, RunEnd)]
     assert unchanged == [0, 2]
     assert [e.index for e in ends] == [1] and ends[0].digest not in ("", stored[1])
     # Run 1 comes out decoded, with its real record ids, exactly as the plain decoder
@@ -115,7 +124,7 @@ def test_runs_decode_to_exactly_what_the_plain_decoder_gives(
     data = upload_bytes(changed, first_rid=first_rid)
     out = feed_runs(data, stored, chunk=chunk, first_run=first_run)
     assert without_run_ends(out) == plain(data)
-    assert [m.index for m in out if isinstance(m, wire.RunEnd)] == [0, 1]
+    assert [m.index for m in out if isinstance(m, RunEnd)] == [0, 1]
     # And split anywhere, an unchanged upload is the same two runs.
     same = feed_runs(
         upload_bytes(spec, first_rid=first_rid), stored, chunk=chunk, first_run=first_run
@@ -168,7 +177,7 @@ def test_client_infos_between_records_leave_runs_comparable() -> None:
         frames.append(wire.UploadDone().encode())
         return b"".join(frames)
 
-    def client_info(m: wire.Decoded) -> bool:
+    def client_info(m: RunDecoded) -> bool:
         return isinstance(m, wire.AddInfo) and m.rid == 0
 
     first = feed_runs(upload("d"), None, first_run=True)
@@ -182,7 +191,7 @@ def test_client_infos_between_records_leave_runs_comparable() -> None:
     # The client infos come out at once, ahead of the run they were sent within.
     assert kinds(again) == ["ClientGreet"] + ["AddInfo"] * 3 + ["UnchangedRun", "UploadDone"]
     run = again[4]
-    assert isinstance(run, wire.UnchangedRun)
+    assert isinstance(run, UnchangedRun)
     assert (run.names, run.aliases, run.rids) == (
         ["P0", "P1", "P2"],
         ["P0:A", "P1:A", "P2:A"],
@@ -201,12 +210,12 @@ def test_a_record_with_more_aliases_than_the_session_takes_is_decoded() -> None:
         ),
     )
     data = upload_bytes(many)
-    decoder = wire.Decoder()
+    decoder = RunDecoder()
     decoder.start_runs(SEED, max_aliases=4)
     decoder.feed(data)
     decoder.expect(None)
     assert digests(decoder.feed(b"")) == [""]  # a run no later upload can match
-    decoder = wire.Decoder()
+    decoder = RunDecoder()
     decoder.start_runs(SEED, max_aliases=5)
     decoder.feed(data)
     decoder.expect(None)
@@ -223,8 +232,8 @@ def test_a_run_ends_at_1_mib_before_1000_records() -> None:
         RecordSpec(f"BIG:{i}", "ai", (), (("blob", "x" * 3000),), None) for i in range(700)
     )
     out = feed_runs(upload_bytes(IOCSpec((), big)), None)
-    ends = [m.index for m in out if isinstance(m, wire.RunEnd)]
-    records_per_run = 1 + (wire.RUN_BYTES - 1) // 3031  # frames of 3031 bytes per record
+    ends = [m.index for m in out if isinstance(m, RunEnd)]
+    records_per_run = 1 + (RUN_BYTES - 1) // 3031  # frames of 3031 bytes per record
     assert ends == list(range(-(-700 // records_per_run)))
 
 
@@ -236,12 +245,12 @@ def test_a_run_over_the_hold_limit_is_decoded_as_it_arrives() -> None:
     first = feed_runs(data, None)
     assert without_run_ends(first) == plain(data)
     assert digests(first) == ["", digests(first)[1]]  # no digest for the run over the limit
-    decoder = wire.Decoder()
+    decoder = RunDecoder()
     decoder.start_runs(SEED)
-    out: list[wire.Decoded] = []
+    out: list[RunDecoded] = []
     for i in range(0, len(data), 65536):
         out += decoder.feed(data[i : i + 65536])
-        assert decoder.held <= wire.RUN_HOLD_LIMIT + 65536
+        assert decoder.held <= RUN_HOLD_LIMIT + 65536
         if decoder.awaiting:
             decoder.expect(digests(first))
             out += decoder.feed(b"")
@@ -271,7 +280,7 @@ def test_delrecord_ends_runs_and_the_rest_is_decoded_plainly() -> None:
 
 def test_the_decoder_waits_for_what_to_expect_in_front_of_the_first_record() -> None:
     data = upload_bytes(make_ioc("S", 1500))
-    decoder = wire.Decoder()
+    decoder = RunDecoder()
     decoder.start_runs(SEED)
     out = decoder.feed(data)
     # Client infos come out; nothing goes on until the caller says what to expect.
@@ -282,12 +291,12 @@ def test_the_decoder_waits_for_what_to_expect_in_front_of_the_first_record() -> 
     rest = decoder.feed(b"")
     assert not decoder.awaiting
     assert without_run_ends(out + rest) == plain(data)
-    assert [m.index for m in rest if isinstance(m, wire.RunEnd)] == [0, 1]
+    assert [m.index for m in rest if isinstance(m, RunEnd)] == [0, 1]
 
 
 def test_or_at_the_end_of_the_first_run_when_asked_to() -> None:
     data = upload_bytes(make_ioc("S", 1500))
-    decoder = wire.Decoder()
+    decoder = RunDecoder()
     decoder.start_runs(SEED)
     assert kinds(decoder.feed(data)) == ["ClientGreet"] + ["AddInfo"] * 5
     decoder.wait_for_first_run()
@@ -299,13 +308,41 @@ def test_or_at_the_end_of_the_first_run_when_asked_to() -> None:
     assert kinds(rest) == ["UnchangedRun", "UnchangedRun", "UploadDone"]
 
 
+@pytest.mark.parametrize(
+    ("broken", "limit"),
+    [(b"XXXXXXXX", None), (wire.HEADER.pack(wire.PROTO_ID, 0x0006, 70000), "maxBodyLength")],
+    ids=["bad-magic", "oversize"],
+)
+def test_a_broken_frame_inside_a_run_raises_as_the_plain_decoder_does(
+    broken: bytes, limit: str | None
+) -> None:
+    data = upload_bytes(make_ioc("F", 3))[:-12]  # everything but UploadDone
+    decoder = RunDecoder()
+    decoder.start_runs(SEED)
+    decoder.feed(data)
+    answer_runs(decoder, None)
+    with pytest.raises(wire.FramingError) as error:
+        decoder.feed(broken)
+    with pytest.raises(wire.FramingError) as plain_error:
+        wire.Decoder().feed(data + broken)
+    assert (str(error.value), error.value.limit) == (str(plain_error.value), limit)
+    assert decoder.buffered == 0
+
+
+def test_before_start_runs_it_is_the_plain_decoder() -> None:
+    data = upload_bytes(make_ioc("P", 1500))
+    decoder = RunDecoder()
+    out = [m for i in range(0, len(data), 4096) for m in decoder.feed(data[i : i + 4096])]
+    assert out == plain(data) and decoder.held == 0
+
+
 def test_an_upload_without_records_never_waits() -> None:
     data = (
         wire.ClientGreet().encode()
         + wire.AddInfo(0, "IOCNAME", "E").encode()
         + wire.UploadDone().encode()
     )
-    decoder = wire.Decoder()
+    decoder = RunDecoder()
     decoder.start_runs(SEED)
     assert decoder.feed(data) == plain(data) and not decoder.awaiting
 

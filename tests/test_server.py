@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -12,13 +14,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from bridge import wire
-from bridge.fakeioc import make_ioc, upload_bytes
 from bridge.interfaces import IProcessor, IUnchangedRuns
 from bridge.processors import ProcessorChain
 from bridge.processors.show import ShowProcessor
-from bridge.server import MAX_INFLIGHT, BridgeFactory, RecSyncProtocol
-from bridge.session import SessionLimits
+from bridge.protocol import wire
+from bridge.protocol.effects import Close, Effect, Notice
+from bridge.protocol.session import SessionLimits
+from bridge.server.admission import NOT_READY, BridgeFactory
+from bridge.server.connection import MAX_INFLIGHT, PROTOCOL_ERROR, RecSyncProtocol
+from bridge.testing.fakeioc import make_ioc, upload_bytes
 from tests.helpers import RecordingProcessor, RunsProcessor
 
 
@@ -27,6 +31,12 @@ def upload(*records: str) -> bytes:
     for rid, name in enumerate(records, 1):
         frames.append(wire.AddRecord(rid, 0, "ai", name).encode())
     return b"".join(frames)
+
+
+def returning(effects: list[Effect]) -> Callable[..., list[Effect]]:
+    """Stands in for `Session.receive`: `effects` at the first call, nothing after."""
+    calls = iter([effects])
+    return lambda messages, now: next(calls, [])
 
 
 class ServerTests(SynchronousTestCase):
@@ -202,6 +212,78 @@ class ServerTests(SynchronousTestCase):
         self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 9)))
         self.assertEqual(factory.counters["maxConnectionsPerHost"], 1)
 
+    # -- the session/server contract ---------------------------------------------------
+
+    def test_a_close_is_counted_under_the_limit_it_names_and_logged_once(self) -> None:
+        factory = self.factory()
+        protocol, transport = self.connect(factory)
+        effects = [Notice("same words", "someLimit"), Close("same words", "otherLimit")]
+        protocol.session.receive = returning(effects)  # type: ignore[method-assign]
+        with capturedLogs() as events:
+            protocol.dataReceived(wire.ClientGreet().encode())
+        # Counted and logged each on its own: nothing pairs a Notice with a Close.
+        self.assertEqual(dict(factory.counters), {"someLimit": 1, "otherLimit": 1})
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len(lines), 2)
+        self.assertTrue(all(line.startswith(f"{protocol.peer} ") for line in lines))
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_close_without_a_limit_is_a_protocol_error(self) -> None:
+        factory = self.factory()
+        protocol, transport = self.connect(factory)
+        protocol.session.receive = returning([Close("odd")])  # type: ignore[method-assign]
+        protocol.dataReceived(wire.ClientGreet().encode())
+        self.assertEqual(dict(factory.counters), {PROTOCOL_ERROR: 1})
+
+    def test_a_framing_error_is_counted_by_its_limit_never_by_its_text(self) -> None:
+        factory = self.factory()
+        for error, counter in (
+            (wire.FramingError("the limit is in the text only", []), PROTOCOL_ERROR),
+            (wire.FramingError("no words about it", [], "maxBodyLength"), "maxBodyLength"),
+        ):
+            protocol, transport = self.connect(factory)
+
+            def broken(data: bytes, stop_after: type | None = None, error: Exception = error):
+                raise error
+
+            protocol.decoder.feed = broken  # type: ignore[method-assign]
+            factory.counters.clear()
+            protocol.dataReceived(b"x")
+            self.assertEqual(dict(factory.counters), {counter: 1})
+            self.assertTrue(transport.disconnecting)
+
+    def test_without_processors_connections_are_refused_counted_and_logged_once(self) -> None:
+        factory = BridgeFactory(None, self.clock, SessionLimits())
+        with capturedLogs() as events:
+            for host in ("10.0.0.1", "10.0.0.2", "10.0.0.1"):
+                self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", host, 1)))
+        self.assertEqual(dict(factory.counters), {NOT_READY: 3})
+        (line,) = [formatEvent(e) for e in events]
+        self.assertIn("10.0.0.1", line)
+        self.assertIn("starting", line)
+        factory.processor = self.processor
+        protocol, transport = self.connect(factory)
+        self.assertEqual(transport.value(), wire.ServerGreet(0).encode())
+        self.assertIs(protocol.processor, self.processor)
+
+    def test_bytes_held_counts_a_partial_frame(self) -> None:
+        protocol, _ = self.connect(self.factory())
+        frame = wire.AddInfo(0, "IOCNAME", "x" * 100).encode()
+        protocol.dataReceived(wire.ClientGreet().encode() + frame[:50])
+        self.assertEqual(protocol.bytes_held, 50)
+        protocol.dataReceived(frame[50:])
+        self.assertEqual(protocol.bytes_held, 0)
+
+    def test_has_room_until_every_slot_is_taken(self) -> None:
+        factory = self.factory(max_active=1)
+        self.assertTrue(factory.has_room)
+        first, _ = self.connect(factory)
+        self.assertTrue(factory.has_room)  # connected, not greeted: no slot
+        first.dataReceived(upload("A"))
+        self.assertFalse(factory.has_room)
+        first.dataReceived(wire.UploadDone().encode())
+        self.assertTrue(factory.has_room)
+
 
 class RunsTests(SynchronousTestCase):
     """The server with processors that take unchanged runs (`IUnchangedRuns`)."""
@@ -295,7 +377,9 @@ class RunsTests(SynchronousTestCase):
             return ProcessorChain(processors)  # type: ignore[arg-type]
 
         def cuts(processor: ProcessorChain) -> bool:
-            return BridgeFactory(processor, self.clock, SessionLimits()).cuts_runs
+            return (
+                BridgeFactory(processor, self.clock, SessionLimits()).unchanged_runs() is not None
+            )
 
         self.assertTrue(cuts(chain(Runs(["a"]), Runs(["a"]))))
         self.assertFalse(cuts(chain(Runs(["a"]), ShowProcessor())))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import typing
 
 import pytest
 
-from bridge import wire
 from bridge.model import KeptRun, Peer, Transaction
-from bridge.session import Close, Commit, Effect, Notice, Send, Session, SessionLimits, State
+from bridge.protocol import wire
+from bridge.protocol.effects import Close, Commit, Effect, Notice, Send
+from bridge.protocol.runs import RunDecoded, RunEnd, UnchangedRun
+from bridge.protocol.session import DISPATCH, Session, SessionLimits, State
 
 PEER = Peer("10.0.0.5", 40000)
 
@@ -186,23 +189,23 @@ def test_begin_records_commits_an_empty_first_transaction_once() -> None:
 def test_unchanged_run_is_committed_as_kept_with_every_digest_in_order() -> None:
     session = greeted()
     session.receive(
-        [wire.AddRecord(1, 0, "ai", "A"), wire.AddInfo(1, "k", "v"), wire.RunEnd(0, "d0")], 0.0
+        [wire.AddRecord(1, 0, "ai", "A"), wire.AddInfo(1, "k", "v"), RunEnd(0, "d0")], 0.0
     )
-    run = wire.UnchangedRun(1, "d1", [2, 3], ["B", "C"], ["ai", "bo"], ["B:A"], [0])
+    run = UnchangedRun(1, "d1", [2, 3], ["B", "C"], ["ai", "bo"], ["B:A"], [0])
     (txn,) = commits(session.receive([run], 0.0))
     assert [r.name for r in txn.records] == ["A"]  # the records before it go first
     assert txn.kept == (KeptRun(1, "d1", ["B", "C"], ["ai", "bo"], ["B:A"], [0]),)
     assert txn.digests == ("d0", "d1")
     assert session.records_total == 3
     # Its records are known by id: a DelRecord of one is reported by name.
-    effects = session.receive([wire.DelRecord(3), wire.RunEnd(2, ""), wire.UploadDone()], 1.0)
+    effects = session.receive([wire.DelRecord(3), RunEnd(2, ""), wire.UploadDone()], 1.0)
     (last,) = commits(effects)
     assert (last.removed, last.kept, last.digests, last.upload_done) == (("C",), (), ("",), True)
 
 
 def test_unchanged_run_beyond_max_records_closes() -> None:
     session = greeted(max_records=2)
-    run = wire.UnchangedRun(0, "d", [1, 2, 3], ["A", "B", "C"], ["ai"] * 3, [], [])
+    run = UnchangedRun(0, "d", [1, 2, 3], ["A", "B", "C"], ["ai"] * 3, [], [])
     effects = session.receive([run], 0.0)
     assert closes(effects) == ["upload exceeds maxRecords=2"]
 
@@ -305,11 +308,104 @@ def test_close_emits_final_once() -> None:
     assert session.connection_lost("closed") == []
 
 
-def test_max_records_closes_with_a_counted_notice() -> None:
+def test_max_records_closes_naming_the_limit_with_no_separate_notice() -> None:
     session = greeted(max_records=2)
     effects = session.receive([wire.AddRecord(i, 0, "ai", f"R{i}") for i in (1, 2, 3)], 1.0)
-    assert Notice("upload exceeds maxRecords=2", "maxRecords") in effects
-    assert closes(effects) == ["upload exceeds maxRecords=2"]
+    assert effects == [Close("upload exceeds maxRecords=2", "maxRecords")]
+
+
+@pytest.mark.parametrize(
+    ("limits", "close"),
+    [
+        ({"greeting_timeout": 9.0}, Close("no ClientGreet within 9 s", "greetingTimeout")),
+        ({"upload_timeout": 9.0}, Close("upload not finished within 9 s", "uploadTimeout")),
+        ({"tcptimeout": 9.0}, Close("no Pong within 9 s", "tcptimeout")),
+    ],
+    ids=["greeting", "upload", "pong"],
+)
+def test_every_timer_closes_naming_its_limit(limits: dict[str, float], close: Close) -> None:
+    session = make_session(**{"greeting_timeout": 99.0, "tcptimeout": 99.0, **limits})
+    session.start(0.0)
+    if "greeting_timeout" not in limits:
+        session.receive([wire.ClientGreet()], 0.0)
+    if "tcptimeout" in limits:
+        session.receive([wire.UploadDone()], 0.0)  # its Ping goes unanswered
+    assert session.deadline == 9.0 and session.tick(8.9) == []
+    effects = session.tick(9.0)
+    assert [e for e in effects if isinstance(e, Close | Notice)] == [close]
+
+
+def test_a_protocol_error_closes_naming_no_limit() -> None:
+    session = make_session()
+    session.start(0.0)
+    assert session.receive([wire.AddInfo(1, "k", "v")], 0.0) == [
+        Close("AddInfo before ClientGreet", None)
+    ]
+
+
+# -- the dispatch table ---------------------------------------------------------------
+
+#: One message of every type the decoders give (`RunDecoded`).
+SAMPLES: dict[type, RunDecoded] = {
+    wire.ClientGreet: wire.ClientGreet(),
+    wire.Pong: wire.Pong(0x1000),
+    wire.AddRecord: wire.AddRecord(1, 0, "ai", "A"),
+    wire.AddInfo: wire.AddInfo(1, "k", "v"),
+    wire.DelRecord: wire.DelRecord(1),
+    wire.UploadDone: wire.UploadDone(),
+    UnchangedRun: UnchangedRun(0, "d", [1], ["A"], ["ai"], [], []),
+    RunEnd: RunEnd(0, "d"),
+    wire.Skipped: wire.Skipped(0x77, 0, "unknown"),
+    wire.ServerGreet: wire.ServerGreet(),
+    wire.Ping: wire.Ping(1),
+}
+
+
+def test_samples_cover_every_type_the_decoders_give() -> None:
+    assert set(SAMPLES) == set(typing.get_args(RunDecoded))
+
+
+@pytest.mark.parametrize("state", list(State), ids=lambda s: s.value)
+def test_the_dispatch_table_has_a_handler_for_every_message_in_every_state(
+    state: State,
+) -> None:
+    assert set(DISPATCH[state]) == set(typing.get_args(RunDecoded))
+    assert all(callable(handler) for handler in DISPATCH[state].values())
+
+
+def in_state(state: State) -> Session:
+    session = make_session()
+    session.start(0.0)
+    if state is not State.GREETING:
+        session.receive([wire.ClientGreet()], 0.0)
+    if state is State.LIVE:
+        session.receive([wire.UploadDone()], 0.0)  # Ping 0x1000 goes out
+    if state is State.CLOSED:
+        session.connection_lost("gone")
+    assert session.state is state
+    return session
+
+
+#: The cells that end the session: the upload before ClientGreet, and messages only a
+#: server may send. Everything else is taken, or skipped with at most one notice.
+CLOSING = {
+    (State.GREETING, kind)
+    for kind in (wire.AddRecord, wire.AddInfo, wire.DelRecord, wire.UploadDone, UnchangedRun)
+} | {(state, kind) for state in State for kind in (wire.ServerGreet, wire.Ping)}
+
+
+@pytest.mark.parametrize("kind", list(SAMPLES), ids=lambda k: k.__name__)
+@pytest.mark.parametrize("state", list(State), ids=lambda s: s.value)
+def test_each_cell_of_the_table_closes_only_where_the_protocol_says(
+    state: State, kind: type
+) -> None:
+    session = in_state(state)
+    effects = session.receive([SAMPLES[kind]], 1.0)
+    closing = (state, kind) in CLOSING and state is not State.CLOSED
+    assert len(closes(effects)) == closing
+    assert (session.state is State.CLOSED) == (closing or state is State.CLOSED)
+    assert all(e.limit is None for e in effects if isinstance(e, Close))  # protocol errors
+    assert len([e for e in effects if isinstance(e, Notice)]) <= 1
 
 
 @pytest.mark.parametrize("rid", [0, 1])
@@ -345,7 +441,8 @@ def test_core_modules_do_not_import_twisted() -> None:
     import sys
 
     code = (
-        "import sys, bridge.wire, bridge.session, bridge.model, bridge.keys; "
+        "import sys, bridge.protocol.wire, bridge.protocol.session, bridge.model, "
+        "bridge.documents; "
         "bad = [m for m in sys.modules if m.startswith(('twisted', 'socket', 'pyetcd'))]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -4,7 +4,6 @@ parser), and the read-only directory's readiness."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -15,8 +14,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import HttpConfig, load_config
-from bridge.etcdproc import EtcdCluster, find_etcd_binary, free_port
-from bridge.harness import REPO_ROOT, BridgeProcess
+from bridge.etcd.embedded import find_etcd_binary, free_port
+from bridge.testing.cluster import EtcdCluster
+from bridge.testing.harness import BridgeProcess, child_env
 from tests.helpers import poll
 from tests.test_directory_http import DirectoryProcess
 from tests.webfleet import CHANNELS, FIRST, SECOND, SECOND_ID, WebFleet, http_get, web_fleet
@@ -159,7 +159,7 @@ def test_directory_process_ready_when_its_view_is_loaded(
 def test_directory_process_not_ready_without_etcd(tmp_path: Path) -> None:
     """It listens before its view is loaded, so a probe hears "loading" (503)."""
     directory = DirectoryProcess(tmp_path, [f"127.0.0.1:{free_port()}"], "/nowhere")
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env = child_env()
     command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
     command += ["-n", "--pidfile=", "recsync-directory", "-f", str(directory.config)]
     with open(directory.log, "ab") as log:

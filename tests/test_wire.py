@@ -1,7 +1,7 @@
-"""The RecSync wire codec (`bridge.wire`): byte-exact vectors, tolerance, errors.
+"""The RecSync wire codec (`bridge.protocol.wire`): byte-exact vectors, tolerance, errors.
 
-Vectors are the hex strings of shared reference recsync-protocol.md §1.1 and §2.2,
-copied verbatim. Every decoder test goes through `decode_stream`, which decodes
+Vectors are the byte layouts of docs/protocol.md (Discovery, Messages), written out
+as hex. Every decoder test goes through `decode_stream`, which decodes
 the same bytes fed all at once, one byte at a time and in several random
 chunkings, and checks that all of them agree.
 """
@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import pytest
 
-from bridge import wire
 from bridge.errors import LocalProtocolError, RemoteProtocolError
+from bridge.protocol import wire
 
 HEADER = struct.Struct(">HHI")
 BOUND = wire.HEADER_SIZE  # buffered may reach HEADER_SIZE + max_body_length, never more
@@ -105,7 +105,7 @@ def assert_stream_raises(data: bytes, **kw: int) -> None:
 
 # --- spec vectors -----------------------------------------------------------------
 
-# (id, hex from recsync-protocol.md §2.2 verbatim, message)
+# (id, hex of the frame as laid out in docs/protocol.md, Messages; message)
 MESSAGE_VECTORS = [
     ("server-greet-v0", "52 43 80 01 00 00 00 01 00", wire.ServerGreet(0)),
     ("ping-12345678", "52 43 80 02 00 00 00 04 12 34 56 78", wire.Ping(0x12345678)),
@@ -135,7 +135,7 @@ MESSAGE_VECTORS = [
     ("del-record-11", "52 43 00 04 00 00 00 04 00 00 00 0b", wire.DelRecord(11)),
 ]
 
-# (id, hex from recsync-protocol.md §1.1 verbatim, announcement)
+# (id, hex of the datagram as laid out in docs/protocol.md, Discovery; announcement)
 ANNOUNCE_VECTORS = [
     (
         "reference-server",
@@ -621,6 +621,19 @@ def test_decoder_default_limit_is_the_longest_legitimate_body() -> None:
     assert wire.Decoder().max_body_length == wire.MAX_BODY_LENGTH == 8 + 255 + 65535
 
 
+def test_a_framing_error_names_the_limit_it_hit_or_none_for_a_protocol_error() -> None:
+    # The server counts a broken stream under this attribute, never by its message.
+    done = wire.UploadDone()
+    with pytest.raises(wire.FramingError) as oversize:
+        wire.Decoder(max_body_length=16).feed(done.encode() + frame(0x4242, b"", length=17))
+    assert oversize.value.limit == wire.MAX_BODY_LENGTH_LIMIT == "maxBodyLength"
+    assert oversize.value.decoded == [done]
+    with pytest.raises(wire.FramingError) as magic:
+        wire.Decoder().feed(done.encode() + b"XXXXXXXX")
+    assert magic.value.limit is None
+    assert magic.value.decoded == [done]
+
+
 # --- encoding limits ----------------------------------------------------------------
 
 
@@ -715,7 +728,7 @@ def test_announce_decode_accepts_bytearray_and_memoryview() -> None:
     assert wire.Announce.decode(memoryview(GOOD_ANNOUNCE)) == ANNOUNCE_VECTORS[0][2]
 
 
-# --- known gaps in bridge/wire.py (reported to the lead; remove the marks once fixed) ---
+# --- known gaps in bridge/protocol/wire.py (reported to the lead; remove the marks once fixed) ---
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Property tests for the RecSync wire codec (`bridge.wire`) with hypothesis.
+"""Property tests for the RecSync decoders (`bridge.protocol.wire`, `.runs`) with hypothesis.
 
 Two families:
 
@@ -22,8 +22,9 @@ import struct
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bridge import wire
 from bridge.errors import RemoteProtocolError
+from bridge.protocol import wire
+from bridge.protocol.runs import RUN_HOLD_LIMIT, RunDecoded, RunDecoder, RunEnd, UnchangedRun
 from tests.helpers import answer_runs
 
 FAST = settings(
@@ -249,7 +250,7 @@ def test_the_decoders_fast_paths_agree_with_decode_body(
     # Decoder.feed decodes AddInfo and AddRecord inline; any body must come out as
     # decode_body says (including Latin-1 text and every kind of skipped body).
     body = body[:8] + odd + body[8:]
-    assume(body)  # an empty body is skipped before any decoder sees it (§2.5)
+    assume(body)  # an empty body is skipped before any decoder sees it (docs/protocol.md, Framing)
     frame = wire.HEADER.pack(wire.PROTO_ID, msgid, len(body)) + body
     (got,) = wire.Decoder().feed(frame)
     assert got == wire.decode_body(msgid, body)
@@ -446,12 +447,12 @@ def test_any_chunking_decodes_the_same_as_one_read(
 
 def feed_runs_checked(
     stream: bytes, chunks: list[bytes], expected: list[str] | None, first_run: bool
-) -> tuple[list[wire.Decoded], bool]:
+) -> tuple[list[RunDecoded], bool]:
     """Feed as the server does with runs on: whenever the decoder waits, say what to
     expect (after `wait_for_first_run` first, with `first_run`). Checks the bounds."""
-    decoder = wire.Decoder()
+    decoder = RunDecoder()
     decoder.start_runs(b"seed", max_aliases=3)
-    out: list[wire.Decoded] = []
+    out: list[RunDecoded] = []
     for chunk in chunks:
         try:
             got = decoder.feed(chunk)
@@ -459,19 +460,17 @@ def feed_runs_checked(
         except wire.FramingError as error:
             out.extend(error.decoded)
             return out, True
-        assert all(isinstance(m, (*DECODED_TYPES, wire.UnchangedRun, wire.RunEnd)) for m in got), (
-            got
-        )
+        assert all(isinstance(m, (*DECODED_TYPES, UnchangedRun, RunEnd)) for m in got), got
         assert decoder.buffered <= wire.HEADER_SIZE + decoder.max_body_length
-        assert decoder.held <= wire.RUN_HOLD_LIMIT + len(chunk)
+        assert decoder.held <= RUN_HOLD_LIMIT + len(chunk)
         out.extend(got)
     return out, False
 
 
-def record_count(out: list[wire.Decoded]) -> int:
+def record_count(out: list[RunDecoded]) -> int:
     return sum(
         len(m.names)
-        if isinstance(m, wire.UnchangedRun)
+        if isinstance(m, UnchangedRun)
         else isinstance(m, wire.AddRecord) and m.atype == wire.ATYPE_RECORD
         for m in out
     )
@@ -499,7 +498,7 @@ def test_runs_of_any_stream_give_the_plain_messages_or_unchanged_runs_of_them(
     assert raised == plain_raised
     if raised:
         return
-    decoded = collections.Counter(repr(m) for m in runs if not isinstance(m, wire.RunEnd))
+    decoded = collections.Counter(repr(m) for m in runs if not isinstance(m, RunEnd))
     missing = collections.Counter(map(repr, plain)) - decoded
     assert not decoded - collections.Counter(map(repr, plain))
     held = [m for m in plain if repr(m) in missing]
@@ -512,6 +511,6 @@ def test_runs_of_any_stream_give_the_plain_messages_or_unchanged_runs_of_them(
     if wire.UploadDone() in plain:
         assert not missing
         # Expecting what that gave: unchanged runs stand for the same records.
-        digests = [m.digest for m in runs if isinstance(m, wire.RunEnd)]
+        digests = [m.digest for m in runs if isinstance(m, RunEnd)]
         again, _ = feed_runs_checked(bytes(stream), chunks, digests, first_run)
         assert record_count(again) == record_count(plain)

@@ -12,9 +12,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.etcdproc import free_port
-from bridge.fakeioc import FakeIOC, IOCSpec, RecordSpec, find_bridge, make_ioc
-from bridge.harness import BridgeProcess
+from bridge.etcd.embedded import free_port
+from bridge.testing.fakeioc import FakeIOC, IOCSpec, RecordSpec, find_bridge, make_ioc
+from bridge.testing.harness import BridgeProcess
 from tests.helpers import poll
 
 SCRIPT = '<script>alert("x")</script>'

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bridge import keys
+from bridge import documents
 from bridge.directory.channels import (
     ALIAS,
     DUPLICATE_COUNT,
@@ -361,9 +361,9 @@ def _text(value: Any) -> str | None:
 class Directory:
     """The view, applied document by document; queries read `state` (see module doc)."""
 
-    def __init__(self, shape: ChannelShape, prefix: str = keys.DEFAULT_PREFIX) -> None:
+    def __init__(self, shape: ChannelShape, prefix: str = documents.DEFAULT_PREFIX) -> None:
         self.shape = shape
-        self.keys = keys.Keys(prefix)
+        self.keys = documents.Keys(prefix)
         self.state = State(shape)
 
     def apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
@@ -382,13 +382,13 @@ class Directory:
 
 def _decode(value: bytes) -> Mapping[str, Any] | None:
     try:
-        doc = keys.loads(value)
+        doc = documents.loads(value)
     except ValueError:
         return None
     return doc if isinstance(doc, Mapping) else None
 
 
-def _apply(state: State, layout: keys.Keys, key: str, value: bytes | None) -> None:
+def _apply(state: State, layout: documents.Keys, key: str, value: bytes | None) -> None:
     try:
         parts = layout.split(key)
     except ValueError:
@@ -397,21 +397,21 @@ def _apply(state: State, layout: keys.Keys, key: str, value: bytes | None) -> No
     if value is not None and doc is None:
         return
     kind = parts[0]
-    if kind == keys.PVS and len(parts) == 2:
+    if kind == documents.PVS and len(parts) == 2:
         if doc is None:
             state.drop_index(parts[1])
         else:
             state.put_index(parts[1], doc)
-    elif kind == keys.RECORDS and len(parts) == 3:
+    elif kind == documents.RECORDS and len(parts) == 3:
         if doc is None:
             state.drop_record(parts[1], parts[2])
         else:
             state.put_record(parts[1], parts[2], doc)
-    elif kind == keys.IOCS and len(parts) == 2:
+    elif kind == documents.IOCS and len(parts) == 2:
         state.put_ioc(parts[1], doc)
-    elif kind == keys.BRIDGES and len(parts) == 2:
+    elif kind == documents.BRIDGES and len(parts) == 2:
         _put(state.bridges, parts[1], doc)
-    elif kind == keys.ALIVE and len(parts) == 2:
+    elif kind == documents.ALIVE and len(parts) == 2:
         _put(state.alive, parts[1], doc)
 
 
@@ -423,7 +423,10 @@ def _put(table: dict[str, Any], key: str, doc: Mapping[str, Any] | None) -> None
 
 
 def build_state(
-    shape: ChannelShape, layout: keys.Keys, entries: Iterable[tuple[str, bytes]], revision: int
+    shape: ChannelShape,
+    layout: documents.Keys,
+    entries: Iterable[tuple[str, bytes]],
+    revision: int,
 ) -> State:
     """A new `State` from every key at one revision; names are sorted once at the end."""
     state = State(shape, revision=revision)

@@ -67,7 +67,7 @@ class ProcessorChain(MultiService):
             alsoProvides(self, IUnchangedRuns)
 
     def can_store(self) -> bool:
-        """Every processor that can tell says it can store now (`bridge.announce`)."""
+        """Every processor that can tell says it can store now (`bridge.server.announce`)."""
         checks = [getattr(p, "can_store", None) for p in self.processors]
         return all(check() for check in checks if check is not None)
 

@@ -1,20 +1,17 @@
 """The ``etcd`` processor: stores every session's transactions in etcd (data model v1).
 
 `EtcdProcessor` is the Twisted side of `EtcdWriter` (bridge/processors/etcdwriter.py):
-it owns dedicated thread pools (the blocking client must never run on the reactor
-thread), the client (created in `startService`, after twistd forks, as the shared etcd
-reference section 6 requires), the bridge's one lease and its refresh, the watch on
-alive keys that drives the dead-bridge sweep (bridge/processors/sweep.py), and the
-shutdown handover.
+it owns dedicated thread pools (the blocking store must never run on the reactor
+thread), the store (`bridge.etcd.store`, created in `startService`: a gRPC client
+must not be created before twistd forks), the bridge's one lease and its refresh, the
+watch on alive keys that drives the dead-bridge sweep (bridge/processors/sweep.py),
+and the shutdown handover.
 
-Two pools: commits and sweeps share the big one, while the lease refresh and the watch
-have a small one of their own, so uploads stuck in an etcd outage can never starve the
-lease keep-alive.
-
-The watch follows the client: a watch stream on a hung (SIGSTOPped) member stays silent
-without any error, so after every lease refresh the processor checks which member the
-client uses now and, when it has failed over, moves the watch there (from the last
-revision seen + 1; events of the old stream are ignored from then on).
+Two pools: commits and sweeps share the big one, while the lease refresh and shutdown
+calls have a small one of their own, so uploads stuck in an etcd outage can never
+starve the lease keep-alive. The watch (`bridge.etcd.watch`) runs in a thread of its
+own: it resumes after errors and compaction (a full sweep, `Sweeper.resync`, then on
+from its revision) and follows the client to another member when it fails over.
 
 Shutdown (`prepare_stop`, called by the service before it closes the sessions): if
 another bridge is registered, this bridge unregisters and *hands its IOCs over*: their
@@ -31,12 +28,9 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from pyetcd import transactions as tx
-from pyetcd.events import DeleteEvent
-from pyetcd.exceptions import RevisionCompactedError
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -49,9 +43,12 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 import bridge
-from bridge import keys as k
-from bridge.errors import ConfigError, StoreError
-from bridge.etcdclient import make_client
+from bridge import documents as docs
+from bridge.errors import ConfigError, EtcdRefused, StoreError
+from bridge.etcd.backend import open_store
+from bridge.etcd.ops import Delete, Event, Get, Lease
+from bridge.etcd.store import Store
+from bridge.etcd.watch import ReactorWatch, Watch
 from bridge.interfaces import IProcessor, IStoreHealth, IUnchangedRuns
 from bridge.model import Transaction, iso_time
 from bridge.processors.etcdwriter import EtcdWriter
@@ -59,11 +56,11 @@ from bridge.processors.sweep import Sweeper
 
 __all__ = ["EtcdProcessor", "EtcdWriter", "build"]
 
-#: Worker threads for etcd calls: bounds concurrent requests (shared etcd reference
-#: section 6 measured no gain beyond 8-16) and how many calls an outage can hold.
+#: Worker threads for etcd calls: bounds concurrent requests (measured: no gain beyond
+#: 8-16 in flight) and how many calls an outage can hold.
 POOL_SIZE = 16
 POOL_NAME = "recsync-etcd"
-#: Lease refresh, watch, resync and shutdown calls: never queued behind commits.
+#: Lease refresh and shutdown calls: never queued behind commits.
 CONTROL_POOL_SIZE = 2
 CONTROL_POOL_NAME = "recsync-etcd-control"
 #: Seconds between attempts to get a lease while etcd is unreachable.
@@ -72,13 +69,13 @@ GRANT_RETRY_S = 1.0
 STOP_CALL_S = 5.0
 #: Seconds `stopService` waits for work in flight before it stops etcd retries.
 STOP_WAIT_S = 5.0
-#: Seconds between attempts to re-add a failed watch.
-REWATCH_DELAY_S = 1.0
 #: Seconds an alive key of another bridge may stay away before its IOC is swept,
 #: when the configuration has no ``grace``.
 DEFAULT_GRACE_S = 2.0
 
 EndpointsReady = Callable[[], "Deferred[list[str]]"]
+#: Opens the store on the given endpoints (blocking; raises `ConfigError`, `StoreError`).
+Connect = Callable[[Sequence[str]], Store]
 
 
 @implementer(IProcessor, IUnchangedRuns, IStoreHealth)
@@ -93,6 +90,8 @@ class EtcdProcessor(Service):
         reactor: provides time, threads and callLater.
         endpoints_ready: for an embedded etcd, returns the endpoints once it is healthy;
             None means ``etcd_config.endpoints``.
+        connect: opens the store on the endpoints; None means a gRPC client with the
+            configuration's settings (`open_store`). Tests pass other backends.
     """
 
     log = Logger()
@@ -103,11 +102,12 @@ class EtcdProcessor(Service):
         bridge_id: str,
         reactor: Any,
         endpoints_ready: EndpointsReady | None = None,
+        connect: Connect | None = None,
     ) -> None:
         self.config = etcd_config
         self.bridge_id = bridge_id
         self.reactor = reactor
-        self.keys = k.Keys(etcd_config.prefix)
+        self.keys = docs.Keys(etcd_config.prefix)
         self.host = socket.gethostname()
         #: Revoke the lease at stop (alive keys and the bridge document vanish at once).
         #: `prepare_stop` sets it when this is the last bridge; otherwise the lease is
@@ -116,11 +116,12 @@ class EtcdProcessor(Service):
         self.writer: EtcdWriter | None = None
         self.sweeper: Sweeper | None = None
         self._endpoints_ready = endpoints_ready
+        self._connect_store = connect or self._open_store
         self._tcp_port: int | None = None
         self._pool: ThreadPool | None = None
         self._control: ThreadPool | None = None
-        self._client: Any = None
-        self._lease: Any = None
+        self.store: Store | None = None
+        self._lease: Lease | None = None
         self._lease_lock = threading.Lock()
         self._started = ""
         self._ready: bool | Failure = False
@@ -128,21 +129,13 @@ class EtcdProcessor(Service):
         self._busy: set[Deferred[Any]] = set()
         self._refresher: LoopingCall | None = None
         self._checks: dict[str, IDelayedCall] = {}
-        self._rewatch: IDelayedCall | None = None
-        self._last_revision = 0
-        #: Numbers the watches added; callbacks of an older one are ignored.
-        self._watch_generation = 0
-        #: The member (``host:port``) the current watch was added on.
-        self._watch_endpoint: str | None = None
+        #: The watch on alive keys, once the lease is held.
+        self.alive_watch: ReactorWatch | None = None
         self._stopping = False
         #: When etcd last answered the lease refresh (reactor seconds).
         self._last_contact = -math.inf
         #: Set by `prepare_stop` when no other bridge is registered.
         self._last_bridge = False
-        #: True while the alive-key watch is established (diagnostics, tests).
-        self.watching = False
-        #: How often the watch had to be added again after an error.
-        self.rewatches = 0
         #: IStoreHealth: times etcd answered the lease grant or refresh, and new leases
         #: taken after etcd lost one (read by bridge/web/metrics.py).
         self.lease_refreshes = 0
@@ -161,7 +154,7 @@ class EtcdProcessor(Service):
     def can_store(self) -> bool:
         """False before the lease is granted, and while etcd has not answered the lease
         refresh for longer than the lease TTL (the bridge's alive keys are gone then).
-        The announcer asks it (`bridge.announce`)."""
+        The announcer asks it (`bridge.server.announce`)."""
         return (
             self._ready is True
             and self.reactor.seconds() - self._last_contact <= self.config.lease_ttl
@@ -182,9 +175,19 @@ class EtcdProcessor(Service):
         return d
 
     @property
-    def lease(self) -> Any:
-        """The bridge's current lease (a pyetcd Lease), None before it is granted."""
+    def lease(self) -> Lease | None:
+        """The bridge's current lease, None before it is granted."""
         return self._lease
+
+    @property
+    def watching(self) -> bool:
+        """True while the alive-key watch is established (diagnostics, tests)."""
+        return self.alive_watch is not None and self.alive_watch.established
+
+    @property
+    def rewatches(self) -> int:
+        """How often the alive-key watch had to be opened again."""
+        return self.alive_watch.rewatches if self.alive_watch is not None else 0
 
     @property
     def tcp_port(self) -> int | None:
@@ -229,32 +232,38 @@ class EtcdProcessor(Service):
         self._set_ready(True)
         self._refresher = LoopingCall(self._refresh)
         self._refresher.clock = self.reactor
-        self._refresher.start(max(self.config.lease_ttl / 3.0, 0.1), now=False)
+        self._refresher.start(self._refresh_interval(), now=False)
         self._start_watch()  # sweeps once first: bridges may have died unwatched
 
-    def _connect(self, endpoints: list[str]) -> None:
-        """(thread) Client, writer and sweeper, then the lease and the bridge document."""
+    def _refresh_interval(self) -> float:
+        return max(float(self.config.lease_ttl) / 3.0, 0.1)
+
+    def _open_store(self, endpoints: Sequence[str]) -> Store:
         cfg = self.config
-        self._client = make_client(
+        return open_store(
             endpoints,
             timeout=cfg.timeout,
+            deadline_s=float(cfg.max_outage),
             username=cfg.username,
             password=cfg.password,
             ca=cfg.ca,
             cert=cfg.cert,
             key=cfg.key,
         )
+
+    def _connect(self, endpoints: list[str]) -> None:
+        """(thread) Store, writer and sweeper, then the lease and the bridge document."""
+        self.store = self._connect_store(endpoints)
         self.writer = EtcdWriter(
-            self._client,
+            self.store,
             self.keys,
             self.bridge_id,
-            lambda: self._lease,
+            self._current_lease,
             self.reactor.seconds,
-            float(cfg.max_outage),
             self._renew,
         )
         self.sweeper = Sweeper(
-            self.writer.store,
+            self.store,
             self.keys,
             self.writer.index,
             self.reactor.seconds,
@@ -263,16 +272,20 @@ class EtcdProcessor(Service):
         self._started = iso_time(self.reactor.seconds())
         self._grant()
 
+    def _current_lease(self) -> Lease:
+        assert self._lease is not None, "no commit is applied before the lease is granted"
+        return self._lease
+
     def _grant(self) -> None:
         """(thread) A new lease with the bridge document on it; retries until stopped."""
-        assert self.writer is not None
+        assert self.store is not None
         while True:
             try:
-                self._lease = self.writer.store.call(
-                    lambda: self._client.lease(max(1, math.ceil(self.config.lease_ttl)))
-                )
+                self._lease = self.store.grant(max(1, math.ceil(self.config.lease_ttl)))
                 self._put_bridge()
                 return
+            except EtcdRefused:
+                raise  # e.g. a role that does not cover the prefix: trying again is no use
             except StoreError as exc:
                 if self._stopping:
                     raise
@@ -281,13 +294,9 @@ class EtcdProcessor(Service):
 
     def _put_bridge(self) -> None:
         """(thread)"""
-        assert self.writer is not None
-        doc = k.bridge_document(self.host, self._tcp_port, bridge.__version__, self._started)
-        self.writer.store.call(
-            lambda: self._client.put(
-                self.keys.bridge(self.bridge_id), k.dumps(doc), lease=self._lease
-            )
-        )
+        assert self.store is not None and self._lease is not None
+        doc = docs.bridge_document(self.host, self._tcp_port, bridge.__version__, self._started)
+        self.store.put(self.keys.bridge(self.bridge_id), docs.dumps(doc), self._lease.id)
 
     def _set_ready(self, outcome: bool | Failure) -> None:
         self._ready = outcome
@@ -313,7 +322,6 @@ class EtcdProcessor(Service):
         d = self._in_control(self._refresh_blocking)
         d.addCallback(self._contact)
         d.addErrback(self._log_failure, "lease refresh")
-        d.addBoth(lambda _: self._follow_client())
         return d
 
     def _contact(self, _: object = None) -> None:
@@ -327,14 +335,13 @@ class EtcdProcessor(Service):
 
     def _refresh_blocking(self) -> None:
         """(thread) Keep the lease alive; if it expired meanwhile, start over with a new one."""
-        assert self.writer is not None
-        lease = self._lease
-        responses = self.writer.store.call(lambda: list(self._client.refresh_lease(lease.id)))
-        if not responses or responses[0].TTL <= 0:
+        assert self.writer is not None and self.store is not None
+        lease = self._current_lease()
+        if self.store.refresh(lease.id) <= 0:
             self._renew(lease)
         self.writer.retry_unfinished()
 
-    def _renew(self, stale: Any) -> None:
+    def _renew(self, stale: Lease) -> None:
         """(thread) etcd lost lease `stale` (it expired in an outage): take a new one.
 
         Called by the refresh and by any write that found the lease gone; the first
@@ -343,7 +350,7 @@ class EtcdProcessor(Service):
         """
         with self._lease_lock:
             current = self._lease
-            if current is not None and current.id != getattr(stale, "id", stale):
+            if current is not None and current.id != stale.id:
                 return
             if self.writer is not None and self.writer.stopping:
                 raise StoreError("the bridge's lease expired while it stops")
@@ -364,95 +371,33 @@ class EtcdProcessor(Service):
     # -- dead-bridge sweep -----------------------------------------------------------------
 
     def _start_watch(self) -> None:
-        if not self._stopping:
-            self._watch_generation += 1
-            generation = self._watch_generation
-            d = self._in_control(self._add_watch, generation)
-            d.addErrback(self._watch_failed, generation)
-
-    def _add_watch(self, generation: int) -> None:
-        """(thread) Watch alive keys from the last revision seen + 1.
-
-        With no revision known yet (start), or when that revision is compacted (events
-        were lost), sweep everything first and watch from the sweep's revision.
-        """
-        assert self.sweeper is not None
-        if self._last_revision > 0:
-            try:
-                self._watch(self._last_revision + 1, generation)
-                return
-            except RevisionCompactedError:
-                self.log.info("alive-key history compacted; full resync")
-        self._watch(self.sweeper.resync() + 1, generation)
-
-    def _watch(self, revision: int, generation: int) -> None:
-        """(thread)"""
-        self._last_revision = revision - 1
-        endpoint = self._endpoint_in_use()  # before: the watch goes to this one or a later
-
-        def on_watch_thread(response: Any) -> None:
-            """(watch thread) Every callback goes to the reactor."""
-            self.reactor.callFromThread(self._on_watch, generation, response)
-
-        self._client.add_watch_prefix_callback(
-            self.keys.alive_prefix(), on_watch_thread, prev_kv=True, start_revision=revision
+        """Watch alive keys: a sweep of everything first (`Sweeper.resync`), then every
+        deletion from its revision on; again after a compaction."""
+        if self._stopping or self.store is None:
+            return
+        watch = Watch(
+            self.store,
+            self.keys.alive_prefix(),
+            reload=self._resync,
+            prev_kv=True,
+            probe_interval=self._refresh_interval(),
         )
-        self.reactor.callFromThread(self._watch_added, generation, endpoint)
+        self.alive_watch = ReactorWatch(self.reactor, watch, self._on_alive_events)
+        self.alive_watch.startService()
 
-    def _watch_added(self, generation: int, endpoint: str | None) -> None:
-        if generation == self._watch_generation:
-            self.watching = True
-            self._watch_endpoint = endpoint
+    def _resync(self) -> int:
+        """(watch thread)"""
+        assert self.sweeper is not None
+        return self.sweeper.resync()
 
-    def _endpoint_in_use(self) -> str | None:
-        endpoint = getattr(self._client, "endpoint_in_use", None)
-        return getattr(endpoint, "netloc", None)
-
-    def _follow_client(self) -> None:
-        """Move the watch to the member the client uses now, if it failed over.
-
-        A watch on a hung member gets no error, just no events; the lease refresh
-        notices the hang (timeout) and the client fails over, which is seen here.
-        """
-        if self._stopping or not self.watching:
+    def _on_alive_events(self, events: list[Event]) -> None:
+        if self._stopping:
             return
-        current = self._endpoint_in_use()
-        if current is not None and current != self._watch_endpoint:
-            self.log.info(
-                "etcd client moved from {old} to {new}; moving the alive-key watch",
-                old=self._watch_endpoint,
-                new=current,
-            )
-            self.watching = False
-            self.rewatches += 1
-            self._start_watch()
-
-    def _watch_failed(self, failure: Failure, generation: int) -> None:
-        if not self._stopping and generation == self._watch_generation:
-            self.log.warn("cannot watch alive keys, retrying: {error}", error=failure.value)
-            self._watch_lost()
-
-    def _watch_lost(self) -> None:
-        self.watching = False
-        self.rewatches += 1
-        if self._rewatch is None or not self._rewatch.active():
-            self._rewatch = self.reactor.callLater(REWATCH_DELAY_S, self._start_watch)
-
-    def _on_watch(self, generation: int, response: Any) -> None:
-        if self._stopping or generation != self._watch_generation:
-            return
-        if response is None or isinstance(response, BaseException):
-            self.log.info("alive-key watch ended ({error!r}); re-adding", error=response)
-            if isinstance(response, RevisionCompactedError):
-                self._last_revision = 0  # forces a full resync
-            self._watch_lost()
-            return
-        for event in response.events:
-            self._last_revision = max(self._last_revision, event.mod_revision)
-            if isinstance(event, DeleteEvent):
+        for event in events:
+            if event.kind == "delete":
                 self._alive_deleted(event)
 
-    def _alive_deleted(self, event: Any) -> None:
+    def _alive_deleted(self, event: Event) -> None:
         """Schedule a sweep check unless the key was on our current lease.
 
         Judged by lease, not by bridge id: a restarted bridge keeps its id, and the
@@ -460,9 +405,9 @@ class EtcdProcessor(Service):
         own IOCs are safe anyway (`Sweeper.is_local`); this only saves reads.
         """
         lease = self._lease
-        if lease is not None and getattr(event, "prev_lease", None) == lease.id:
+        if lease is not None and event.prev is not None and event.prev.lease == lease.id:
             return
-        iocid = self.keys.split(event.key.decode("utf-8"))[-1]
+        iocid = self.keys.split(event.key)[-1]
         pending = self._checks.get(iocid)
         if pending is None or not pending.active():
             self._checks[iocid] = self.reactor.callLater(self._grace(), self._check, iocid)
@@ -525,19 +470,12 @@ class EtcdProcessor(Service):
 
     def _unregister(self) -> list[str]:
         """(thread) Delete our bridge document; return the ids of the other bridges."""
-        assert self.writer is not None
+        assert self.store is not None
         own = self.keys.bridge(self.bridge_id)
-        prefix = self.keys.bridges_prefix()
-        _, responses = self.writer.store.call(
-            lambda: self._client.transaction(
-                compare=[],
-                success=[tx.Delete(own), tx.Get(prefix, _prefix_end(prefix))],
-                failure=[],
-            ),
-            deadline_s=STOP_CALL_S,
+        result = self.store.txn(
+            [], [Delete(own), Get(self.keys.bridges_prefix(), prefix=True)], deadline_s=STOP_CALL_S
         )
-        found = responses[1] if len(responses) > 1 else []
-        return [self.keys.split(meta.key.decode("utf-8"))[-1] for _, meta in found]
+        return [self.keys.split(entry.key)[-1] for entry in result.results[1]]
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
@@ -545,22 +483,25 @@ class EtcdProcessor(Service):
 
     async def _stop(self) -> None:
         self._stopping = True
-        for call in [*self._checks.values(), self._rewatch]:
-            if call is not None and call.active():
+        for call in self._checks.values():
+            if call.active():
                 call.cancel()
         self._checks.clear()
         if self._refresher is not None and self._refresher.running:
             self._refresher.stop()
         if self.writer is not None:
             self.writer.stopping = True
+        if self.alive_watch is not None:
+            # Its thread may be in a sweep that retries: waited for, and aborted, as busy.
+            self._track(self.alive_watch.stopService())
         await self._drain()
-        if self._client is not None:
+        if self.store is not None:
             if self._last_bridge and self.sweeper is not None and self._lease is not None:
                 d = self._in_control(self._sweep_orphans)
                 await d.addErrback(self._log_failure, "sweep of handed-over IOCs")
             if self.revoke_on_stop and self._lease is not None:
                 await self._in_control(self._revoke).addErrback(self._log_failure, "revoke")
-            self._client.close()
+            self.store.close()
         for pool in (self._pool, self._control):
             if pool is not None:
                 pool.stop()
@@ -571,16 +512,16 @@ class EtcdProcessor(Service):
         while self._busy and waited < STOP_WAIT_S:
             await deferLater(self.reactor, 0.05, lambda: None)
             waited += 0.05
-        if self._busy and self.writer is not None:
+        if self._busy and self.store is not None:
             self.log.warn("etcd calls still retrying at shutdown: abandoned")
-            self.writer.store.abort()
+            self.store.abort()
         while self._busy:
             await defer.DeferredList(list(self._busy), consumeErrors=True)
 
     def _sweep_orphans(self) -> None:
         """(thread)"""
         assert self.sweeper is not None
-        swept = self.sweeper.sweep_orphans(self._lease.id)
+        swept = self.sweeper.sweep_orphans(self._current_lease().id)
         if swept:
             self.log.info(
                 "stopping: {n} IOCs of bridges that stopped earlier marked inactive", n=swept
@@ -588,10 +529,8 @@ class EtcdProcessor(Service):
 
     def _revoke(self) -> None:
         """(thread)"""
-        assert self.writer is not None
-        self.writer.store.call(
-            lambda: self._client.revoke_lease(self._lease.id), deadline_s=STOP_CALL_S
-        )
+        assert self.store is not None
+        self.store.revoke(self._current_lease().id, deadline_s=STOP_CALL_S)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -601,7 +540,7 @@ class EtcdProcessor(Service):
         return self._track(deferToThreadPool(self.reactor, self._pool, fn, *args))
 
     def _in_control(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        """Like `_in_pool`, on the small pool of the lease and the watch."""
+        """Like `_in_pool`, on the small pool of the lease and shutdown calls."""
         assert self._control is not None
         return self._track(deferToThreadPool(self.reactor, self._control, fn, *args))
 
@@ -629,11 +568,6 @@ class EtcdProcessor(Service):
                 what=what,
                 error=failure.value,
             )
-
-
-def _prefix_end(prefix: str) -> str:
-    """The first key after every key under `prefix` (its last character incremented)."""
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 def build(

@@ -11,21 +11,21 @@ claimed so far in this upload (only if it had records stored: without, nothing i
 ever unclaimed). They are loaded only when the upload leaves the fast path below,
 and go away when the upload is done.
 
-Unchanged re-uploads (every IOC after a restart of the bridges or of the network) take
-a fast path. A complete upload leaves ``record_digests`` in the IOC document: one
-digest per run of records, over the frames the IOC sent (`bridge.wire.Decoder.start_runs`
-computes them; they arrive in ``Transaction.digests``). When a new upload of the IOC
-begins, `known_runs` hands the stored digests to the server if the IOC's last upload
-completed. Runs whose frames match arrive as `KeptRun` values instead of records:
-they are neither read nor written, and their name-index entries are left alone if
-the IOC has no shared mark (see nameindex.py: then the entries are exactly as it left
-them), or else confirmed (`NameIndex.confirm`: value compares, no reads). Unchanged
-records found on the normal path are treated the same way. The first run that
-arrives as records (changed), a DelRecord, or a different run or record count at the
-end switches the session to the normal path: it loads the stored fingerprints then,
-and takes the kept runs' records (remembered by name hash) off the list of what may
-be stale. The digests are dropped from the document when an upload begins, so a
-partial upload is never mistaken for a complete one.
+Unchanged re-uploads (every IOC after a restart of the bridges or of the network) take a
+fast path. A complete upload leaves ``record_digests`` in the IOC document: one digest
+per run of records, over the frames the IOC sent
+(`bridge.protocol.runs.RunDecoder.start_runs` computes them; they arrive in
+``Transaction.digests``). When a new upload of the IOC begins, `known_runs` hands the
+stored digests to the server if the IOC's last upload completed. Runs whose frames match
+arrive as `KeptRun` values instead of records: they are neither read nor written, and
+their name-index entries are left alone if the IOC has no shared mark (see nameindex.py:
+then the entries are exactly as it left them), or else confirmed (`NameIndex.confirm`:
+value compares, no reads). Unchanged records found on the normal path are treated the
+same way. The first run that arrives as records (changed), a DelRecord, or a different
+run or record count at the end switches the session to the normal path: it loads the
+stored fingerprints then, and takes the kept runs' records (remembered by name hash) off
+the list of what may be stale. The digests are dropped from the document when an upload
+begins, so a partial upload is never mistaken for a complete one.
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-import grpc  # type: ignore[import-untyped,unused-ignore]  # no stubs shipped
-from pyetcd import transactions as tx
 from twisted.logger import Logger
 
-from bridge import keys as k
-from bridge.errors import StoreError
-from bridge.etcd.ops import Write
+from bridge import documents as docs
+from bridge.documents import parse_ioc, record_names
+from bridge.errors import LeaseNotFound, StoreError
+from bridge.etcd.ops import Compare, Delete, Get, Lease, Put, Write
+from bridge.etcd.store import Store
 from bridge.logs import printable
 from bridge.model import (
     IOCIdentity,
@@ -55,8 +55,7 @@ from bridge.model import (
     fallback_iocid,
     iso_time,
 )
-from bridge.processors.etcdstore import Store
-from bridge.processors.nameindex import Claim, NameIndex, record_names
+from bridge.processors.nameindex import Claim, NameIndex
 
 T = TypeVar("T")
 
@@ -70,19 +69,6 @@ DELETE_STEP = 1000
 
 #: (fingerprint of the stored value, alias names) of one record stored before the upload.
 Stored = tuple[bytes, tuple[str, ...]]
-
-
-def lease_not_found(exc: BaseException) -> bool:
-    """etcd's answer to a write attached to a lease that expired or was revoked."""
-    code = getattr(exc, "code", None)
-    details = getattr(exc, "details", None)
-    return (
-        isinstance(exc, grpc.RpcError)
-        and callable(code)
-        and callable(details)
-        and code() == grpc.StatusCode.NOT_FOUND
-        and "lease not found" in str(details() or "")
-    )
 
 
 def fingerprint(value: bytes) -> bytes:
@@ -114,7 +100,7 @@ def fit_record(record: Record, iocid: str, limit: int = MAX_RECORD_BYTES) -> Rec
             for key, v in record.infos.items()
         }
         trial = replace(record, infos=infos)
-        if len(k.record_value(trial, iocid)) <= limit:
+        if len(docs.record_value(trial, iocid)) <= limit:
             return trial
         if cap == 0:
             return None
@@ -169,29 +155,27 @@ class EtcdWriter:
     """Applies `Transaction`s to etcd. See the module docstring for threading.
 
     Args:
-        client: a pyetcd client (`bridge.etcdclient.make_client`).
+        store: etcd (`bridge.etcd.store.Store`; its outage bound applies to every call).
         keys: the key layout for the configured prefix.
         bridge_id: this bridge's id, written into alive keys and IOC documents.
-        lease: returns the bridge's current lease (object or id) for alive keys.
+        lease: returns the bridge's current lease, for alive keys.
+        now: seconds since the epoch.
         renew: called (blocking) with a lease etcd no longer knows; returns once the
             bridge holds a new one (then a write that needed the lease is tried again).
-        now: seconds since the epoch.
-        deadline_s: retry deadline of every etcd call (`call_with_retry`).
     """
 
     log = Logger()
 
     def __init__(
         self,
-        client: Any,
-        keys: k.Keys,
+        store: Store,
+        keys: docs.Keys,
         bridge_id: str,
-        lease: Callable[[], Any],
+        lease: Callable[[], Lease],
         now: Callable[[], float],
-        deadline_s: float,
-        renew: Callable[[Any], None] | None = None,
+        renew: Callable[[Lease], None] | None = None,
     ) -> None:
-        self.store = Store(client, deadline_s)
+        self.store = store
         self.keys = keys
         self.index = NameIndex(self.store, keys)
         self.bridge_id = bridge_id
@@ -327,7 +311,7 @@ class EtcdWriter:
     ) -> dict[str, Any]:
         """The IOC document from what the session knows (``disconnected`` null)."""
         ident = session.identity
-        return k.ioc_document(
+        return docs.ioc_document(
             iocid=ident.iocid,
             status=status,
             hostname=ident.hostname,
@@ -358,15 +342,15 @@ class EtcdWriter:
             self._load_existing(session)
         session.connected = iso_time(self._now())
         session.env = dict(env)
-        session.alive = k.dumps(k.alive_document(self.bridge_id, session.connected))
-        session.doc = self._document(session, k.STATUS_UPLOADING)
+        session.alive = docs.dumps(docs.alive_document(self.bridge_id, session.connected))
+        session.doc = self._document(session, docs.STATUS_UPLOADING)
         with session.lock:
             self._leased(
                 lambda lease: self.store.txn(
                     [],
                     [
-                        tx.Put(self.keys.ioc(session.iocid), k.dumps(session.doc)),
-                        tx.Put(self.keys.alive(session.iocid), session.alive, lease=lease),
+                        Put(self.keys.ioc(session.iocid), docs.dumps(session.doc)),
+                        Put(self.keys.alive(session.iocid), session.alive, lease.id),
                     ],
                 )
             )
@@ -384,21 +368,10 @@ class EtcdWriter:
         ioc_key, shared_key = self.keys.ioc(iocid), self.keys.shared(iocid)
         found = self.store.get_many([ioc_key, shared_key])
         raw = found.get(ioc_key)
-        try:
-            doc = k.loads(raw.value) if raw is not None else None
-        except ValueError:
+        doc = parse_ioc(raw.value) if raw is not None else None
+        if doc is None or doc.record_digests is None or doc.records is None or doc.records < 0:
             return None
-        if not isinstance(doc, dict):
-            return None
-        digests, records = doc.get("record_digests"), doc.get("records")
-        if (
-            not isinstance(digests, list)
-            or not all(isinstance(d, str) for d in digests)
-            or not isinstance(records, int)
-            or records < 0
-        ):
-            return None
-        return digests, records, shared_key in found
+        return doc.record_digests, doc.records, shared_key in found
 
     def _load_existing(self, session: _Session) -> None:
         session.existing = self._load(session.iocid)
@@ -481,10 +454,10 @@ class EtcdWriter:
             old = session.existing.pop(record.name, None)
             changed = old is None or old[0] != fingerprint(value)
             if changed:
-                puts.append(((prefix + k.encode_component(record.name)).encode(), value))
+                puts.append(((prefix + docs.encode_component(record.name)).encode(), value))
             if old is not None:
                 dropped.extend(a for a in old[1] if a not in record.aliases)
-            for name, is_alias in k.pv_names(record):
+            for name, is_alias in docs.pv_names(record):
                 if session.tracks_claims:
                     session.claimed.add(name_hash(name))
                 # A name is new to the index unless the IOC stored it before (as this
@@ -500,7 +473,7 @@ class EtcdWriter:
         self._unclaim(session, dropped)
 
     def _encode(self, session: _Session, record: Record) -> bytes:
-        value = k.record_value(record, session.iocid)
+        value = docs.record_value(record, session.iocid)
         if len(value) <= MAX_RECORD_BYTES:
             return value
         fitted = fit_record(record, session.iocid)
@@ -517,7 +490,7 @@ class EtcdWriter:
             record=printable(record.name),
             size=len(value),
         )
-        return k.record_value(fitted, session.iocid)
+        return docs.record_value(fitted, session.iocid)
 
     def _unclaim(self, session: _Session, names: Iterable[str]) -> None:
         """Unclaim names, except those another record of this upload claims."""
@@ -562,7 +535,7 @@ class EtcdWriter:
         session.claimed, session.tracks_claims = set(), False
         session.kept_names, session.kept_aliases = array("q"), array("q")
         session.env = dict(env)
-        session.doc = self._document(session, k.STATUS_ACTIVE, uploaded=iso_time(self._now()))
+        session.doc = self._document(session, docs.STATUS_ACTIVE, uploaded=iso_time(self._now()))
         # No digests: a DelRecord withdrew records (the frames no longer describe what
         # is stored), or the server did not cut runs (another processor cannot).
         complete = not session.withdrew and (session.digests or not session.records)
@@ -595,16 +568,16 @@ class EtcdWriter:
         """
         ioc_key, alive_key = self.keys.ioc(session.iocid), self.keys.alive(session.iocid)
 
-        def write(lease: Any) -> bool:
-            doc = tx.Put(ioc_key, k.dumps(session.doc))
-            alive = tx.Put(alive_key, session.alive, lease=lease)
-            ours = tx.Value(alive_key) == session.alive
-            ok, resp = self.store.txn(
-                [ours], [doc, alive] if alive_too else [doc], [tx.Get(alive_key)]
-            )
-            if not ok and not resp[0] and not self.stopping:
-                ok, _ = self.store.txn([tx.Version(alive_key) == 0], [doc, alive])
-            return ok
+        def write(lease: Lease) -> bool:
+            doc = Put(ioc_key, docs.dumps(session.doc))
+            alive = Put(alive_key, session.alive, lease.id)
+            ours = Compare.holds(alive_key, session.alive)
+            result = self.store.txn([ours], [doc, alive] if alive_too else [doc], [Get(alive_key)])
+            if result.succeeded:
+                return True
+            if result.results[0] or self.stopping:
+                return False
+            return self.store.txn([Compare.absent(alive_key)], [doc, alive]).succeeded
 
         with session.lock:
             if session.ended:
@@ -618,18 +591,18 @@ class EtcdWriter:
             )
         return ok
 
-    def _leased(self, write: Callable[[Any], T]) -> T:
+    def _leased(self, write: Callable[[Lease], T]) -> T:
         """``write(lease)`` with the current lease; again with a new one if etcd lost it.
 
         An etcd outage longer than the lease TTL ends with the lease gone: writes that
-        attach to it fail with "requested lease not found" until the bridge has a new one.
+        attach to it fail with `LeaseNotFound` until the bridge has a new one.
         """
         while True:
             lease = self._lease()
             try:
                 return write(lease)
-            except grpc.RpcError as exc:
-                if self._renew is None or not lease_not_found(exc):
+            except LeaseNotFound:
+                if self._renew is None:
                     raise
                 self._renew(lease)
 
@@ -671,24 +644,26 @@ class EtcdWriter:
     def _write_end(self, session: _Session) -> bool:
         """True if this call (or an earlier attempt whose answer was lost) ended it."""
         alive_key, ioc_key = self.keys.alive(session.iocid), self.keys.ioc(session.iocid)
-        doc = {**session.doc, "status": k.STATUS_INACTIVE, "disconnected": iso_time(self._now())}
-        ok, resp = self.store.txn(
-            [tx.Value(alive_key) == session.alive],
-            [tx.Delete(alive_key), tx.Put(ioc_key, k.dumps(doc))],
-            [tx.Get(alive_key), tx.Get(ioc_key)],
+        doc = {
+            **session.doc,
+            "status": docs.STATUS_INACTIVE,
+            "disconnected": iso_time(self._now()),
+        }
+        result = self.store.txn(
+            [Compare.holds(alive_key, session.alive)],
+            [Delete(alive_key), Put(ioc_key, docs.dumps(doc))],
+            [Get(alive_key), Get(ioc_key)],
         )
-        if ok:
+        if result.succeeded:
             return True
         # A retry after a timed-out attempt that etcd did apply finds its own work done.
-        if resp[0] or not resp[1]:
+        alive_now, ioc_now = result.results
+        if alive_now or not ioc_now:
             return False
-        try:
-            found = k.loads(resp[1][0][0])
-        except ValueError:
-            return False
-        return bool(
-            isinstance(found, dict)
-            and found.get("status") == k.STATUS_INACTIVE
-            and found.get("bridge") == self.bridge_id
-            and found.get("connected") == session.connected
+        found = parse_ioc(ioc_now[0].value)
+        return (
+            found is not None
+            and found.status == docs.STATUS_INACTIVE
+            and found.bridge == self.bridge_id
+            and found.connected == session.connected
         )

@@ -33,15 +33,20 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
-from bridge import keys as k
+from bridge import documents as docs
+from bridge.documents import (
+    PvEntry,
+    RecordDocument,
+    parse_ioc,
+    parse_pv,
+    parse_record,
+    record_names,
+)
 from bridge.errors import StoreError
 from bridge.etcd.ops import MAX_TXN_OPS, Entry, Guarded
-from bridge.processors.etcdstore import Store
+from bridge.etcd.store import Store
 
-#: IOC statuses whose IOC holds a live session with some bridge.
-LIVE_STATUSES = frozenset({k.STATUS_UPLOADING, k.STATUS_ACTIVE})
 #: Read-plan-write rounds before giving up on entries that keep changing under us.
 MAX_ATTEMPTS = 20
 #: Upper bound of the random pause before re-planning, times the round number.
@@ -64,42 +69,14 @@ class Claim:
     fresh: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class PvEntry:
-    """A parsed name-index entry."""
-
-    owner: str
-    record: str
-    rtype: str
-    alias: bool
-    claims: list[str]
-
-    def value(self) -> bytes:
-        return k.dumps(
-            k.pv_document(self.owner, self.record, self.rtype, self.alias, list(self.claims))
-        )
-
-
-def parse_pv(value: bytes) -> PvEntry | None:
-    """The entry in `value`, or None when it is not a well-formed name-index document."""
-    try:
-        doc = k.loads(value)
-        claims = [str(c) for c in doc["claims"]]
-        return PvEntry(
-            str(doc["iocid"]), str(doc["record"]), str(doc["type"]), bool(doc["alias"]), claims
-        )
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
 class _Lookups:
     """Per-operation caches: which IOCs are live, and claimants' record documents."""
 
-    def __init__(self, store: Store, keys: k.Keys) -> None:
+    def __init__(self, store: Store, keys: docs.Keys) -> None:
         self.store = store
         self.keys = keys
         self.live: dict[str, bool] = {}
-        self.records: dict[str, dict[str, Any] | None] = {}
+        self.records: dict[str, RecordDocument | None] = {}
         self.alias_maps: dict[str, dict[str, tuple[str, str]]] = {}
 
     def fetch_live(self, iocids: Iterable[str]) -> None:
@@ -107,7 +84,8 @@ class _Lookups:
         found = self.store.get_many(self.keys.ioc(i) for i in missing)
         for iocid in missing:
             raw = found.get(self.keys.ioc(iocid))
-            self.live[iocid] = raw is not None and _status(raw.value) in LIVE_STATUSES
+            doc = parse_ioc(raw.value) if raw is not None else None
+            self.live[iocid] = doc is not None and doc.live
 
     def is_live(self, iocid: str) -> bool:
         if iocid not in self.live:
@@ -119,9 +97,9 @@ class _Lookups:
         found = self.store.get_many(wanted)
         for key in wanted:
             raw = found.get(key)
-            self.records[key] = _record_doc(raw.value) if raw is not None else None
+            self.records[key] = parse_record(raw.value) if raw is not None else None
 
-    def _record(self, iocid: str, name: str) -> dict[str, Any] | None:
+    def _record(self, iocid: str, name: str) -> RecordDocument | None:
         key = self.keys.record(iocid, name)
         if key not in self.records:
             self.fetch_records([(iocid, name)])
@@ -135,11 +113,11 @@ class _Lookups:
         """
         doc = self._record(iocid, name)
         if doc is not None:
-            return name, str(doc.get("type", "")), False
+            return name, doc.rtype, False
         if hint != name:
             doc = self._record(iocid, hint)
-            if doc is not None and name in doc.get("aliases", ()):
-                return hint, str(doc.get("type", "")), True
+            if doc is not None and name in doc.aliases:
+                return hint, doc.rtype, True
         found = self._alias_map(iocid).get(name)
         return None if found is None else (found[0], found[1], True)
 
@@ -149,38 +127,11 @@ class _Lookups:
             aliases: dict[str, tuple[str, str]] = {}
             for page in self.store.scan(self.keys.records_prefix(iocid)):
                 for raw in page.entries:
-                    doc = _record_doc(raw.value) or {}
-                    for alias in doc.get("aliases", ()):
-                        aliases[str(alias)] = (str(doc.get("name")), str(doc.get("type", "")))
+                    doc = parse_record(raw.value)
+                    if doc is not None:
+                        aliases.update(dict.fromkeys(doc.aliases, (doc.name, doc.rtype)))
             self.alias_maps[iocid] = aliases
         return self.alias_maps[iocid]
-
-
-def _status(value: bytes) -> str | None:
-    try:
-        status = k.loads(value).get("status")
-    except (ValueError, AttributeError):
-        return None
-    return status if isinstance(status, str) else None
-
-
-def _record_doc(value: bytes) -> dict[str, Any] | None:
-    try:
-        doc = k.loads(value)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def record_names(value: bytes) -> list[str]:
-    """The record name and alias names in a stored record document ([] if unreadable)."""
-    doc = _record_doc(value) or {}
-    name = doc.get("name")
-    aliases = doc.get("aliases")
-    names = [str(name)] if isinstance(name, str) else []
-    if isinstance(aliases, list):
-        names.extend(str(a) for a in aliases)
-    return names
 
 
 Planner = Callable[[list[str], dict[str, Entry], _Lookups], list[Guarded]]
@@ -189,7 +140,7 @@ Planner = Callable[[list[str], dict[str, Entry], _Lookups], list[Guarded]]
 class NameIndex:
     """Reads and writes name-index entries for one key prefix; see the module docstring."""
 
-    def __init__(self, store: Store, keys: k.Keys) -> None:
+    def __init__(self, store: Store, keys: docs.Keys) -> None:
         self.store = store
         self.keys = keys
 
@@ -212,7 +163,7 @@ class NameIndex:
                 Guarded(
                     self.keys.pv(c.name).encode(),
                     0,
-                    k.dumps(k.pv_document(iocid, c.record, c.rtype, c.alias, [iocid])),
+                    docs.dumps(docs.pv_document(iocid, c.record, c.rtype, c.alias, [iocid])),
                     c.name,
                 )
                 for c in fresh
@@ -241,7 +192,7 @@ class NameIndex:
         self._converge(todo, plan)
         if unmarked:
             self.store.write(
-                [(self.keys.shared(iocid).encode(), k.dumps(k.shared_document(unmarked[0])))]
+                [(self.keys.shared(iocid).encode(), docs.dumps(docs.shared_document(unmarked[0])))]
             )
 
     def confirm(self, iocid: str, claims: Iterable[Claim]) -> None:
@@ -255,7 +206,7 @@ class NameIndex:
         expected = (
             (
                 self.keys.pv(c.name).encode(),
-                k.dumps(k.pv_document(iocid, c.record, c.rtype, c.alias, [iocid])),
+                docs.dumps(docs.pv_document(iocid, c.record, c.rtype, c.alias, [iocid])),
                 c,
             )
             for c in claims
@@ -297,15 +248,14 @@ class NameIndex:
             expected: list[tuple[bytes, bytes, str]] = []
             todo: list[str] = []
             for raw in page.entries:
-                doc = _record_doc(raw.value) or {}
-                name, rtype, aliases = doc.get("name"), doc.get("type"), doc.get("aliases")
-                if not (
-                    isinstance(name, str) and isinstance(rtype, str) and isinstance(aliases, list)
-                ):
+                doc = parse_record(raw.value)
+                if doc is None or not doc.complete:
                     todo.extend(record_names(raw.value))
                     continue
-                for pv, alias in ((name, False), *((str(a), True) for a in aliases)):
-                    value = k.dumps(k.pv_document(iocid, name, rtype, alias, [iocid]))
+                for pv, alias in ((doc.name, False), *((a, True) for a in doc.aliases)):
+                    value = docs.dumps(
+                        docs.pv_document(iocid, doc.name, doc.rtype, alias, [iocid])
+                    )
                     expected.append((self.keys.pv(pv).encode(), value, pv))
             todo.extend(self.store.unequal(expected))
             if todo:
@@ -393,7 +343,7 @@ class NameIndex:
         """The shared marks that must go with an entry listing `claims` (module docstring)."""
         if len(claims) < 2:
             return ()
-        value = k.dumps(k.shared_document(name))
+        value = docs.dumps(docs.shared_document(name))
         return tuple((self.keys.shared(c).encode(), value) for c in claims)
 
     def shared(self, iocid: str) -> bool:

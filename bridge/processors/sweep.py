@@ -13,16 +13,16 @@ Synchronous and blocking (worker threads only); the processor decides when to ca
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from pyetcd import transactions as tx
 from twisted.logger import Logger
 
-from bridge import keys as k
+from bridge import documents as docs
+from bridge.documents import parse_ioc
+from bridge.etcd.ops import Compare, Delete, Put
+from bridge.etcd.store import Store
 from bridge.logs import printable
 from bridge.model import iso_time
-from bridge.processors.etcdstore import Store
-from bridge.processors.nameindex import LIVE_STATUSES, NameIndex
+from bridge.processors.nameindex import NameIndex
 
 
 class Sweeper:
@@ -40,7 +40,7 @@ class Sweeper:
     def __init__(
         self,
         store: Store,
-        keys: k.Keys,
+        keys: docs.Keys,
         index: NameIndex,
         now: Callable[[], float],
         is_local: Callable[[str], bool],
@@ -63,22 +63,22 @@ class Sweeper:
         raw = found.get(ioc_key)
         if alive_key in found or raw is None:
             return False
-        doc = _document(raw.value)
-        if doc is None or doc.get("status") not in LIVE_STATUSES:
+        doc = parse_ioc(raw.value)
+        if doc is None or not doc.live:
             return False
-        doc.update(status=k.STATUS_INACTIVE, disconnected=iso_time(self._now()))
-        ok, _ = self.store.txn(
-            [tx.Version(alive_key) == 0, tx.Mod(ioc_key) == raw.mod_revision],
-            [tx.Put(ioc_key, k.dumps(doc))],
-        )
+        inactive = docs.dumps(doc.inactive(iso_time(self._now())))
+        ok = self.store.txn(
+            [Compare.absent(alive_key), Compare.unmodified(ioc_key, raw.mod_revision)],
+            [Put(ioc_key, inactive)],
+        ).succeeded
         if ok:
             self.log.info(
                 "IOC {iocid} inactive: its bridge {bridge} is gone",
                 iocid=printable(iocid),
-                bridge=doc.get("bridge"),
+                bridge=doc.bridge,
             )
             self.index.hand_over(iocid)
-        return bool(ok)
+        return ok
 
     def live_bridges(self) -> dict[str, int]:
         """bridge id -> lease of every registered bridge (its document lives on its lease)."""
@@ -108,21 +108,24 @@ class Sweeper:
             iocid = self.keys.split(alive.key)[-1]
             ioc_key = self.keys.ioc(iocid)
             raw = self.store.get(ioc_key)
-            doc = _document(raw.value) if raw is not None else None
-            if raw is None or doc is None or doc.get("status") not in LIVE_STATUSES:
+            doc = parse_ioc(raw.value) if raw is not None else None
+            if raw is None or doc is None or not doc.live:
                 continue
-            doc.update(status=k.STATUS_INACTIVE, disconnected=iso_time(self._now()))
-            ok, _ = self.store.txn(
-                [tx.Mod(alive.key) == alive.mod_revision, tx.Mod(ioc_key) == raw.mod_revision],
-                [tx.Delete(alive.key), tx.Put(ioc_key, k.dumps(doc))],
-            )
+            inactive = docs.dumps(doc.inactive(iso_time(self._now())))
+            ok = self.store.txn(
+                [
+                    Compare.unmodified(alive.key, alive.mod_revision),
+                    Compare.unmodified(ioc_key, raw.mod_revision),
+                ],
+                [Delete(alive.key), Put(ioc_key, inactive)],
+            ).succeeded
             if ok:
                 swept += 1
                 self.log.info(
                     "IOC {iocid} inactive: its bridge {bridge} stopped and no "
                     "bridge is left to take it over",
                     iocid=printable(iocid),
-                    bridge=doc.get("bridge"),
+                    bridge=doc.bridge,
                 )
                 self.index.hand_over(iocid)
         return swept
@@ -142,18 +145,10 @@ class Sweeper:
         for page in self.store.scan(self.keys.iocs_prefix()):
             for raw in page.entries:
                 iocid = self.keys.split(raw.key)[-1]
-                doc = _document(raw.value)
-                if iocid not in alive and doc and doc.get("status") in LIVE_STATUSES:
+                doc = parse_ioc(raw.value)
+                if iocid not in alive and doc is not None and doc.live:
                     suspects.append(iocid)
         swept = sum(self.mark_dead(iocid) for iocid in suspects)
         if swept:
             self.log.info("resync: {n} IOCs of dead bridges marked inactive", n=swept)
         return revision
-
-
-def _document(value: bytes) -> dict[str, Any] | None:
-    try:
-        doc = k.loads(value)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None

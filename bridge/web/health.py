@@ -107,7 +107,7 @@ class Ready(Resource):
 
 def bridge_checks(service: Any, clock: Callable[[], float]) -> list[Callable[[], Check]]:
     """A bridge is ready when its etcd processor holds a lease and etcd answered the
-    lease refresh within the lease TTL (what also lets it announce, `bridge.announce`).
+    lease refresh within the lease TTL (what also lets it announce, `bridge.server.announce`).
 
     `service` is the `bridge.service.BridgeService`; `clock` the reactor's seconds.
     """

@@ -19,7 +19,7 @@ where a transaction passes from the server to the processors (`BridgeMetrics.com
 
 Each process has its own registry (`CollectorRegistry`), never the library's global one,
 so several bridges in one test process do not mix. The etcd request hook
-(`bridge.etcdclient.request_observer`) is process-wide: the last bridge started owns it.
+(`bridge.etcd.client.request_observer`) is process-wide: the last bridge started owns it.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ class BridgeMetrics:
         return committing.addBoth(done)
 
     def etcd_request(self, seconds: float, error: BaseException | None) -> None:
-        """`bridge.etcdclient.request_observer` (worker threads; never raises)."""
+        """`bridge.etcd.client.request_observer` (worker threads; never raises)."""
         try:
             self.etcd_seconds.observe(seconds)
             if error is not None:

@@ -79,7 +79,7 @@ class DirectoryService(Service):
         self.directory = Directory(config.cf, config.etcd.prefix)
         self.runner = QueryRunner(reactor)
         self.feed: Any = None
-        self.client: Any = None
+        self.store: Any = None
         self.port: IListeningPort | None = None
         self.url: str | None = None
         self.ready: defer.Deferred[str] = defer.Deferred()
@@ -111,22 +111,23 @@ class DirectoryService(Service):
 
     async def _start(self) -> str:
         from bridge.directory.feed import DirectoryFeed
-        from bridge.etcdclient import make_client
+        from bridge.etcd.backend import open_store
 
         await self._listen()
         etcd = self.config.etcd
         endpoints = list(await self._endpoints()) if self._endpoints else list(etcd.endpoints)
-        self.client = await deferToThread(
-            make_client,
+        self.store = await deferToThread(
+            open_store,
             endpoints,
             timeout=etcd.timeout,
+            deadline_s=etcd.max_outage,
             username=etcd.username,
             password=etcd.password,
             ca=etcd.ca,
             cert=etcd.cert,
             key=etcd.key,
         )
-        self.feed = DirectoryFeed(self.directory, self.client, self.reactor.callFromThread)
+        self.feed = DirectoryFeed(self.directory, self.store, self.reactor.callFromThread)
         self.feed.start()
         self._probe = LoopingCall(self._probe_etcd)
         self._probe.clock = self.reactor
@@ -169,8 +170,8 @@ class DirectoryService(Service):
         if self.feed is not None:
             await deferToThread(self.feed.stop)
         self.runner.stop()
-        if self.client is not None:
-            self.client.close()
+        if self.store is not None:
+            self.store.close()
 
     # -- etcd probe, health and status ---------------------------------------------------
 

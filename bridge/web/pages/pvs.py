@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from twisted.web.template import Tag, tags
 
-from bridge import keys
+from bridge import documents as docs
 from bridge.directory import search, views
 from bridge.directory.model import State
 from bridge.directory.query import QueryError, parse_query
@@ -152,7 +152,7 @@ def _records(pages: Pages, found: views.PVView) -> dict[str, Mapping[str, Any]]:
     out = {}
     for iocid, value in zip(claimants, values, strict=False):
         try:
-            doc = keys.loads(value) if value is not None else None
+            doc = docs.loads(value) if value is not None else None
         except ValueError:
             doc = None
         if isinstance(doc, Mapping):

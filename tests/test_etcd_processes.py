@@ -1,4 +1,5 @@
-"""Real-process tests of `bridge.etcdproc` and `bridge.etcdclient` (plus their pure parts)."""
+"""Real-process tests of the etcd process helpers (`bridge.etcd.embedded`,
+`bridge.testing.cluster`) and of `bridge.etcd.client` (plus their pure parts)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,36 @@ import grpc
 import pytest
 from pyetcd import exceptions as etcd_exc
 
-from bridge import etcdproc
-from bridge.errors import ConfigError, StoreError
-from bridge.etcdclient import call_with_retry, is_retryable, make_client, parse_endpoint
-from bridge.etcdproc import EtcdCluster, EtcdMember, free_port, free_ports, member_command
+from bridge.errors import (
+    Compacted,
+    ConfigError,
+    DuplicateKey,
+    EtcdRefused,
+    EtcdUnavailable,
+    LeaseNotFound,
+    MessageTooLarge,
+    NoSpace,
+    RequestTooLarge,
+    StoreError,
+    TooManyOperations,
+)
+from bridge.etcd import embedded
+from bridge.etcd.client import (
+    call_with_retry,
+    is_retryable,
+    make_client,
+    parse_endpoint,
+    rpc_error,
+)
+from bridge.etcd.embedded import free_port, free_ports, member_command
+from bridge.testing.cluster import EtcdCluster, EtcdMember
 
 
 def test_missing_binary_names_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "")
-    monkeypatch.setattr(etcdproc, "DEBIAN_ETCD", "/nonexistent/etcd")
+    monkeypatch.setattr(embedded, "DEBIAN_ETCD", "/nonexistent/etcd")
     with pytest.raises(ConfigError, match="etcd-server"):
-        etcdproc.find_etcd_binary()
+        embedded.find_etcd_binary()
 
 
 def test_free_ports_are_distinct_bindable_and_not_debians() -> None:
@@ -140,6 +160,42 @@ def test_retryable_grpc_errors() -> None:
     assert not is_retryable(_RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "NOSPACE"))
 
 
+@pytest.mark.parametrize(
+    ("code", "details", "kind"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, "connection refused", EtcdUnavailable),
+        (grpc.StatusCode.UNKNOWN, "etcdserver: leader changed", EtcdUnavailable),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: too many requests", EtcdUnavailable),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max", MessageTooLarge),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded", NoSpace),
+        (
+            grpc.StatusCode.OUT_OF_RANGE,
+            "etcdserver: mvcc: required revision has been compacted",
+            Compacted,
+        ),
+        (grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found", LeaseNotFound),
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "etcdserver: too many operations in txn request",
+            TooManyOperations,
+        ),
+        (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: request is too large", RequestTooLarge),
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "etcdserver: duplicate key given in txn request",
+            DuplicateKey,
+        ),
+        (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied", EtcdRefused),
+    ],
+)
+def test_grpc_errors_become_the_projects_classes(
+    code: grpc.StatusCode, details: str, kind: type[StoreError]
+) -> None:
+    error = rpc_error(_RpcError(code, details))
+    assert type(error) is kind
+    assert details in str(error)
+
+
 @pytest.mark.etcd
 def test_single_node_put_get(etcd_client: Any, prefix: str) -> None:
     etcd_client.put(f"{prefix}/a", b"1")
@@ -166,7 +222,7 @@ def test_member_restart_keeps_data(tmp_path: Path) -> None:
 def test_wait_healthy_reports_an_exited_member(tmp_path: Path) -> None:
     port = free_port()
     member = EtcdMember(
-        etcdproc.find_etcd_binary(), "m1", tmp_path, port, port, "bogus", "tok"
+        embedded.find_etcd_binary(), "m1", tmp_path, port, port, "bogus", "tok"
     )  # an unparsable --initial-cluster makes etcd exit at once
     member.start()
     try:

@@ -1,10 +1,11 @@
-"""The one place the bridge imports the etcd client library (pyetcd, etcd-sdk-python).
+"""Client creation and error handling for the etcd client library (pyetcd, etcd-sdk-python).
 
-Follows the measured advice in the shared etcd reference: always a
+Only `bridge.etcd` imports the library. The client is always a
 `MultiEndpointEtcd3Client` with ``failover=True`` (even for one node, to avoid the
-300-second "failed node" lock of the plain ``client()`` factory), a per-call
+300-second "failed node" lock of the plain ``client()`` factory), with a per-call
 timeout, gRPC keepalive no more often than etcd allows, and an application retry
-loop (`call_with_retry`) because the library itself never retries.
+loop (`call_with_retry`) because the library itself never retries. `rpc_error` turns
+what gRPC raises into the project's `StoreError` classes (`bridge.errors`).
 
 All calls block; run them in a thread pool, never on the reactor thread.
 """
@@ -25,7 +26,19 @@ from pyetcd import exceptions as etcd_exc
 from pyetcd.client import EtcdTokenCallCredentials
 from twisted.logger import Logger
 
-from bridge.errors import ConfigError, StoreError
+from bridge.errors import (
+    Compacted,
+    ConfigError,
+    DuplicateKey,
+    EtcdRefused,
+    EtcdUnavailable,
+    LeaseNotFound,
+    MessageTooLarge,
+    NoSpace,
+    RequestTooLarge,
+    StoreError,
+    TooManyOperations,
+)
 
 T = TypeVar("T")
 
@@ -64,6 +77,7 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     etcd_exc.ConnectionTimeoutError,
     etcd_exc.NoServerAvailableError,
     TokenRenewed,
+    EtcdUnavailable,
 )
 _RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 # etcd messages that mean a leader election or a stall, retryable whatever the code.
@@ -330,24 +344,6 @@ class AuthenticatedClient(pyetcd.MultiEndpointEtcd3Client):  # type: ignore[misc
         super()._manage_grpc_errors(exc)
 
 
-def send_txn(client: Any, request: Any) -> Any:
-    """Send a ready-built ``etcdserverpb.TxnRequest``; returns the ``TxnResponse``.
-
-    The bridge's hot path builds its requests directly as protobuf messages (a quarter
-    of the cost of pyetcd's per-operation wrappers). Errors go through the client's own
-    handler exactly as pyetcd's ``transaction`` does, so endpoint failover and token
-    renewal behave the same. ``_manage_grpc_errors`` always raises; pyetcd is pinned
-    exactly (pyproject.toml), which keeps this private hook stable.
-    """
-    try:
-        return client.kvstub.Txn(
-            request, client.timeout, credentials=client.call_credentials, metadata=client.metadata
-        )
-    except grpc.RpcError as exc:
-        client._manage_grpc_errors(exc)
-        raise
-
-
 def is_retryable(exc: BaseException) -> bool:
     """True for errors after which the same request may succeed on retry."""
     if isinstance(exc, RETRYABLE):
@@ -362,6 +358,46 @@ def is_retryable(exc: BaseException) -> bool:
             return True
         return code == grpc.StatusCode.UNKNOWN and any(t in details for t in _TRANSIENT_DETAILS)
     return False
+
+
+#: How etcd words the refusals that have a class of their own (gRPC details, lower case).
+_REFUSALS: tuple[tuple[str, type[EtcdRefused]], ...] = (
+    ("too many operations in txn request", TooManyOperations),
+    ("request is too large", RequestTooLarge),
+    ("duplicate key given in txn request", DuplicateKey),
+    ("requested lease not found", LeaseNotFound),
+)
+
+
+def rpc_error(exc: grpc.RpcError) -> StoreError:
+    """The project's error for what gRPC raised (`bridge.errors`).
+
+    Transient failures (`is_retryable`, and etcd's "too many requests") become
+    `EtcdUnavailable`; a compacted revision `Compacted`; a message over gRPC's size
+    limit `MessageTooLarge`; etcd's limits, a lost lease and a full database their own
+    `EtcdRefused` classes; anything else a plain `EtcdRefused` naming the gRPC status.
+    """
+    code = exc.code() if callable(getattr(exc, "code", None)) else None
+    details = str(exc.details() or "") if callable(getattr(exc, "details", None)) else ""
+    name = getattr(code, "name", "UNKNOWN")
+    text = f"{name}: {details}" if details else name
+    if is_retryable(exc):
+        return EtcdUnavailable(f"etcd unavailable ({text})")
+    lowered = details.lower()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # gRPC's own size limit, or etcd: a full database, or too many requests at once.
+        if "larger than max" in lowered:
+            return MessageTooLarge(f"message over gRPC's size limit ({text})")
+        if "database space exceeded" in lowered:
+            return NoSpace(f"etcd: {details} (the NOSPACE alarm: etcd refuses every write)")
+        if "too many requests" in lowered:
+            return EtcdUnavailable(f"etcd overloaded ({text})")
+    if "compacted" in lowered:
+        return Compacted(f"etcd: {details}")
+    for words, kind in _REFUSALS:
+        if words in lowered:
+            return kind(f"etcd: {details}")
+    return EtcdRefused(f"etcd refused the request ({text})")
 
 
 def call_with_retry(

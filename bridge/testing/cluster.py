@@ -1,9 +1,11 @@
-"""Synchronous helpers to run etcd server processes on loopback.
+"""etcd clusters on loopback for tests, benchmarks and the demo (never product code).
 
-Used by the tests, the benchmarks and (for `find_etcd_binary` / `member_command`) by
-the embedded service. Nothing here talks to anything but 127.0.0.1 (or the given
-host), and nothing here imports the etcd client library: leader discovery uses
-etcd's own HTTP gateway (``/v3/maintenance/status``).
+`EtcdMember` is one etcd process, `EtcdCluster` a set of them with free ports and
+their own data directories. Nothing here talks to anything but 127.0.0.1 (or the
+given host), and nothing here imports the etcd client library: leader discovery uses
+etcd's own HTTP gateway (``/v3/maintenance/status``). The command line, free ports and
+health checks are the embedded etcd's (`bridge.etcd.embedded`), so tests run etcd the
+way the bridge does.
 
 Every process started here is stopped by `EtcdCluster.stop`, by the context
 manager, and as a last resort at interpreter exit, so a failing test does not leave
@@ -16,11 +18,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
 import urllib.request
 import uuid
 import weakref
@@ -30,125 +30,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from bridge.errors import ConfigError
-
-DEBIAN_ETCD = "/usr/bin/etcd"
-COMMON_FLAGS = (
-    "--logger",
-    "zap",
-    "--log-level",
-    "warn",
-    "--auto-compaction-mode",
-    "revision",
-    "--auto-compaction-retention",
-    "10000",
+from bridge.etcd.embedded import (
+    check_health,
+    etcd_environment,
+    find_etcd_binary,
+    free_ports,
+    member_command,
 )
-# Debian's etcd.service listens here; our own instances must never collide with it.
-RESERVED_PORTS = frozenset({2379, 2380})
+
 LOG_NAME = "etcd.log"
 POLL_INTERVAL_S = 0.05
-
-
-def find_etcd_binary() -> str:
-    """Path of the etcd server binary: PATH first, then Debian's location.
-
-    Raises `ConfigError` naming the Debian package when neither exists.
-    """
-    found = shutil.which("etcd")
-    if found:
-        return found
-    if os.access(DEBIAN_ETCD, os.X_OK):
-        return DEBIAN_ETCD
-    raise ConfigError(
-        "etcd binary not found on PATH or at /usr/bin/etcd: install Debian's etcd-server "
-        "package (apt-get install etcd-server) or set [etcd] endpoints"
-    )
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct currently free TCP ports on `host`, none of them 2379/2380.
-
-    The sockets stay bound until all ports are chosen, so the ports are distinct.
-    A port can still be taken by someone else before etcd binds it; that race is
-    accepted (the kernel hands out ephemeral ports far apart).
-    """
-    held: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        while len(ports) < count:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            held.append(sock)
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
-            if port not in RESERVED_PORTS:
-                ports.append(port)
-    finally:
-        for sock in held:
-            sock.close()
-    return ports
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """One currently free TCP port on `host` (never 2379/2380)."""
-    return free_ports(1, host)[0]
-
-
-def member_command(
-    binary: str,
-    name: str,
-    data_dir: str,
-    client_port: int,
-    peer_port: int,
-    initial_cluster: str,
-    token: str,
-    host: str = "127.0.0.1",
-    *,
-    client_scheme: str = "http",
-    extra_flags: Sequence[str] = (),
-) -> list[str]:
-    """The argv for one etcd member listening on `host` only (etcd.md section 7).
-
-    `initial_cluster` is ``name=http://host:peer,...`` for every member. The
-    ``new`` cluster state is ignored by etcd once the data dir holds a member, so the
-    same command also restarts the member. ``client_scheme="https"`` with TLS flags in
-    `extra_flags` (``--cert-file`` ...) gives a member that serves clients over TLS.
-    """
-    client_url = f"{client_scheme}://{host}:{client_port}"
-    peer_url = f"http://{host}:{peer_port}"
-    return [
-        binary,
-        "--name", name,
-        "--data-dir", data_dir,
-        "--listen-client-urls", client_url,
-        "--advertise-client-urls", client_url,
-        "--listen-peer-urls", peer_url,
-        "--initial-advertise-peer-urls", peer_url,
-        "--initial-cluster", initial_cluster,
-        "--initial-cluster-state", "new",
-        "--initial-cluster-token", token,
-        *COMMON_FLAGS,
-        *extra_flags,
-    ]  # fmt: skip
-
-
-def etcd_environment() -> dict[str, str]:
-    """This process's environment without ``ETCD_*`` variables.
-
-    etcd reads ``ETCD_<FLAG>`` variables and refuses to start when one shadows a
-    command-line flag, so a stray variable in the caller's shell must not leak in.
-    """
-    return {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
-
-
-def check_health(host: str, port: int, timeout: float = 1.0) -> bool:
-    """True when ``http://host:port/health`` answers ``{"health": "true"}``."""
-    try:
-        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=timeout) as resp:
-            body = json.loads(resp.read().decode("utf-8"))
-    except (OSError, ValueError):
-        # Refused, reset, timed out, HTTP error (503 while there is no leader), bad JSON.
-        return False
-    return isinstance(body, dict) and body.get("health") == "true"
 
 
 def member_status(host: str, port: int, timeout: float = 1.0) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""UDP announcements: how RecCaster IOCs find the bridge (recsync-protocol.md §1).
+"""UDP announcements: how RecCaster IOCs find the bridge (docs/protocol.md, Discovery).
 
 From the moment it starts, and then every ``announceInterval`` seconds, the
 announcer sends the 16-byte announcement (SERV ADDR 255.255.255.255 = "connect
@@ -22,8 +22,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from bridge import wire
 from bridge.logs import STARTUP_NAMESPACE
+from bridge.protocol import wire
 
 _startup_log = Logger(namespace=STARTUP_NAMESPACE)
 

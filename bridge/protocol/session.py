@@ -4,26 +4,34 @@ The server feeds it decoded messages and clock ticks; it answers with effects
 (`Send`, `Commit`, `Close`, `Notice`) that the server carries out. Time comes in
 as ``now`` arguments (seconds), randomness through an injected nonce source.
 
-States (shared reference recsync-protocol.md §2.3-2.5)::
+States (docs/protocol.md, A session)::
 
     GREETING --ClientGreet--> UPLOADING --UploadDone--> LIVE
         \\                         |                      |
          +-------------------------+----------------------+--> CLOSED
            (greeting/upload deadline, missed Pong, bad Pong, protocol error, EOF)
 
+What each message does in each state is one table, `DISPATCH` (the grid ``_GRID``
+below the class); no handler looks at the state again:
+
 * GREETING: the ServerGreet is sent at once (pyreccaster waits for it); a
-  record or info before ClientGreet is a protocol error, a Pong is ignored.
+  record or info before ClientGreet is a protocol error, a Pong is checked.
 * UPLOADING: records are collected and cut into `Transaction` values at record
   boundaries, so a record with its aliases and infos is never split. When the
-  decoder cuts runs (`wire.Decoder.start_runs`), a run found unchanged arrives as
-  one `wire.UnchangedRun` and is committed as a `KeptRun` at once, and every run's
+  decoder cuts runs (`runs.RunDecoder.start_runs`), a run found unchanged arrives as
+  one `runs.UnchangedRun` and is committed as a `KeptRun` at once, and every run's
   digest goes with the next transaction.
 * LIVE: after UploadDone only Pongs matter; further uploads are not part of the
   protocol and are skipped with one notice.
-* Keepalive: after ``tcptimeout`` seconds without any message a Ping is sent; if
-  the next ``tcptimeout`` passes with that Ping unanswered, the session closes.
-  A Ping also goes out right after UploadDone. While the server has paused
-  reading (backpressure) the silence timer does not run.
+* Keepalive (docs/protocol.md, Keepalive and timeouts): after ``tcptimeout``
+  seconds without any message a Ping is sent; if the next ``tcptimeout`` passes
+  with that Ping unanswered, the session closes. A Ping also goes out right after
+  UploadDone. While the server has paused reading (backpressure) the silence timer
+  does not run.
+
+What the server does with the effects is the session/server contract,
+`bridge.protocol.effects`: a `Close` carries the limit it enforces, or None when the
+peer broke the protocol, so the server counts and logs each effect on its own.
 """
 
 from __future__ import annotations
@@ -32,55 +40,25 @@ import enum
 from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
-from bridge import wire
 from bridge.model import DESC_INFO_KEY, KeptRun, Peer, Record, Transaction
+from bridge.protocol import runs, wire
+from bridge.protocol.effects import Close, Commit, Effect, Notice, Send
 
 
 class State(enum.Enum):
+    """Where a session is (the diagram above); a column of `DISPATCH` each."""
+
     GREETING = "greeting"
     UPLOADING = "uploading"
     LIVE = "live"
     CLOSED = "closed"
 
 
-# Looking a member up on an Enum class costs about 0.1 us; the per-message paths
-# compare against these instead.
-_UPLOADING = State.UPLOADING
+# Looking a member up on an Enum class costs about 0.1 us; the per-message path
+# compares against this instead.
 _CLOSED = State.CLOSED
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Write these bytes (exactly one frame) to the peer in one write."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Commit:
-    """Hand this transaction to the processors, after every earlier one of the session."""
-
-    transaction: Transaction
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """Drop the connection; ``reason`` is logged once with the peer."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """Something worth one log line; ``limit`` names the limit hit, if any."""
-
-    text: str
-    limit: str | None = None
-
-
-Effect = Send | Commit | Close | Notice
 
 
 #: Records per transaction when ``commitSizeLimit`` is 0.
@@ -126,6 +104,8 @@ class Session:
         self.limits = limits
         self._nonce = nonce
         self.state = State.GREETING
+        #: What each message type does in the current state (`DISPATCH`, `_enter`).
+        self._handlers = DISPATCH[State.GREETING]
         self.client_infos: dict[str, str] = {}
         self.records_total = 0
         self.started_at = 0.0
@@ -141,7 +121,7 @@ class Session:
         self._client_bytes = 0
         self._committed_names = _NameLog()
         self._removed: list[str] = []
-        #: Runs (`wire.Decoder.start_runs`) ended since the last cut.
+        #: Runs (`runs.RunDecoder.start_runs`) ended since the last cut.
         self._kept: list[KeptRun] = []
         self._digests: list[str] = []
         self._last_heard = 0.0
@@ -149,20 +129,6 @@ class Session:
         self._paused_at: float | None = None
         self._paused_total = 0.0
         self._noticed: set[str] = set()
-        # Handlers take the message type they are registered for (hence Any here).
-        self._handlers: dict[type, Callable[[Any, float], list[Effect]]] = {
-            wire.ClientGreet: self._on_client_greet,
-            wire.Pong: self._on_pong,
-            wire.AddRecord: self._on_add_record,
-            wire.AddInfo: self._on_add_info,
-            wire.DelRecord: self._on_del_record,
-            wire.UploadDone: self._on_upload_done,
-            wire.Skipped: self._on_skipped,
-            wire.UnchangedRun: self._on_unchanged_run,
-            wire.RunEnd: self._on_run_end,
-            wire.ServerGreet: self._on_server_message,
-            wire.Ping: self._on_server_message,
-        }
 
     # -- inputs ---------------------------------------------------------------
 
@@ -172,15 +138,15 @@ class Session:
         self._last_heard = now
         return [Send(wire.ServerGreet(0).encode())]
 
-    def receive(self, messages: Iterable[wire.Decoded], now: float) -> list[Effect]:
-        """Handle messages decoded from the peer, in order."""
+    def receive(self, messages: Iterable[runs.RunDecoded], now: float) -> list[Effect]:
+        """Handle messages decoded from the peer, in order (`DISPATCH`); nothing after
+        a `Close`."""
         effects: list[Effect] = []
-        handlers = self._handlers
         for message in messages:
             if self.state is _CLOSED:
                 break
             self._last_heard = now
-            effects += handlers[type(message)](message, now)
+            effects += self._handlers[type(message)](self, message, now)
         return effects
 
     def tick(self, now: float) -> list[Effect]:
@@ -207,11 +173,11 @@ class Session:
     def begin_records(self, now: float) -> list[Effect]:
         """Commit what the upload has so far, if nothing was committed yet.
 
-        The server calls this before the first run is compared (`wire.Decoder`), so
+        The server calls this before the first run is compared (`runs.RunDecoder`), so
         that the processors have seen the IOC's identity (its client-wide infos) and
         can say which run digests they hold (`bridge.interfaces.IUnchangedRuns`).
         """
-        if self.state is not _UPLOADING or self._seq:
+        if self.state is not State.UPLOADING or self._seq:
             return []
         return self._cut(now)
 
@@ -234,6 +200,7 @@ class Session:
             self._paused_at = now
 
     def resume(self, now: float) -> None:
+        """The server reads from the peer again: the silence timer starts afresh."""
         if self._paused_at is not None:
             self._paused_total += now - self._paused_at
             self._paused_at = None
@@ -241,7 +208,7 @@ class Session:
 
     def connection_lost(self, reason: str) -> list[Effect]:
         """The transport is gone. Returns the final `Commit` if anything was committed."""
-        self.state = State.CLOSED
+        self._enter(State.CLOSED)
         self._pending = []
         self._by_rid = {}
         self._record_bytes = {}
@@ -270,17 +237,17 @@ class Session:
         """True while the session holds an upload slot (greeting or uploading)."""
         return self.state in (State.GREETING, State.UPLOADING)
 
-    # -- handlers ---------------------------------------------------------------
+    # -- handlers: the cells of `DISPATCH`; none looks at the state ---------------
 
-    def _on_client_greet(self, message: wire.Decoded, now: float) -> list[Effect]:
-        if self.state is not State.GREETING:
-            return self._notice_once("greet", "second ClientGreet ignored")
-        self.state = State.UPLOADING
+    def _greet(self, message: wire.ClientGreet, now: float) -> list[Effect]:
+        self._enter(State.UPLOADING)
         self.upload_started_at = now
         return []
 
-    def _on_pong(self, message: wire.Decoded, now: float) -> list[Effect]:
-        assert isinstance(message, wire.Pong)
+    def _greet_again(self, message: wire.ClientGreet, now: float) -> list[Effect]:
+        return self._notice_once("greet", "second ClientGreet ignored")
+
+    def _pong(self, message: wire.Pong, now: float) -> list[Effect]:
         if self._ping_nonce is None:
             return []
         if message.nonce != self._ping_nonce:
@@ -290,9 +257,7 @@ class Session:
         self._ping_nonce = None
         return []
 
-    def _on_add_record(self, message: wire.AddRecord, now: float) -> list[Effect]:
-        if self.state is not _UPLOADING:
-            return self._refused("AddRecord")
+    def _add_record(self, message: wire.AddRecord, now: float) -> list[Effect]:
         if message.atype == wire.ATYPE_ALIAS:
             return self._add_alias(message)
         effects = self._cut(now) if self._batch_full(now) else []
@@ -329,9 +294,7 @@ class Session:
         self._pending_bytes += len(message.name)
         return []
 
-    def _on_add_info(self, message: wire.AddInfo, now: float) -> list[Effect]:
-        if self.state is not _UPLOADING:
-            return self._refused("AddInfo")
+    def _add_info(self, message: wire.AddInfo, now: float) -> list[Effect]:
         rid, key, value = message.rid, message.key, message.value
         if rid == 0:
             return self._client_info(message)
@@ -393,10 +356,7 @@ class Session:
             limit="maxRecordBytes",
         )
 
-    def _on_del_record(self, message: wire.Decoded, now: float) -> list[Effect]:
-        assert isinstance(message, wire.DelRecord)
-        if self.state is not State.UPLOADING:
-            return self._refused("DelRecord")
+    def _del_record(self, message: wire.DelRecord, now: float) -> list[Effect]:
         record = self._by_rid.pop(message.rid, None)
         self._record_bytes.pop(message.rid, None)
         if record is not None:
@@ -408,21 +368,18 @@ class Session:
         self._removed.append(name)
         return []
 
-    def _on_upload_done(self, message: wire.Decoded, now: float) -> list[Effect]:
-        if self.state is not State.UPLOADING:
-            return self._refused("UploadDone")
+    def _upload_done(self, message: wire.UploadDone, now: float) -> list[Effect]:
         effects = self._cut(now, upload_done=True)
-        self.state = State.LIVE
+        self._enter(State.LIVE)
         self.upload_finished_at = now
         self._committed_names.clear()
         if self._ping_nonce is None:
-            # Pinging at once keeps clients with a short reccastTimeout alive (§2.5).
+            # Pinging at once keeps clients with a short reccastTimeout alive
+            # (docs/protocol.md, Keepalive and timeouts).
             effects.append(self._ping())
         return effects
 
-    def _on_unchanged_run(self, message: wire.UnchangedRun, now: float) -> list[Effect]:
-        if self.state is not _UPLOADING:
-            return self._refused("AddRecord")
+    def _unchanged_run(self, message: runs.UnchangedRun, now: float) -> list[Effect]:
         if self.records_total + len(message.names) > self.limits.max_records:
             return self._close(
                 f"upload exceeds maxRecords={self.limits.max_records}", limit="maxRecords"
@@ -443,26 +400,32 @@ class Session:
         self._digests.append(message.digest)
         return self._cut(now)
 
-    def _on_run_end(self, message: wire.RunEnd, now: float) -> list[Effect]:
-        if self.state is _UPLOADING:
-            self._digests.append(message.digest)
+    def _run_end(self, message: runs.RunEnd, now: float) -> list[Effect]:
+        self._digests.append(message.digest)
         return []
 
-    def _on_skipped(self, message: wire.Decoded, now: float) -> list[Effect]:
-        assert isinstance(message, wire.Skipped)
+    def _skipped(self, message: wire.Skipped, now: float) -> list[Effect]:
         return self._notice_once(f"skip-{message.msgid}", f"skipped message: {message.reason}")
 
-    def _on_server_message(
-        self, message: wire.ServerGreet | wire.Ping, now: float
-    ) -> list[Effect]:
+    def _server_message(self, message: wire.ServerGreet | wire.Ping, now: float) -> list[Effect]:
         return self._close(f"peer sent a server-to-client message 0x{message.msgid:04x}")
+
+    def _before_greet(self, message: runs.RunDecoded, now: float) -> list[Effect]:
+        return self._close(f"{_upload_message(message)} before ClientGreet")
+
+    def _after_upload(self, message: runs.RunDecoded, now: float) -> list[Effect]:
+        what = _upload_message(message)
+        return self._notice_once(f"late-{what}", f"{what} after UploadDone ignored")
+
+    def _ignore(self, message: runs.RunDecoded, now: float) -> list[Effect]:
+        return []
 
     # -- helpers ----------------------------------------------------------------
 
-    def _refused(self, what: str) -> list[Effect]:
-        if self.state is State.GREETING:
-            return self._close(f"{what} before ClientGreet")
-        return self._notice_once(f"late-{what}", f"{what} after UploadDone ignored")
+    def _enter(self, state: State) -> None:
+        """Every change of state goes through here, so the handlers follow it."""
+        self.state = state
+        self._handlers = DISPATCH[state]
 
     def _batch_full(self, now: float) -> bool:
         if not self._pending:
@@ -516,11 +479,8 @@ class Session:
         return [Commit(txn)]
 
     def _close(self, reason: str, limit: str | None = None) -> list[Effect]:
-        self.state = State.CLOSED
-        effects: list[Effect] = [Close(reason)]
-        if limit is not None:
-            effects.insert(0, Notice(reason, limit))
-        return effects + self._final(reason)
+        self._enter(State.CLOSED)
+        return [Close(reason, limit), *self._final(reason)]
 
     def _notice_once(self, kind: str, text: str, limit: str | None = None) -> list[Effect]:
         if kind in self._noticed:
@@ -578,6 +538,46 @@ class _NameLog:
             return None
         start = self._ends[position - 1] if position else 0
         return self._names[start : self._ends[position]].decode("utf-8", "surrogatepass")
+
+
+def _upload_message(message: runs.RunDecoded) -> str:
+    """The wire message's name, for a log line (an unchanged run stands for records)."""
+    return "AddRecord" if type(message) is runs.UnchangedRun else type(message).__name__
+
+
+#: A cell of `DISPATCH`: a `Session` method taking the message of its row.
+Handler = Callable[["Session", Any, float], list[Effect]]
+
+_S = Session  # short, so that the grid reads as one
+# fmt: off
+#: What each message does in each state: the protocol in one grid. A row per type the
+#: decoders give (`runs.RunDecoded`), a column per state a message can arrive in.
+_GRID: Final[dict[type, tuple[Handler, Handler, Handler]]] = {
+    #                   GREETING            UPLOADING            LIVE
+    wire.ClientGreet:  (_S._greet,          _S._greet_again,     _S._greet_again),
+    wire.Pong:         (_S._pong,           _S._pong,            _S._pong),
+    wire.AddRecord:    (_S._before_greet,   _S._add_record,      _S._after_upload),
+    wire.AddInfo:      (_S._before_greet,   _S._add_info,        _S._after_upload),
+    wire.DelRecord:    (_S._before_greet,   _S._del_record,      _S._after_upload),
+    wire.UploadDone:   (_S._before_greet,   _S._upload_done,     _S._after_upload),
+    runs.UnchangedRun: (_S._before_greet,   _S._unchanged_run,   _S._after_upload),
+    runs.RunEnd:       (_S._ignore,         _S._run_end,         _S._ignore),
+    wire.Skipped:      (_S._skipped,        _S._skipped,         _S._skipped),
+    wire.ServerGreet:  (_S._server_message, _S._server_message,  _S._server_message),
+    wire.Ping:         (_S._server_message, _S._server_message,  _S._server_message),
+}
+# fmt: on
+del _S
+
+#: `_GRID` by state, as `Session.receive` looks it up: state -> message type ->
+#: handler. A closed session ignores everything (it takes no more messages anyway).
+DISPATCH: Final[dict[State, dict[type, Handler]]] = {
+    **{
+        state: {kind: row[column] for kind, row in _GRID.items()}
+        for column, state in enumerate((State.GREETING, State.UPLOADING, State.LIVE))
+    },
+    State.CLOSED: dict.fromkeys(_GRID, Session._ignore),
+}
 
 
 def _short(name: str, limit: int = 80) -> str:

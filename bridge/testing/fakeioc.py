@@ -1,7 +1,7 @@
 """A simulated RecCaster IOC for tests, the demo and the load generator.
 
-It speaks exactly what the C RecCaster puts on the wire (shared reference
-real-clients.md §2.2): ClientGreet first, without waiting for the server;
+It speaks exactly what the C RecCaster puts on the wire (docs/protocol.md, Real
+clients and their quirks): ClientGreet first, without waiting for the server;
 EPICS_VERSION then the environment; each record followed by its aliases, its
 info tags and ``recordDesc``; UploadDone; then a Pong for every Ping.
 
@@ -18,8 +18,8 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from bridge import wire
 from bridge.errors import RemoteProtocolError
+from bridge.protocol import wire
 
 
 @dataclass(frozen=True)

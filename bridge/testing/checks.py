@@ -1,35 +1,20 @@
-"""Run real bridge processes (``twistd -n recsync-bridge``) for tests, demo and benchmarks.
+"""What etcd holds during fault scenarios (tests/test_failover.py, bench/faults.py).
 
-Every bridge started here listens on 127.0.0.1 and announces only to loopback
-addresses that the caller chooses.
-
-For fault scenarios (tests/test_failover.py, bench/faults.py) it also checks what
-etcd holds: `content_problems` compares everything under a prefix with what a set of
-fake IOCs uploaded, and `LivenessChecker` watches the liveness invariants of data
-model § Liveness while faults are injected.
+`content_problems` compares everything under a prefix with what a set of fake IOCs
+uploaded, and `LivenessChecker` watches the liveness invariants of the data model
+while faults are injected. Both read etcd through the bridge's own store and watch
+(`bridge.etcd`).
 """
 
 from __future__ import annotations
 
 import datetime
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from pyetcd.events import DeleteEvent
-from pyetcd.exceptions import RevisionCompactedError
-
-from bridge.etcd.ops import Entry
-from bridge.etcdclient import call_with_retry, make_client
-from bridge.etcdproc import free_port
-from bridge.fakeioc import IOCSpec
-from bridge.keys import (
+from bridge.documents import (
     ALIVE,
     BRIDGES,
     IOCS,
@@ -42,154 +27,12 @@ from bridge.keys import (
     pv_names,
     record_value,
 )
+from bridge.etcd.backend import open_store
+from bridge.etcd.ops import Entry, Event
+from bridge.etcd.store import Store
+from bridge.etcd.watch import Watch
 from bridge.model import DESC_INFO_KEY, Record
-from bridge.processors.etcdstore import Store
-
-#: Logged once the bridge listens, holds its lease and announces (bridge.service).
-READY_TEXT = "listening on TCP port"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def write_config(path: Path, sections: Mapping[str, Mapping[str, object]]) -> Path:
-    lines: list[str] = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {value}" for key, value in values.items()]
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
-
-
-class BridgeProcess:
-    """One bridge in its own process, configured by an INI file written for it."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        *,
-        endpoints: list[str] | None,
-        prefix: str = "/recsync",
-        announce_to: list[str] | None = None,
-        recceiver: Mapping[str, object] | None = None,
-        etcd: Mapping[str, object] | None = None,
-        name: str = "bridge",
-    ) -> None:
-        self.workdir = workdir
-        self.name = name
-        self.port = free_port()
-        workdir.mkdir(parents=True, exist_ok=True)
-        settings: dict[str, object] = {
-            "bind": f"127.0.0.1:{self.port}",
-            "addrlist": ", ".join(announce_to or ["127.0.0.1:9"]),
-            "announceInterval": 1.0,
-            "loglevel": "INFO",
-            "bridgeId": name,
-            **(recceiver or {}),
-        }
-        etcd_settings: dict[str, object] = {"prefix": prefix, **(etcd or {})}
-        if endpoints:
-            etcd_settings["endpoints"] = ", ".join(endpoints)
-        else:
-            etcd_settings.setdefault("data_dir", str(workdir / "etcd"))
-        self.config = write_config(
-            workdir / f"{name}.conf", {"recceiver": settings, "etcd": etcd_settings}
-        )
-        self.log_path = workdir / f"{name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def command(self) -> list[str]:
-        return [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "recsync-bridge",
-            "-f",
-            str(self.config),
-        ]
-
-    def start(self) -> BridgeProcess:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
-        return self
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_ready(self, timeout: float = 30.0) -> BridgeProcess:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if READY_TEXT in self.log_text():
-                return self
-            if self.process is not None and self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"bridge {self.name} did not become ready:\n{self.log_text()[-3000:]}")
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def signal(self, signum: int) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signum)
-
-    def kill(self) -> None:
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGKILL)
-        self.wait(10)
-
-    def terminate(self, timeout: float = 20.0) -> int | None:
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGTERM)
-        try:
-            return self.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
-
-    def wait(self, timeout: float) -> int | None:
-        if self.process is None:
-            return None
-        return self.process.wait(timeout)
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def memory(self) -> tuple[int, int]:
-        """(current, peak) resident set size in bytes (Linux /proc), (0, 0) if gone."""
-        values = {}
-        try:
-            with open(f"/proc/{self.pid}/status") as status:
-                for line in status:
-                    name, _, rest = line.partition(":")
-                    if name in ("VmRSS", "VmHWM"):
-                        values[name] = int(rest.split()[0]) * 1024
-        except (OSError, ValueError, AssertionError):
-            return 0, 0
-        return values.get("VmRSS", 0), values.get("VmHWM", 0)
-
-    def stop(self) -> None:
-        """Terminate if running; never leaves the process behind."""
-        if self.process is not None and self.process.poll() is None:
-            self.terminate()
-
-
-# -- fault scenarios: fleets of fake IOCs, exact-content checks, an invariant checker ------
+from bridge.testing.fakeioc import IOCSpec
 
 
 def spec_iocid(spec: IOCSpec) -> str:
@@ -214,7 +57,7 @@ def spec_records(spec: IOCSpec) -> list[Record]:
 
 
 def content_problems(
-    client: Any, prefix: str, specs: Mapping[str, IOCSpec], bridges: Collection[str]
+    store: Store, prefix: str, specs: Mapping[str, IOCSpec], bridges: Collection[str]
 ) -> list[str]:
     """What differs from "every IOC in `specs` active on one of `bridges`, exactly".
 
@@ -225,7 +68,6 @@ def content_problems(
     and nothing else. Returns one line per problem (empty when exact).
     """
     keys = Keys(prefix)
-    store = Store(client, 20.0)
     entries = {e.key: e for page in store.scan(keys.everything()) for e in page.entries}
 
     def take(key: str) -> Entry | None:
@@ -278,8 +120,8 @@ def _epoch(text: Any) -> float:
 class LivenessChecker:
     """Follows every alive key, bridge document and IOC document while a scenario runs.
 
-    One watch on the key range from ``P/alive/`` to ``P/iocs/`` sees every change, in
-    revision order (re-added from the last revision seen after an error; a compacted
+    One watch on the prefix (`bridge.etcd.watch.Watch`) sees every change in revision
+    order (watched again from the last revision seen after an error; a compacted
     history is read again). Measured, by the time changes arrive here:
 
     * `max_unmatched`: longest time an IOC document said active/uploading without an
@@ -290,21 +132,17 @@ class LivenessChecker:
     * `history`: every (time, status, bridge) each IOC document went through.
 
     Give it endpoints of members the scenario does not freeze: a watch on a hung
-    member is silent, and the times measured would be wrong.
+    member is silent until its probe moves it, and the times measured would be wrong.
     """
 
     def __init__(self, endpoints: Sequence[str], prefix: str, timeout: float = 1.0) -> None:
         self.keys = Keys(prefix)
-        self._client = make_client(list(endpoints), timeout=timeout)
-        self._start = self.keys.alive_prefix().encode()
-        iocs = self.keys.iocs_prefix()
-        self._end = (iocs[:-1] + chr(ord(iocs[-1]) + 1)).encode()
+        self.store = open_store(list(endpoints), timeout=timeout, deadline_s=20.0)
+        self._watched = (ALIVE, BRIDGES, IOCS)
         self._lock = threading.Lock()
-        self._stopped = threading.Event()
+        self._watch: Watch | None = None
         self._thread: threading.Thread | None = None
-        self._cancel: Callable[[], None] | None = None
         self.revision = 0
-        self.rewatches = 0
         self.docs: dict[str, dict[str, Any]] = {}
         self.alive: dict[str, dict[str, Any]] = {}
         self.bridges: dict[str, dict[str, Any]] = {}
@@ -319,25 +157,31 @@ class LivenessChecker:
         self._dead: list[tuple[str | None, str | None, float, float]] = []
         self._protected: set[str] = set()
 
+    @property
+    def rewatches(self) -> int:
+        return self._watch.rewatches if self._watch is not None else 0
+
     # -- control --------------------------------------------------------------------
 
     def start(self) -> LivenessChecker:
-        self._load()
+        revision = self._load()
+        self._watch = Watch(
+            self.store,
+            self.keys.everything(),
+            reload=self._load,
+            start_revision=revision + 1,
+            probe_interval=1.0,
+        )
         self._thread = threading.Thread(target=self._run, daemon=True, name="liveness")
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._stopped.set()
-        cancel = self._cancel
-        if cancel is not None:
-            try:
-                cancel()
-            except Exception:  # noqa: BLE001 - the watch may be gone already
-                pass
+        if self._watch is not None:
+            self._watch.stop()
         if self._thread is not None:
             self._thread.join(10)
-        self._client.close()
+        self.store.close()
         self._settle(time.monotonic())
 
     def declare_dead(self, *, bridge: str | None = None, iocid: str | None = None) -> None:
@@ -386,61 +230,42 @@ class LivenessChecker:
 
     # -- the watch ----------------------------------------------------------------------
 
-    def _load(self) -> None:
-        response = call_with_retry(
-            lambda: self._client.get_range_response(self._start, self._end), deadline_s=20.0
-        )
+    def _load(self) -> int:
+        """Read alive keys, bridge and IOC documents at one revision; returns it."""
+        found: dict[str, bytes] = {}
+        revision: int | None = None
+        for part in self._watched:
+            for page in self.store.scan(self.keys.everything() + part + "/", revision=revision):
+                revision = page.revision
+                found.update((entry.key, entry.value) for entry in page.entries)
+        assert revision is not None
         with self._lock:
             now = time.monotonic()
-            seen = set()
-            for kv in response.kvs:
-                seen.add(kv.key)
-                self._put(kv.key.decode("utf-8"), kv.value, now)
+            for key, value in found.items():
+                self._put(key, value, now)
             for kind, table in ((ALIVE, self.alive), (IOCS, self.docs)):
                 for name in list(table):
                     key = self.keys.alive(name) if kind == ALIVE else self.keys.ioc(name)
-                    if key.encode() not in seen:
+                    if key not in found:
                         self._delete(key, now)
-            self.revision = int(response.header.revision)
+            self.revision = revision
+        return revision
 
     def _run(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                responses, cancel = self._client.watch_response(
-                    self._start, range_end=self._end, start_revision=self.revision + 1
-                )
-                self._cancel = cancel
-                for response in responses:
-                    if self._stopped.is_set():
-                        break
-                    self._apply(response.events)
-            except RevisionCompactedError:
-                self._safely(self._load)
-            except Exception:  # noqa: BLE001 - member down or hung: watch again
-                time.sleep(0.2)
-            finally:
-                if self._cancel is not None:
-                    cancel, self._cancel = self._cancel, None
-                    self._safely(cancel)
-            self.rewatches += 1
+        assert self._watch is not None
+        for events in self._watch:
+            self._apply(events)
 
-    @staticmethod
-    def _safely(fn: Callable[[], Any]) -> None:
-        try:
-            fn()
-        except Exception:  # noqa: BLE001 - retried by the watch loop
-            time.sleep(0.2)
-
-    def _apply(self, events: Sequence[Any]) -> None:
+    def _apply(self, events: Sequence[Event]) -> None:
         with self._lock:
             now = time.monotonic()
             for event in events:
-                key = event.key.decode("utf-8")
-                if isinstance(event, DeleteEvent):
-                    self._delete(key, now)
-                else:
-                    self._put(key, event.value, now)
-                self.revision = max(self.revision, int(event.mod_revision))
+                if self.keys.split(event.key)[0] in self._watched:
+                    if event.kind == "delete":
+                        self._delete(event.key, now)
+                    else:
+                        self._put(event.key, event.value, now)
+                self.revision = max(self.revision, event.revision)
 
     def _put(self, key: str, value: bytes, now: float) -> None:
         parts = self.keys.split(key)

@@ -1,0 +1,8 @@
+"""The IOC-facing Twisted server: moves bytes, admits connections, announces.
+
+`connection` carries one IOC connection's bytes between its transport, the decoder
+and its session (`bridge.protocol`), and carries out the session's effects;
+`admission` decides which connections are taken and when they may upload, and
+counts what limits did; `announce` sends the UDP announcements IOCs find the bridge
+by.
+"""

@@ -1,0 +1,277 @@
+"""Admission: which IOC connections the bridge takes, and when they may upload.
+
+`BridgeFactory` holds every policy that spans connections, each in a small method a
+subclass can override:
+
+* `refusal`: a new connection is refused at accept (closed at once, counted, logged
+  at most once per host and reason per `REFUSAL_LOG_INTERVAL`) while the processors
+  are not there yet, when its address is not in ``[recceiver] allow``, or past
+  ``maxConnections`` or ``maxConnectionsPerHost``.
+* Upload slots (``maxActive``): every accepted connection is greeted at once; it
+  takes a slot only when its ClientGreet arrives (`acquire`, `may_start`). A
+  connection that greets while every slot is busy waits, unread, in a FIFO queue
+  until `release_slot` hands it one (`next_waiting`). So connections that never say
+  anything cannot keep honest IOCs from uploading: they hold no slot and are closed
+  by ``greetingTimeout``. (The reference RecCeiver took the slot at accept and left
+  queued connections ungreeted; a few hundred idle connections then starved every
+  IOC.)
+* Counters (`counters`, shown by `status`): one per limit that refused or ended a
+  connection, or skipped something (`count`, `notice`), and ``protocolError``.
+
+It sees every connection (`connections`) with what each has read and holds
+(`RecSyncProtocol.bytes_received`, `RecSyncProtocol.bytes_held`), and can pause and
+resume their reading, which is what a memory budget across connections needs.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import itertools
+import random
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+
+from bridge.interfaces import IUnchangedRuns
+from bridge.model import Peer, Transaction
+from bridge.protocol import wire
+from bridge.protocol.effects import Notice
+from bridge.protocol.runs import RunDecoded
+from bridge.protocol.session import Session, SessionLimits
+from bridge.server.connection import RecSyncProtocol
+
+#: Counter of connections refused because the processors are not running yet.
+NOT_READY = "notReady"
+#: Seconds during which further refusals of the same host for the same reason are
+#: counted but not logged (a connect flood must not flood the log).
+REFUSAL_LOG_INTERVAL = 60.0
+#: Hosts remembered for that purpose; beyond this the memory is simply cleared.
+REFUSAL_LOG_HOSTS = 10_000
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Committer(typing.Protocol):
+    """What the server needs of the processors (see `bridge.interfaces.IProcessor`)."""
+
+    def commit(self, transaction: Transaction) -> Any: ...
+
+
+class RunsCommitter(Committer, typing.Protocol):
+    """Processors that take unchanged runs (`bridge.interfaces.IUnchangedRuns`)."""
+
+    def known_runs(self, session_id: int) -> Sequence[str] | None: ...
+
+
+class BridgeFactory(ServerFactory):
+    """Admission control and shared state for every IOC connection (module docstring).
+
+    `processor` may be None until the processors exist (they need the bound port);
+    until it is set every connection is refused.
+    """
+
+    log = Logger()
+    noisy = False  # one "listening" line comes from the service instead
+
+    def __init__(
+        self,
+        processor: Committer | None,
+        reactor: IReactorTime,
+        limits: SessionLimits,
+        *,
+        max_active: int = 20,
+        max_body_length: int = wire.MAX_BODY_LENGTH,
+        max_connections: int = 5000,
+        max_connections_per_host: int = 100,
+        allow: Sequence[Network] = (),
+        nonce: Callable[[], int] | None = None,
+    ) -> None:
+        self.processor = processor
+        self.reactor = reactor
+        self.limits = limits
+        self.max_active = max_active
+        self.max_body_length = max_body_length
+        self.max_connections = max_connections
+        self.max_connections_per_host = max_connections_per_host
+        self.allow = tuple(allow)
+        # Ping nonces only have to differ from one Ping to the next: a generator seeded
+        # once from the OS. Reading the OS's source is a system call that lets go of the
+        # interpreter lock, and the reactor thread then waits behind busy worker
+        # threads to get it back (seen in the scale profile: one Ping per upload).
+        rng = random.Random(random.SystemRandom().getrandbits(64))
+        self.nonce: Callable[[], int] = nonce or (lambda: rng.getrandbits(32))
+        self._ids = itertools.count(1)
+        self.connections: set[RecSyncProtocol] = set()
+        self.per_host: collections.Counter[str] = collections.Counter()
+        #: Upload slots taken, and the connections waiting for one, in order.
+        self.active = 0
+        self.queue: collections.deque[RecSyncProtocol] = collections.deque()
+        self.counters: collections.Counter[str] = collections.Counter()
+        #: Transactions handed to the processors and not completed yet.
+        self.pending_commits = 0
+        #: Times a session stopped reading because its commits were behind (metrics).
+        self.backpressure_pauses = 0
+        self._granting = False
+        #: (host, counter) -> [time of the last logged refusal, refusals not logged since].
+        self._refusals: dict[tuple[str, str], list[float]] = {}
+        self._refused_not_ready = False
+
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+    # -- accepting connections ---------------------------------------------------------
+
+    def buildProtocol(self, addr: IAddress | None) -> RecSyncProtocol | None:
+        peer = Peer(getattr(addr, "host", str(addr)), getattr(addr, "port", 0))
+        refusal = self.refusal(peer)
+        if refusal is not None:
+            self.refuse(peer, *refusal)
+            return None
+        session = Session(next(self._ids), peer, self.limits, self.nonce)
+        protocol = RecSyncProtocol(self, session)
+        self.connections.add(protocol)
+        self.per_host[peer.host] += 1
+        return protocol
+
+    def refusal(self, peer: Peer) -> tuple[str, str] | None:
+        """Why a new connection from `peer` is refused, as (counter, reason), or None."""
+        if self.processor is None:
+            return NOT_READY, "the bridge is starting (its processors are not running yet)"
+        if self.allow and not _allowed(peer.host, self.allow):
+            return "allow", "address not in [recceiver] allow"
+        if len(self.connections) >= self.max_connections:
+            return "maxConnections", f"maxConnections={self.max_connections} reached"
+        if self.per_host[peer.host] >= self.max_connections_per_host:
+            limit = self.max_connections_per_host
+            return "maxConnectionsPerHost", f"maxConnectionsPerHost={limit} reached"
+        return None
+
+    def refuse(self, peer: Peer, counter: str, why: str) -> None:
+        """Count a refusal; log it, but at most one line per host and reason per
+        `REFUSAL_LOG_INTERVAL` (and one in all while the bridge is starting)."""
+        self.counters[counter] += 1
+        if counter == NOT_READY:
+            if not self._refused_not_ready:
+                self._refused_not_ready = True
+                self.log.warn("{peer} connection refused: {why}", peer=peer, why=why)
+            return
+        now = self.now()
+        entry = self._refusals.get((peer.host, counter))
+        if entry is not None and now - entry[0] < REFUSAL_LOG_INTERVAL:
+            entry[1] += 1
+            return
+        if len(self._refusals) >= REFUSAL_LOG_HOSTS:
+            self._refusals.clear()
+        more = int(entry[1]) if entry is not None else 0
+        self._refusals[(peer.host, counter)] = [now, 0]
+        if more:
+            why += f" ({more} more from {peer.host} not logged)"
+        self.log.warn("{peer} connection refused: {why}", peer=peer, why=why)
+
+    def unchanged_runs(self) -> RunsCommitter | None:
+        """The processor, if it takes unchanged runs (`IUnchangedRuns`), else None."""
+        processor = self.processor
+        if processor is not None and IUnchangedRuns.providedBy(processor):
+            return typing.cast(RunsCommitter, processor)
+        return None
+
+    # -- upload slots ----------------------------------------------------------------------
+
+    def acquire(self, protocol: RecSyncProtocol, held: list[RunDecoded]) -> bool:
+        """An upload slot for a connection that just greeted: True if it has one now.
+
+        Otherwise it waits, unread, in the FIFO queue with `held` (the messages that
+        came in the same read after its ClientGreet) until `release_slot` activates it.
+        """
+        if self.may_start(protocol):
+            self.active += 1
+            protocol.activate()
+            return True
+        protocol.wait_for_slot(held)
+        self.queue.append(protocol)
+        return False
+
+    def may_start(self, protocol: RecSyncProtocol) -> bool:
+        """Whether `protocol`, which just greeted, gets a slot at once (else it queues)."""
+        return self.has_room
+
+    def release_slot(self) -> None:
+        """A slot came free: hand it on to the connections waiting, in order."""
+        self.active -= 1
+        assert self.active >= 0, "upload slot released twice"
+        if self._granting:
+            return  # the loop below, further up the stack, hands the slot on
+        self._granting = True
+        try:
+            while self.active < self.max_active:
+                protocol = self.next_waiting()
+                if protocol is None:
+                    break
+                self.active += 1
+                protocol.activate()
+        finally:
+            self._granting = False
+
+    def next_waiting(self) -> RecSyncProtocol | None:
+        """The waiting connection that gets the next free slot (removed from the queue)."""
+        while self.queue:
+            protocol = self.queue.popleft()
+            if protocol in self.connections:
+                return protocol
+        return None
+
+    @property
+    def has_room(self) -> bool:
+        """True if an IOC connecting now would get an upload slot at once."""
+        return self.active < self.max_active and not self.queue
+
+    # -- connections ending, counters, status -------------------------------------------------
+
+    def forget(self, protocol: RecSyncProtocol) -> None:
+        """`protocol`'s connection is gone."""
+        if protocol in self.connections:
+            self.connections.discard(protocol)
+            host = protocol.peer.host
+            self.per_host[host] -= 1
+            if self.per_host[host] <= 0:
+                del self.per_host[host]
+        if protocol in self.queue:
+            self.queue.remove(protocol)
+
+    def connections_or_commits(self) -> bool:
+        """True while any connection is open or any transaction awaits the processors."""
+        return bool(self.connections) or self.pending_commits > 0
+
+    def count(self, counter: str) -> None:
+        """A connection was ended by the limit `counter` (or ``protocolError``)."""
+        self.counters[counter] += 1
+
+    def notice(self, peer: Peer, notice: Notice) -> None:
+        """Count a session's `Notice` under its limit, if any, and log it (once: the
+        session gives each kind of notice once)."""
+        if notice.limit is not None:
+            self.counters[notice.limit] += 1
+        self.log.warn("{peer} {text}", peer=peer, text=notice.text)
+
+    def status(self) -> dict[str, Any]:
+        """Figures for the periodic status line."""
+        return {
+            "connections": len(self.connections),
+            "active": self.active,
+            "queued": len(self.queue),
+            "max_active": self.max_active,
+            **{f"limit_{k}": v for k, v in sorted(self.counters.items())},
+        }
+
+
+def _allowed(host: str, networks: Sequence[Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in net for net in networks)
