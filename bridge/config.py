@@ -125,15 +125,27 @@ class HttpConfig:
 
     Attributes:
         bind_host, bind_port: ``bind = host:port``; `bind_port` None (no ``bind``) means
-            no web server. Port 0 means any free port (logged at start).
+            no web server, except for the embedded quick start (`serves`). Port 0 means
+            any free port (logged at start).
+        off: ``bind = off``: no web server at all, not even for the quick start.
     """
 
     bind_host: str = "127.0.0.1"
     bind_port: int | None = None
+    off: bool = False
 
     @property
     def enabled(self) -> bool:
         return self.bind_port is not None
+
+    def serves(self, embedded_etcd: bool) -> HttpConfig | None:
+        """Where a bridge serves the directory: `bind` when set; with the embedded etcd
+        (the quick start) and no ``bind``, 127.0.0.1 on a free port; else nowhere."""
+        if self.enabled:
+            return self
+        if embedded_etcd and not self.off:
+            return HttpConfig("127.0.0.1", 0)
+        return None
 
 
 @dataclass(frozen=True)
@@ -145,7 +157,7 @@ class BridgeConfig:
     processors to run, `procs`, and the reference-only ones dropped, `unsupported_procs`,
     for which the service logs a warning). `ignored_keys` lists ``[recceiver]`` and
     ``[etcd]`` keys that were set but mean nothing to the bridge (e.g. the reference's
-    ``metricsPort``), as ``"[section] key"``. `bridge_id` None means
+    ``logformat``), as ``"[section] key"``. `bridge_id` None means
     ``<hostname>:<tcp port>``, filled in once the port is bound.
     """
 
@@ -161,6 +173,9 @@ class BridgeConfig:
     unsupported_procs: tuple[str, ...] = ()
     loglevel: str = "WARNING"
     status_interval: float = 60.0
+    #: ``metricsPort``: a port of its own serving Prometheus metrics on the ``bind``
+    #: host at any path, as the reference RecCeiver did (0: none).
+    metrics_port: int = 0
     bridge_id: str | None = None
     limits: Limits = field(default_factory=Limits)
     etcd: EtcdConfig = field(default_factory=EtcdConfig)
@@ -428,6 +443,8 @@ def _env_vars(text: str) -> tuple[tuple[str, str], ...]:
 def _http_bind(text: str) -> Parsed:
     if not text:
         return {"http.bind_port": None}
+    if text.lower() == "off":
+        return {"http.bind_port": None, "http.off": True}
     host, port = _split_host_port(text)
     if not port:
         raise ValueError("must be host:port (port 0: any free port)")
@@ -461,6 +478,7 @@ _KEYS: tuple[_Key, ...] = (
     _Key("recceiver", "procs", _parse_procs),
     _Key("recceiver", "loglevel", _set("loglevel", _loglevel)),
     _Key("recceiver", "statusInterval", _set("status_interval", _real(0.0))),
+    _Key("recceiver", "metricsPort", _set("metrics_port", lambda text: _port(text or "0", 0))),
     _Key("recceiver", "bridgeId", _set("bridge_id", _bridge_id)),
     _Key(
         "recceiver",
@@ -694,6 +712,9 @@ procs = {procs}
 loglevel = {c.loglevel}
 # Seconds between "connections active / queued" log lines (0: never).
 statusInterval = {c.status_interval}
+# A port of its own for Prometheus metrics (any path), on the bind host, as the
+# reference RecCeiver's metricsPort (0: none; [http] bind serves /metrics too).
+metricsPort = {c.metrics_port}
 # This bridge's name in etcd. Empty: <hostname>:<tcp port>.
 bridgeId =
 
@@ -740,8 +761,10 @@ grace = {e.grace}
 # key = /etc/recsync-bridge/client-key.pem
 
 [http]
-# The directory's web server (a read-only ChannelFinder API) as host:port; port 0 means
-# any free port (logged). Empty: no web server.
+# The directory's web server as host:port: pages, a read-only ChannelFinder API,
+# /metrics, /healthz and /readyz; port 0 means any free port (logged). Empty: no web
+# server, except with the embedded etcd (no [etcd] endpoints), which serves it on
+# 127.0.0.1 at a free port unless this is set to "off".
 bind =
 
 [cf]

@@ -28,14 +28,18 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import alsoProvides
 
 from bridge.config import BridgeConfig
 from bridge.errors import ConfigError, StoreError
+from bridge.interfaces import IUnchangedRuns
 from bridge.logs import STARTUP_NAMESPACE, apply_log_level
 from bridge.processors import BUILTIN, UNSUPPORTED, ProcessorChain
 from bridge.protocol.session import DEFAULT_BATCH_RECORDS, SessionLimits
 from bridge.server.admission import BridgeFactory
 from bridge.server.announce import AnnounceService
+from bridge.web import metrics
+from bridge.web.health import Health, bridge_checks
 
 # Module level on purpose: a Logger class attribute takes its class's namespace.
 _startup_log = Logger(namespace=STARTUP_NAMESPACE)
@@ -78,8 +82,18 @@ class BridgeService(MultiService):
         self.announcer: AnnounceService | None = None
         self.bridge_id: str | None = None
         self._status: LoopingCall | None = None
-        #: The directory (ChannelFinder API), when ``[http] bind`` is set.
+        #: The directory (pages, ChannelFinder API), when ``[http] bind`` is set or the
+        #: etcd is embedded (the quick start).
         self.directory: Any = None
+        #: Metrics and readiness of this process (bridge/web): ``/metrics`` and
+        #: ``/readyz`` on the directory's port, and ``metricsPort``.
+        self.registry = metrics.new_registry()
+        self.metrics = metrics.BridgeMetrics(self.registry)
+        self.registry.register(metrics.BridgeCollector(self))
+        self.health = Health()
+        for check in bridge_checks(self, reactor.seconds):
+            self.health.add(check)
+        self.metrics_port: IListeningPort | None = None
         #: Fires with this service once it announces; errbacks if start-up failed.
         self.ready: defer.Deferred[BridgeService] = defer.Deferred()
 
@@ -91,6 +105,9 @@ class BridgeService(MultiService):
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         tune_gc()
         apply_log_level(self.config.loglevel)
+        from bridge.etcd import client as etcdclient  # gRPC: only after GRPC_VERBOSITY
+
+        etcdclient.request_observer = self.metrics.etcd_request  # etcd request metrics
         for name in self.config.unsupported_procs:
             self.log.warn(
                 "procs: {name!r} ({what}) is not supported by recsync-bridge; PV metadata goes "
@@ -120,7 +137,7 @@ class BridgeService(MultiService):
         self.bridge_id = self.config.bridge_id or f"{socket.gethostname()}:{tcp_port}"
         self.processor = self._build_processors(endpoints_ready, tcp_port)
         self.processor.startService()  # type: ignore[no-untyped-call]
-        self.factory.processor = self.processor
+        self.factory.processor = _Metered(self.processor, self.metrics)
         for child in self.processor.processors:
             when_ready = getattr(child, "whenReady", None)
             if when_ready is not None:
@@ -141,18 +158,42 @@ class BridgeService(MultiService):
         )
         self.announcer.startService()
         self._start_status()
+        await self._start_metrics()
         self._start_directory(endpoints_ready)
         return self
 
     def _start_directory(self, endpoints_ready: Any) -> None:
-        """The read-only directory beside the bridge, when ``[http] bind`` is set; it
-        starts after the bridge announces and its failures never stop the bridge."""
-        if not self.config.http.enabled:
+        """The read-only directory beside the bridge, when ``[http] bind`` is set or
+        the etcd is embedded (`HttpConfig.serves`); it starts after the bridge announces
+        and its failures never stop the bridge."""
+        http = self.config.http.serves(self.config.etcd.embedded)
+        if http is None:
             return
         from bridge.web.service import DirectoryService
 
-        self.directory = DirectoryService(self.config, self.reactor, endpoints_ready)
+        self.directory = DirectoryService(
+            self.config,
+            self.reactor,
+            endpoints_ready,
+            http=http,
+            registry=self.registry,
+            health=self.health,
+        )
         self.directory.startService()
+
+    async def _start_metrics(self) -> None:
+        """``metricsPort``: Prometheus metrics at any path of a port of their own, on the
+        ``bind`` host, as the reference RecCeiver served them."""
+        if not self.config.metrics_port:
+            return
+        host = self.config.bind_host or "0.0.0.0"
+        endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
+        endpoint = endpoint_type(self.reactor, self.config.metrics_port, interface=host)
+        site = metrics.metrics_site(self.registry)
+        self.metrics_port = await endpoint.listen(site)  # type: ignore[no-untyped-call]
+        _startup_log.info(
+            "Prometheus metrics on port {port} ({host})", port=self.config.metrics_port, host=host
+        )
 
     def _can_store(self) -> bool:
         return self.processor is not None and self.processor.can_store()
@@ -234,6 +275,8 @@ class BridgeService(MultiService):
             self._status.stop()
         if self.directory is not None:
             await defer.maybeDeferred(self.directory.stopService)
+        if self.metrics_port is not None:
+            await defer.maybeDeferred(self.metrics_port.stopListening)
         if self.announcer is not None:
             await defer.maybeDeferred(self.announcer.stopService)
         if self.port is not None:
@@ -263,6 +306,24 @@ class BridgeService(MultiService):
         while self.factory.connections_or_commits() and waited < SHUTDOWN_COMMIT_WAIT:
             await deferLater(self.reactor, 0.05, lambda: None)
             waited += 0.05
+
+
+class _Metered:
+    """The processor chain as the server sees it, each commit counted and timed
+    (`bridge.web.metrics.BridgeMetrics.commit`)."""
+
+    def __init__(self, chain: ProcessorChain, counted: metrics.BridgeMetrics) -> None:
+        self.chain = chain
+        self.counted = counted
+        if IUnchangedRuns.providedBy(chain):
+            alsoProvides(self, IUnchangedRuns)
+
+    def commit(self, transaction: Any) -> Any:
+        committing = defer.maybeDeferred(self.chain.commit, transaction)
+        return self.counted.commit(transaction, committing)
+
+    def known_runs(self, session_id: int) -> Any:
+        return self.chain.known_runs(session_id)
 
 
 def session_limits(config: BridgeConfig) -> SessionLimits:

@@ -321,15 +321,13 @@ def test_default_section_applies_to_both_sections(tmp_path: Path) -> None:
 def test_unknown_keys_are_reported_not_fatal(tmp_path: Path) -> None:
     cfg = load(
         tmp_path,
-        "[recceiver]\nmetricsPort = 9000\nlogformat = %(message)s\n[etcd]\nendpoint = x\n"
-        "[cf]\nbaseurl = http://cf\n",
+        "[recceiver]\nlogformat = %(message)s\n[etcd]\nendpoint = x\n[cf]\nbaseurl = http://cf\n",
         {"RECCEIVER_RECCEIVER_BOGUS": "1"},
     )
     assert cfg.ignored_keys == (
         "[etcd] endpoint",
         "[recceiver] bogus",
         "[recceiver] logformat",
-        "[recceiver] metricsport",
     )
 
 
