@@ -50,3 +50,19 @@ class IProcessorFactory(Interface):
         `context` carries what the service knows at build time: ``bridge_id``, and
         ``endpoints_ready`` for processors that need etcd.
         """
+
+
+class IStoreHealth(Interface):
+    """A processor that holds the bridge's etcd lease and can say whether it can store.
+
+    The health probe (bridge/web/health.py) and the metrics read it; nothing here
+    touches etcd.
+    """
+
+    lease = Attribute("The lease held now (with an ``id``), None before one is granted.")
+    last_contact = Attribute("When etcd last answered the lease refresh (reactor seconds).")
+    lease_refreshes = Attribute("Lease refreshes etcd answered so far.")
+    lease_renewals = Attribute("New leases taken after etcd lost one.")
+
+    def can_store() -> bool:
+        """True while the lease is held and etcd answered within the lease TTL."""

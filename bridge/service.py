@@ -40,16 +40,20 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import alsoProvides
 
 from bridge import supervisor
 from bridge.config import BridgeConfig
 from bridge.documents import Keys
 from bridge.errors import ConfigError, StartupError, StoreError
+from bridge.interfaces import IUnchangedRuns
 from bridge.logs import STARTUP_NAMESPACE, apply_log_level
 from bridge.processors import BUILTIN, ProcessorChain
 from bridge.protocol.session import DEFAULT_BATCH_RECORDS, SessionLimits
 from bridge.server.admission import BridgeFactory
 from bridge.server.announce import AnnounceService
+from bridge.web import metrics
+from bridge.web.health import Check, Health, bridge_checks
 
 # Module level on purpose: a Logger class attribute takes its class's namespace.
 _startup_log = Logger(namespace=STARTUP_NAMESPACE)
@@ -110,8 +114,19 @@ class BridgeService(MultiService):
         self._status: LoopingCall | None = None
         self._prepared = False
         self._stopping = False
-        #: The directory (ChannelFinder API), when ``[http] bind`` is set.
+        #: The directory (pages, ChannelFinder API), when ``[http] bind`` is set or the
+        #: etcd is embedded (the quick start).
         self.directory: Any = None
+        #: Metrics and readiness of this process (bridge/web): ``/metrics`` and
+        #: ``/readyz`` on the directory's port, and ``metricsPort``.
+        self.registry = metrics.new_registry()
+        self.metrics = metrics.BridgeMetrics(self.registry)
+        self.registry.register(metrics.BridgeCollector(self))
+        self.health = Health()
+        for check in bridge_checks(self, reactor.seconds):
+            self.health.add(check)
+        self.health.add(self._writes_check)
+        self.metrics_port: IListeningPort | None = None
         #: Fires with this service once it announces; errbacks if start-up failed.
         self.ready: defer.Deferred[BridgeService] = defer.Deferred()
 
@@ -129,6 +144,9 @@ class BridgeService(MultiService):
         # the first gRPC client exists; GRPC_VERBOSITY=ERROR brings them back.
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         apply_log_level(self.config.loglevel)
+        from bridge.etcd import client as etcdclient  # gRPC: only after GRPC_VERBOSITY
+
+        etcdclient.request_observer = self.metrics.etcd_request  # etcd request metrics
         for note in self.config.notes:
             if note.warning:
                 _startup_log.warn("configuration: {text}", text=note.text)
@@ -155,7 +173,14 @@ class BridgeService(MultiService):
             allow=self.config.limits.allow,
             store_refusal=self._store_refusal,
         )
-        self.port = self._listen()
+        self.port = self._listen(self.config.bind_port, self.factory, "[recceiver] bind")
+        if self.config.metrics_port:
+            # metricsPort: Prometheus metrics at any path of a port of their own, on the
+            # bind host, as the reference RecCeiver served them.
+            site = metrics.metrics_site(self.registry)
+            self.metrics_port = self._listen(
+                self.config.metrics_port, site, "[recceiver] metricsPort"
+            )
         tcp_port: int = self.port.getHost().port  # type: ignore[attr-defined]
         self.bridge_id = self.config.bridge_id or f"{socket.gethostname()}:{tcp_port}"
         etcd = self.config.etcd
@@ -181,24 +206,23 @@ class BridgeService(MultiService):
         )
         self.monitor.check()
 
-    def _listen(self) -> IListeningPort:
-        """Bind the TCP port now (blocking), or raise `StartupError` saying why not."""
-        assert self.factory is not None
+    def _listen(self, number: int, factory: Any, key: str) -> IListeningPort:
+        """Bind TCP port `number` on the bind host now (blocking), or raise
+        `StartupError` saying why not and which configuration `key` to change."""
         host = self.config.bind_host or "0.0.0.0"
         # After a restart every IOC reconnects at once; Twisted's default backlog of 50
         # made the kernel drop SYNs (measured with bench/scale.py: 3,102 overflows).
         backlog = min(self.config.limits.max_connections, LISTEN_BACKLOG)
         try:
             port: IListeningPort = self.reactor.listenTCP(
-                self.config.bind_port, self.factory, backlog=backlog, interface=host
+                number, factory, backlog=backlog, interface=host
             )
         except CannotListenError as exc:
             shown = f"[{host}]" if ":" in host else host
             reason = getattr(exc.socketError, "strerror", None) or str(exc.socketError)
             raise StartupError(
-                f"cannot listen on TCP {shown}:{self.config.bind_port}: {reason} "
-                "(another bridge or RecCeiver?): stop it, or choose another "
-                "[recceiver] bind"
+                f"cannot listen on TCP {shown}:{number}: {reason} (another bridge or "
+                f"RecCeiver?): stop it, or choose another {key}"
             ) from None
         return port
 
@@ -208,8 +232,9 @@ class BridgeService(MultiService):
             self.monitor.store.close()
         if self.embedded is not None:
             self.embedded.abort()
-        if self.port is not None:
-            self.port.stopListening()
+        for port in (self.port, self.metrics_port):
+            if port is not None:
+                port.stopListening()
 
     # -- step 2 ---------------------------------------------------------------------------
 
@@ -231,7 +256,7 @@ class BridgeService(MultiService):
         assert self.bridge_id is not None
         self.processor = self._build_processors(tcp_port)
         self.processor.startService()  # type: ignore[no-untyped-call]
-        self.factory.processor = self.processor
+        self.factory.processor = _Metered(self.processor, self.metrics)
         for child in self.processor.processors:
             when_ready = getattr(child, "whenReady", None)
             if when_ready is not None:
@@ -252,18 +277,33 @@ class BridgeService(MultiService):
         )
         self.announcer.startService()
         self._start_status()
+        if self.metrics_port is not None:
+            _startup_log.info(
+                "Prometheus metrics on port {port} ({host})",
+                port=self.config.metrics_port,
+                host=self.config.bind_host or "0.0.0.0",
+            )
         self._start_directory()
         supervisor.notify(f"READY=1\nSTATUS=listening on TCP port {tcp_port}")
         return self
 
     def _start_directory(self) -> None:
-        """The read-only directory beside the bridge, when ``[http] bind`` is set; it
-        starts after the bridge announces and its failures never stop the bridge."""
-        if not self.config.http.enabled:
+        """The read-only directory beside the bridge, when ``[http] bind`` is set or
+        the etcd is embedded (`HttpConfig.serves`); it starts after the bridge announces
+        and its failures never stop the bridge."""
+        http = self.config.http.serves(self.config.etcd.embedded)
+        if http is None:
             return
         from bridge.web.service import DirectoryService
 
-        self.directory = DirectoryService(self.config, self.reactor, self._endpoints)
+        self.directory = DirectoryService(
+            self.config,
+            self.reactor,
+            self._endpoints,
+            http=http,
+            registry=self.registry,
+            health=self.health,
+        )
         self.directory.startService()
 
     def _endpoints(self) -> defer.Deferred[Sequence[str]]:
@@ -276,6 +316,11 @@ class BridgeService(MultiService):
             and self.processor.can_store()
             and (self.monitor is None or self.monitor.writable)
         )
+
+    def _writes_check(self) -> Check:
+        """Ready only while etcd takes writes (no alarm such as NOSPACE)."""
+        refusal = self._store_refusal()
+        return Check("writes", refusal is None, refusal or "etcd takes writes")
 
     def _store_refusal(self) -> str | None:
         """Why new IOC connections are refused now (etcd refuses writes), or None."""
@@ -367,6 +412,8 @@ class BridgeService(MultiService):
             self._status.stop()
         if self.directory is not None:
             await defer.maybeDeferred(self.directory.stopService)
+        if self.metrics_port is not None:
+            await defer.maybeDeferred(self.metrics_port.stopListening)
         if self.announcer is not None:
             await defer.maybeDeferred(self.announcer.stopService)
         if self.port is not None:
@@ -398,6 +445,24 @@ class BridgeService(MultiService):
         while self.factory.connections_or_commits() and waited < SHUTDOWN_COMMIT_WAIT:
             await deferLater(self.reactor, 0.05, lambda: None)
             waited += 0.05
+
+
+class _Metered:
+    """The processor chain as the server sees it, each commit counted and timed
+    (`bridge.web.metrics.BridgeMetrics.commit`)."""
+
+    def __init__(self, chain: ProcessorChain, counted: metrics.BridgeMetrics) -> None:
+        self.chain = chain
+        self.counted = counted
+        if IUnchangedRuns.providedBy(chain):
+            alsoProvides(self, IUnchangedRuns)
+
+    def commit(self, transaction: Any) -> Any:
+        committing = defer.maybeDeferred(self.chain.commit, transaction)
+        return self.counted.commit(transaction, committing)
+
+    def known_runs(self, session_id: int) -> Any:
+        return self.chain.known_runs(session_id)
 
 
 def session_limits(config: BridgeConfig) -> SessionLimits:

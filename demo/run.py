@@ -1,15 +1,18 @@
 """Demo: a bridge on its embedded etcd, a few simulated IOCs, and what landed.
 
-    python demo/run.py [--iocs N] [--records N] [--keep] [--no-pyreccaster]
+    python demo/run.py [--iocs N] [--records N] [--keep] [--open] [--wait] [--no-pyreccaster]
 
 Starts ``twistd -n recsync-bridge`` with no etcd configured (so it runs its own
-etcd on loopback), starts N fake C-style IOCs and one pyreccaster IOC that find
+etcd on loopback, and serves the directory's pages on a loopback port), prints the
+pages' address first, starts N fake C-style IOCs and one pyreccaster IOC that find
 the bridge through UDP announcements on 127.0.0.1, waits until every IOC is
 active, prints ``recsync iocs``, a ``recsync pv`` lookup and one IOC's records,
-then disconnects one IOC to show it turn inactive, and stops everything (the
-etcd data and logs are deleted unless ``--keep``).
-Nothing is sent outside 127.0.0.1. ``RECCEIVER_*`` variables in the caller's
-environment are ignored: the demo brings its own configuration.
+then disconnects one IOC to show it turn inactive (the overview page follows it),
+and stops everything (the etcd data and logs are deleted unless ``--keep``).
+``--open`` opens the pages in a browser; ``--wait`` keeps everything running until
+Enter is pressed; ``--no-pyreccaster`` leaves out the Rust IOC (it needs UDP port 5049
+of its own). Nothing is sent outside 127.0.0.1. ``RECCEIVER_*`` variables in the
+caller's environment are ignored: the demo brings its own configuration.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import re
 import shutil
 import sys
 import tempfile
@@ -84,6 +88,20 @@ def start_pyreccaster(stop: threading.Event) -> threading.Thread | None:
     return thread
 
 
+def pages_address(bridge: BridgeProcess, timeout: float) -> str:
+    """The directory's address, from the bridge's log line announcing it."""
+    found: list[str] = []
+
+    def logged() -> bool:
+        match = re.search(r"pages at (http://\S+/),", bridge.log_text())
+        if match:
+            found.append(match.group(1))
+        return bool(match)
+
+    wait_for(logged, timeout, "the directory's pages")
+    return found[0]
+
+
 def statuses(config: Path) -> dict[str, str]:
     lines = recsync(config, "iocs").splitlines()[1:]
     return {line.split()[0]: line.split()[1] for line in lines if line.strip()}
@@ -99,6 +117,8 @@ def main() -> int:
         action="store_true",
         help="leave out the pyreccaster IOC (it needs UDP port 5049 of its own)",
     )
+    parser.add_argument("--open", action="store_true", help="open the pages in a browser")
+    parser.add_argument("--wait", action="store_true", help="keep running until Enter")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="recsync-demo-"))
@@ -117,9 +137,18 @@ def main() -> int:
     try:
         try:
             bridge.wait_ready(60)
-            host, port, key = find_bridge(udp_port, timeout=10)
+            url = pages_address(bridge, 60)
         except (RuntimeError, TimeoutError) as error:
             raise SystemExit(f"demo: the bridge did not start: {error}") from None
+        print(f"\n    the directory: {url}\n")
+        if args.open:
+            import webbrowser
+
+            webbrowser.open(url)
+        try:
+            host, port, key = find_bridge(udp_port, timeout=10)
+        except TimeoutError:
+            raise SystemExit("demo: no announcement from the bridge within 10 s") from None
         print(f"heard the announcement: bridge at {host}:{port}")
         for i in range(args.iocs):
             ioc = FakeIOC(make_ioc(f"DEMO-IOC-{i + 1}", args.records, hostname="demo-host"))
@@ -146,6 +175,9 @@ def main() -> int:
             "DEMO-IOC-1 to turn inactive",
         )
         print("$ recsync iocs\n" + recsync(bridge.config, "iocs"))
+        print(f"the directory: {url}")
+        if args.wait:
+            input("press Enter to stop the demo ")
         return 0
     finally:
         stop.set()

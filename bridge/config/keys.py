@@ -23,6 +23,7 @@ from bridge.config.values import (
     _parse_addrlist,
     _parse_bind,
     _parse_procs,
+    _port,
     _prefix,
     _real,
     _set,
@@ -48,6 +49,7 @@ _KEYS: tuple[_Key, ...] = (
     _Key("recceiver", "procs", _parse_procs),
     _Key("recceiver", "loglevel", _set("loglevel", _loglevel)),
     _Key("recceiver", "statusInterval", _set("status_interval", _real(0.0))),
+    _Key("recceiver", "metricsPort", _set("metrics_port", lambda text: _port(text or "0", 0))),
     _Key("recceiver", "bridgeId", _set("bridge_id", _bridge_id)),
     _Key(
         "recceiver",
@@ -100,7 +102,6 @@ _CF_WRITER = (
 )
 _REFERENCE_KEYS: dict[tuple[str, str], str] = {
     ("recceiver", "logformat"): "the bridge logs in twistd's format",
-    ("recceiver", "metricsport"): "this version of the bridge serves no metrics port",
     **{
         ("cf", key.lower()): _CF_WRITER
         for key in (

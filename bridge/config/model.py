@@ -132,15 +132,27 @@ class HttpConfig:
 
     Attributes:
         bind_host, bind_port: ``bind = host:port``; `bind_port` None (no ``bind``) means
-            no web server. Port 0 means any free port (logged at start).
+            no web server, except for the embedded quick start (`serves`). Port 0 means
+            any free port (logged at start).
+        off: ``bind = off``: no web server at all, not even for the quick start.
     """
 
     bind_host: str = "127.0.0.1"
     bind_port: int | None = None
+    off: bool = False
 
     @property
     def enabled(self) -> bool:
         return self.bind_port is not None
+
+    def serves(self, embedded_etcd: bool) -> HttpConfig | None:
+        """Where a bridge serves the directory: `bind` when set; with the embedded etcd
+        (the quick start) and no ``bind``, 127.0.0.1 on a free port; else nowhere."""
+        if self.enabled:
+            return self
+        if embedded_etcd and not self.off:
+            return HttpConfig("127.0.0.1", 0)
+        return None
 
 
 @dataclass(frozen=True)
@@ -169,6 +181,9 @@ class BridgeConfig:
     replaced_procs: tuple[str, ...] = ()
     loglevel: str = "WARNING"
     status_interval: float = 60.0
+    #: ``metricsPort``: a port of its own serving Prometheus metrics on the ``bind``
+    #: host at any path, as the reference RecCeiver did (0: none).
+    metrics_port: int = 0
     bridge_id: str | None = None
     limits: Limits = field(default_factory=Limits)
     etcd: EtcdConfig = field(default_factory=EtcdConfig)

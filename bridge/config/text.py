@@ -52,6 +52,9 @@ loglevel = {c.loglevel}
 # Seconds between status lines at INFO: connections, active IOCs, uploads and their
 # queue, limits hit (0: never).
 statusInterval = {c.status_interval}
+# A port of its own for Prometheus metrics (any path), on the bind host, as the
+# reference RecCeiver's metricsPort (0: none; [http] bind serves /metrics too).
+metricsPort = {c.metrics_port}
 # This bridge's name in etcd. Empty: <hostname>:<tcp port>.
 bridgeId =
 
@@ -102,8 +105,10 @@ start_timeout = {e.start_timeout}
 # key = /etc/recsync-bridge/client-key.pem
 
 [http]
-# The directory's web server (a read-only ChannelFinder API) as host:port; port 0 means
-# any free port (logged). Empty: no web server.
+# The directory's web server as host:port: pages, a read-only ChannelFinder API,
+# /metrics, /healthz and /readyz; port 0 means any free port (logged). Empty: no web
+# server, except with the embedded etcd (no [etcd] endpoints), which serves it on
+# 127.0.0.1 at a free port unless this is set to "off".
 bind =
 
 [cf]

@@ -288,6 +288,8 @@ def _env_vars(text: str) -> tuple[tuple[str, str], ...]:
 def _http_bind(text: str) -> Parsed:
     if not text:
         return {"http.bind_port": None}
+    if text.lower() == "off":
+        return {"http.bind_port": None, "http.off": True}
     host, port = _split_host_port(text)
     if not port:
         raise ValueError("must be host:port (port 0: any free port)")

@@ -13,9 +13,10 @@ ever written to etcd.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -73,6 +74,8 @@ class DirectoryFeed:
         self.loads = 0
         #: When the last change was applied on the reactor (monotonic), for health pages.
         self.applied_at = 0.0
+        #: When each batch handed to the reactor and not yet applied arrived (monotonic).
+        self._received: collections.deque[float] = collections.deque()
 
     @property
     def prefix(self) -> str:
@@ -81,6 +84,34 @@ class DirectoryFeed:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="directory-feed", daemon=True)
         self._thread.start()
+
+    @property
+    def watching(self) -> bool:
+        """True while the watch stream is established (health, metrics)."""
+        return bool(self.watch.established)
+
+    def lag(self) -> float:
+        """Seconds the oldest change received from etcd has waited for the reactor
+        (0 when the view holds everything the watch delivered)."""
+        received = self._received
+        return time.monotonic() - received[0] if received else 0.0
+
+    def probe(self) -> dict[str, Any]:
+        """(blocking; a worker thread) Ask etcd for its status: version, database size,
+        whether it has a leader. Raises what the store raises when etcd is away."""
+        status = self.store.status()
+        return {
+            "version": str(status.version),
+            "db_size": int(status.db_size),
+            "leader": bool(status.leader),
+            "revision": int(status.revision),
+        }
+
+    def fetch(self, keys: Sequence[str]) -> list[bytes | None]:
+        """(blocking; a worker thread) The values of `keys` now, None where absent: the
+        parts of documents the view does not keep (every info tag of a record)."""
+        found = self.store.get_many(keys)
+        return [found[key].value if key in found else None for key in keys]
 
     def stop(self, timeout: float = 5.0) -> None:
         self.watch.stop()
@@ -121,8 +152,10 @@ class DirectoryFeed:
                 return
 
     def _hand_over(self, events: list[Event]) -> None:
+        arrived = time.monotonic()
         self._wait_for_room()
         if not self.watch.stopped:
+            self._received.append(arrived)
             self._call(self._apply, events)
 
     # -- the reactor thread -----------------------------------------------------------
@@ -138,6 +171,8 @@ class DirectoryFeed:
 
     def _apply(self, events: list[Event]) -> None:
         self._pending.release()
+        if self._received:
+            self._received.popleft()
         for event in events:
             self.directory.apply(
                 event.key, event.value if event.kind == "put" else None, event.revision

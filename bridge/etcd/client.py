@@ -60,6 +60,11 @@ GRPC_OPTIONS: list[tuple[str, int]] = [
 ]
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 1.0
+
+#: Told of every attempt `call_with_retry` makes: its duration in seconds, and the
+#: error it raised (None when it succeeded). Set by the metrics (bridge/web/metrics.py);
+#: called on worker threads, so it must be thread-safe and never raise.
+request_observer: Callable[[float, BaseException | None], None] | None = None
 # How long make_client keeps trying to authenticate when credentials are given.
 AUTH_DEADLINE_S = 10.0
 
@@ -432,9 +437,12 @@ def call_with_retry(
     attempts = 0
     while True:
         attempts += 1
+        began = time.perf_counter()
         try:
-            return fn()
+            result = fn()
         except Exception as exc:
+            if request_observer is not None:
+                request_observer(time.perf_counter() - began, exc)
             if not is_retryable(exc):
                 raise
             remaining = deadline_s - (clock() - start)
@@ -453,3 +461,7 @@ def call_with_retry(
             )
             sleep(min(delay, remaining))
             delay = min(delay * 2, BACKOFF_MAX_S)
+        else:
+            if request_observer is not None:
+                request_observer(time.perf_counter() - began, None)
+            return result

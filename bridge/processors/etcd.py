@@ -49,7 +49,7 @@ from bridge.etcd.backend import open_store
 from bridge.etcd.ops import Delete, Event, Get, Lease
 from bridge.etcd.store import Store
 from bridge.etcd.watch import ReactorWatch, Watch
-from bridge.interfaces import IProcessor, IUnchangedRuns
+from bridge.interfaces import IProcessor, IStoreHealth, IUnchangedRuns
 from bridge.model import Transaction, iso_time
 from bridge.processors.etcdwriter import EtcdWriter
 from bridge.processors.sweep import Sweeper
@@ -78,7 +78,7 @@ EndpointsReady = Callable[[], "Deferred[list[str]]"]
 Connect = Callable[[Sequence[str]], Store]
 
 
-@implementer(IProcessor, IUnchangedRuns)
+@implementer(IProcessor, IUnchangedRuns, IStoreHealth)
 class EtcdProcessor(Service):
     """Stores transactions in etcd; holds the bridge's lease; sweeps dead bridges' IOCs.
 
@@ -136,6 +136,10 @@ class EtcdProcessor(Service):
         self._last_contact = -math.inf
         #: Set by `prepare_stop` when no other bridge is registered.
         self._last_bridge = False
+        #: IStoreHealth: times etcd answered the lease grant or refresh, and new leases
+        #: taken after etcd lost one (read by bridge/web/metrics.py).
+        self.lease_refreshes = 0
+        self.lease_renewals = 0
 
     # -- IProcessor ----------------------------------------------------------------------
 
@@ -323,6 +327,12 @@ class EtcdProcessor(Service):
 
     def _contact(self, _: object = None) -> None:
         self._last_contact = self.reactor.seconds()
+        self.lease_refreshes += 1
+
+    @property
+    def last_contact(self) -> float | None:
+        """IStoreHealth: when etcd last answered the lease refresh (reactor seconds)."""
+        return None if math.isinf(self._last_contact) else self._last_contact
 
     def _refresh_blocking(self) -> None:
         """(thread) Keep the lease alive; if it expired meanwhile, start over with a new one."""
@@ -350,6 +360,7 @@ class EtcdProcessor(Service):
                 "and re-announcing the live sessions"
             )
             self._grant()
+            self.lease_renewals += 1
         self.reactor.callFromThread(self._reassert)
 
     def _reassert(self) -> None:

@@ -120,6 +120,8 @@ class BridgeFactory(ServerFactory):
         self.counters: collections.Counter[str] = collections.Counter()
         #: Transactions handed to the processors and not completed yet.
         self.pending_commits = 0
+        #: Times a session stopped reading because its commits were behind (metrics).
+        self.backpressure_pauses = 0
         self._granting = False
         #: (host, counter) -> [time of the last logged refusal, refusals not logged since].
         self._refusals: dict[tuple[str, str], list[float]] = {}

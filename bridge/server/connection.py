@@ -104,6 +104,11 @@ class RecSyncProtocol(Protocol):
         (a partial frame, or what came while waiting) and the run in progress."""
         return self.decoder.buffered + self.decoder.held
 
+    @property
+    def reading_paused(self) -> bool:
+        """Reading is paused because commits are behind (not waiting for a slot)."""
+        return self._paused and self._held is None
+
     # -- Twisted hooks ------------------------------------------------------------
 
     def connectionMade(self) -> None:
@@ -258,6 +263,7 @@ class RecSyncProtocol(Protocol):
         self._inflight += 1
         self.factory.pending_commits += 1
         if self._inflight >= MAX_INFLIGHT and not self._paused and txn.connected:
+            self.factory.backpressure_pauses += 1
             self._pause()
         self._chain.addCallback(lambda _: self._run_commit(txn))
 

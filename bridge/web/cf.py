@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from twisted.internet import defer
@@ -50,6 +50,7 @@ READ_ONLY = (
     "themselves (through etcd); channels, properties and tags cannot be written here"
 )
 _ALLOWED = "GET,POST,PUT,DELETE,PATCH,OPTIONS"
+T = TypeVar("T")
 
 
 class HTTPError(Exception):
@@ -72,7 +73,7 @@ class QueryRunner:
     def stop(self) -> None:
         self.pool.stop()
 
-    def run(self, work: Callable[[], bytes]) -> defer.Deferred[bytes]:
+    def run(self, work: Callable[[], T]) -> defer.Deferred[T]:
         if self.waiting >= MAX_WAITING:
             return defer.fail(HTTPError(503, "too many queries waiting; try again"))
         self.waiting += 1
@@ -81,7 +82,7 @@ class QueryRunner:
             self.waiting -= 1
             return result
 
-        d: defer.Deferred[bytes] = deferToThreadPool(self.reactor, self.pool, work)
+        d: defer.Deferred[T] = deferToThreadPool(self.reactor, self.pool, work)
         d.addBoth(done)
         return d
 
