@@ -410,6 +410,9 @@ class BridgeService(MultiService):
     async def _stop(self) -> None:
         if self._status is not None and self._status.running:
             self._status.stop()
+        if self.monitor is not None:
+            # First: an etcd stopped below, or gone already, is no outage to report.
+            await defer.maybeDeferred(self.monitor.stopService)
         if self.directory is not None:
             await defer.maybeDeferred(self.directory.stopService)
         if self.metrics_port is not None:
@@ -422,8 +425,6 @@ class BridgeService(MultiService):
         await self._close_sessions()
         if self.processor is not None:
             await defer.maybeDeferred(self.processor.stopService)
-        if self.monitor is not None:
-            await defer.maybeDeferred(self.monitor.stopService)
         if self.embedded is not None:
             await defer.maybeDeferred(self.embedded.stopService)
 

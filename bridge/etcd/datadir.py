@@ -155,8 +155,9 @@ def rotate_log(data_dir: str) -> Path:
 
 
 def last_words(log: Path) -> str:
-    """What etcd said last, as one short line: the message (and error) of its last log
-    entry at warning level or above, else of its last entry; "" when there is none."""
+    """What etcd said last about a failure, as one short line: the message (and error) of
+    its last log entry at error level or above; "" when there is none (etcd's warnings
+    are routine, and a process that was killed leaves no last words)."""
     try:
         with open(log, "rb") as stream:
             stream.seek(0, os.SEEK_END)
@@ -165,9 +166,8 @@ def last_words(log: Path) -> str:
     except OSError:
         return ""
     entries = [_entry(line) for line in lines if line.strip()]
-    serious = [e for e in entries if e[0] in ("warn", "error", "fatal", "panic")]
-    chosen = serious[-1] if serious else (entries[-1] if entries else None)
-    return chosen[1] if chosen else ""
+    serious = [e for e in entries if e[0] in ("error", "dpanic", "panic", "fatal")]
+    return serious[-1][1] if serious else ""
 
 
 def _entry(line: str) -> tuple[str, str]:
