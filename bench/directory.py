@@ -141,8 +141,8 @@ def through_etcd(args: argparse.Namespace) -> State:
 
     from bridge.directory.feed import DirectoryFeed
     from bridge.etcd.backend import open_store
-    from bridge.etcd.embedded import find_etcd_binary
     from bridge.etcd.ops import chunk_ops
+    from bridge.etcd.process import find_etcd_binary
     from bridge.testing.cluster import EtcdCluster
 
     with (

@@ -42,7 +42,7 @@ if str(REPO_ROOT) not in sys.path:
 from bridge.documents import Keys  # noqa: E402
 from bridge.etcd.backend import GrpcBackend  # noqa: E402
 from bridge.etcd.client import call_with_retry, make_client  # noqa: E402
-from bridge.etcd.embedded import free_port  # noqa: E402
+from bridge.etcd.process import free_port  # noqa: E402
 from bridge.etcd.store import Store  # noqa: E402
 from bridge.testing.checks import LivenessChecker, content_problems, spec_iocid  # noqa: E402
 from bridge.testing.cluster import EtcdCluster  # noqa: E402

@@ -168,8 +168,8 @@ def bench_pings(args: argparse.Namespace) -> None:
     """Ping lateness of connected IOCs while a cold bridge loads its directory and
     pages and API queries run without pause (module docstring)."""
     from bridge.etcd.backend import open_store
-    from bridge.etcd.embedded import find_etcd_binary, free_port
     from bridge.etcd.ops import chunk_ops
+    from bridge.etcd.process import find_etcd_binary, free_port
     from bridge.testing.cluster import EtcdCluster
     from bridge.testing.fakeioc import find_bridge
     from bridge.testing.harness import BridgeProcess

@@ -125,7 +125,7 @@ from pyetcd.events import PutEvent  # noqa: E402
 
 from bridge import documents as k  # noqa: E402
 from bridge.etcd.client import make_client  # noqa: E402
-from bridge.etcd.embedded import free_port  # noqa: E402
+from bridge.etcd.process import free_port  # noqa: E402
 from bridge.model import Record  # noqa: E402
 from bridge.testing.cluster import EtcdCluster  # noqa: E402
 from bridge.testing.fakeioc import IOCSpec, find_bridge  # noqa: E402

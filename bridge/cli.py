@@ -7,62 +7,115 @@
 
 Every command takes ``--json``: one JSON object per line instead of a table. It reads
 the same configuration as the bridge (``-f FILE`` and the ``RECCEIVER_ETCD_*``
-environment variables), so it finds the same etcd, including the bridge's embedded one.
+environment variables), so it finds the same etcd, including the bridge's embedded one
+(while that bridge runs). An etcd that does not answer is named within about 3 s.
 Reads are paged (`bridge.etcd.store.Store.scan`), so any number of IOCs or records
-works; strings from IOCs are shown with control characters escaped.
+works; strings from IOCs are shown with control characters escaped, and an unknown IOC
+id gets the closest known ones suggested.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import os
+import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
+from bridge import __version__
 from bridge import documents as docs
 from bridge.config import EtcdConfig, load_config
-from bridge.errors import BridgeError, Compacted
+from bridge.errors import BridgeError, Compacted, StoreError
+from bridge.etcd import datadir
 from bridge.etcd.backend import open_store
-from bridge.etcd.embedded import ENDPOINT_FILE
+from bridge.etcd.client import parse_endpoint
+from bridge.etcd.diagnose import explain
 from bridge.etcd.ops import Entry
 from bridge.etcd.store import Store
 from bridge.etcd.watch import Watch
 
-#: How long a command waits for an etcd that does not answer.
+#: How long a command keeps retrying an etcd that stopped answering mid-way.
 DEADLINE_S = 10.0
+#: How long the first request may take: an etcd that does not answer is named by then.
+FIRST_ANSWER_S = 2.5
+#: Of that, how long a refused or failing first request is retried.
+FIRST_RETRIES_S = 0.5
 
 
-def embedded_endpoint(data_dir: str) -> str | None:
-    path = Path(data_dir) / ENDPOINT_FILE
-    try:
-        return path.read_text().strip() or None
-    except FileNotFoundError:
-        return None
+def connect(etcd: EtcdConfig, err: TextIO | None = None) -> Store:
+    """A store on the configured etcd, or the embedded etcd of a running bridge.
 
+    Fails within about `FIRST_ANSWER_S` seconds, naming the endpoints, when etcd does
+    not answer. When it reads an embedded etcd and `err` is a terminal, says so there
+    (`recsync` without the bridge's ``-f FILE`` would read another bridge's).
 
-def connect(etcd: EtcdConfig) -> Store:
+    Raises:
+        BridgeError: one line saying what is wrong.
+    """
     endpoints = list(etcd.endpoints)
     if not endpoints:
-        found = embedded_endpoint(etcd.data_dir)
-        if found is None:
-            raise BridgeError(
-                f"no [etcd] endpoints configured and no embedded etcd found in {etcd.data_dir}: "
-                "is the bridge running?"
-            )
-        endpoints = [found]
+        endpoints = [_embedded_endpoint(etcd.data_dir, err)]
+    where = ", ".join(endpoints)
+    _some_endpoint_listens(endpoints, where)
+    try:
+        store = _open(etcd, endpoints)
+    except StoreError as exc:  # logging in found nobody to answer
+        raise BridgeError(f"etcd at {where} does not answer: {explain(exc) or exc}") from None
+    try:
+        store.revision()
+    except StoreError as exc:
+        store.close()
+        raise BridgeError(f"etcd at {where} does not answer: {explain(exc) or exc}") from None
+    store.deadline_s = DEADLINE_S
+    return store
+
+
+def _open(etcd: EtcdConfig, endpoints: list[str]) -> Store:
     return open_store(
         endpoints,
-        timeout=etcd.timeout,
-        deadline_s=DEADLINE_S,
+        timeout=min(etcd.timeout, FIRST_ANSWER_S - FIRST_RETRIES_S),
+        deadline_s=FIRST_RETRIES_S,
         username=etcd.username,
         password=etcd.password,
         ca=etcd.ca,
         cert=etcd.cert,
         key=etcd.key,
     )
+
+
+def _embedded_endpoint(data_dir: str, err: TextIO | None) -> str:
+    found = datadir.read_endpoint(data_dir)
+    pid = datadir.holder(data_dir)
+    if found is None or pid is None:
+        state = "no bridge runs" if pid is None else "its bridge is still starting"
+        raise BridgeError(
+            f"no [etcd] endpoints configured, and the embedded etcd in {data_dir} does not "
+            f"run ({state}): is the bridge running? Give recsync the bridge's "
+            "configuration file (-f FILE) or --endpoints"
+        )
+    if err is not None and err.isatty():
+        err.write(
+            f"recsync: reading the embedded etcd of the bridge with PID {pid} "
+            f"(data in {data_dir}) at {found}\n"
+        )
+    return found
+
+
+def _some_endpoint_listens(endpoints: Sequence[str], where: str) -> None:
+    """Fail at once when no endpoint accepts a TCP connection (gRPC would keep trying)."""
+    reasons = []
+    for text in endpoints:
+        try:
+            host, port, _ = parse_endpoint(text)
+            with socket.create_connection((host, port), timeout=FIRST_ANSWER_S / 2):
+                return
+        except OSError as exc:
+            reasons.append(exc.strerror or str(exc))
+    raise BridgeError(f"etcd at {where} does not answer: {'; '.join(dict.fromkeys(reasons))}")
 
 
 def terminal_safe(text: str) -> str:
@@ -161,12 +214,24 @@ def cmd_records(store: Store, k: docs.Keys, args: argparse.Namespace, out: TextI
         infos = ",".join(f"{key}={value}" for key, value in sorted(doc.infos.items()))
         rows.append((doc.name, doc.rtype, ",".join(doc.aliases), doc.desc, infos))
     if not count:
-        message = f"no records for IOC {terminal_safe(repr(args.iocid))}\n"
-        (sys.stderr if args.json else out).write(message)
+        message = f"no records for IOC {terminal_safe(repr(args.iocid))}"
+        similar = _similar_iocids(store, k, args.iocid)
+        if similar:
+            message += "; did you mean " + " or ".join(map(terminal_safe, similar)) + "?"
+        (sys.stderr if args.json else out).write(message + "\n")
         return 1
     if not args.json:
         _table(rows, out)
     return 0
+
+
+def _similar_iocids(store: Store, k: docs.Keys, wanted: str, limit: int = 3) -> list[str]:
+    """Known IOC ids like `wanted`: those ending in ``:wanted`` (an IOC name given
+    without its host), else the closest spellings."""
+    known = [k.split(entry.key)[-1] for entry in _entries(store, k.iocs_prefix())]
+    lowered = wanted.lower()
+    named = [iocid for iocid in known if iocid.lower().endswith(":" + lowered)]
+    return named[:limit] or difflib.get_close_matches(wanted, known, n=limit, cutoff=0.6)
 
 
 def cmd_watch(store: Store, k: docs.Keys, args: argparse.Namespace, out: TextIO) -> int:
@@ -276,6 +341,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--config", help="the bridge's configuration file ([etcd] section)")
     p.add_argument("--endpoints", help="etcd endpoints, comma-separated (overrides the file)")
     p.add_argument("--prefix", help="key prefix (overrides the file)")
+    p.add_argument("--version", action="version", version=f"recsync {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     commands = {
         "iocs": sub.add_parser("iocs", help="list IOCs"),
@@ -293,14 +359,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    out: TextIO = sys.stdout,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """Run one command; `environ` (default: this process's) holds ``RECCEIVER_*``."""
     args = parser().parse_args(argv)
     try:
         overrides = {("etcd", "endpoints"): args.endpoints, ("etcd", "prefix"): args.prefix}
         etcd = load_config(
-            args.config, overrides={k: v for k, v in overrides.items() if v is not None}
+            args.config,
+            os.environ if environ is None else environ,
+            overrides={k: v for k, v in overrides.items() if v is not None},
         ).etcd
-        store = connect(etcd)
+        store = connect(etcd, sys.stderr)
         try:
             return COMMANDS[args.command](store, docs.Keys(etcd.prefix), args, out)
         finally:

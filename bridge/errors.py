@@ -3,6 +3,7 @@
 `RemoteProtocolError`: the peer broke the protocol; log once naming the peer and
 drop the connection (or skip the message where the protocol says so).
 `LocalProtocolError`: we were asked to do something the protocol forbids (a bug).
+`StartupError`: the bridge cannot start (a port in use, etcd unreachable, ...).
 `StoreError` and its subclasses: etcd could not be reached or refused a request
 (`bridge.etcd` raises them whatever the backend, so callers never see gRPC errors).
 """
@@ -24,6 +25,14 @@ class ConfigError(BridgeError, ValueError):
     """A configuration value is invalid; the message names the key."""
 
 
+class StartupError(BridgeError):
+    """The bridge cannot start; the message is one line saying why and what to do.
+
+    Raised while the service starts (`bridge.service.BridgeService`), where twistd turns
+    it into a non-zero exit status.
+    """
+
+
 class StoreError(BridgeError):
     """etcd could not be reached or refused a request after all retries."""
 
@@ -34,6 +43,16 @@ class EtcdUnavailable(StoreError):
     Transient: the store retries it within its outage bound, and what ends the
     retries is a plain `StoreError`.
     """
+
+
+class EtcdOutage(StoreError):
+    """etcd stayed unreachable past the call's outage bound (``[etcd] max_outage``): the
+    call gave up. The outage itself is reported once (`bridge.etcd.monitor`), not per
+    call that gives up. `reason` is the most telling error seen, in a few words."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class EtcdRefused(StoreError):

@@ -1,6 +1,6 @@
 """Demo: a bridge on its embedded etcd, a few simulated IOCs, and what landed.
 
-    python demo/run.py [--iocs N] [--records N] [--keep] [--open] [--wait]
+    python demo/run.py [--iocs N] [--records N] [--keep] [--open] [--wait] [--no-pyreccaster]
 
 Starts ``twistd -n recsync-bridge`` with no etcd configured (so it runs its own
 etcd on loopback, and serves the directory's pages on a loopback port), prints the
@@ -10,7 +10,9 @@ active, prints ``recsync iocs``, a ``recsync pv`` lookup and one IOC's records,
 then disconnects one IOC to show it turn inactive (the overview page follows it),
 and stops everything (the etcd data and logs are deleted unless ``--keep``).
 ``--open`` opens the pages in a browser; ``--wait`` keeps everything running until
-Enter is pressed. Nothing is sent outside 127.0.0.1.
+Enter is pressed; ``--no-pyreccaster`` leaves out the Rust IOC (it needs UDP port 5049
+of its own). Nothing is sent outside 127.0.0.1. ``RECCEIVER_*`` variables in the
+caller's environment are ignored: the demo brings its own configuration.
 """
 
 from __future__ import annotations
@@ -30,16 +32,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bridge import cli  # noqa: E402
-from bridge.etcd.embedded import free_port  # noqa: E402
+from bridge.etcd.process import free_port  # noqa: E402
 from bridge.testing.fakeioc import FakeIOC, find_bridge, make_ioc  # noqa: E402
-from bridge.testing.harness import BridgeProcess  # noqa: E402
+from bridge.testing.harness import BridgeProcess, clean_environ  # noqa: E402
 
 PYRECCASTER_PORT = 5049  # fixed in pyreccaster
 
 
 def recsync(config: Path, *args: str) -> str:
+    """`recsync -f CONFIG ARGS` as the demo bridge sees it: the caller's own
+    ``RECCEIVER_*`` variables are not the demo's configuration."""
     out = io.StringIO()
-    cli.main(["-f", str(config), *args], out=out)
+    cli.main(["-f", str(config), *args], out=out, environ=clean_environ())
     return out.getvalue()
 
 
@@ -108,6 +112,11 @@ def main() -> int:
     parser.add_argument("--iocs", type=int, default=3)
     parser.add_argument("--records", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="keep the etcd data and logs")
+    parser.add_argument(
+        "--no-pyreccaster",
+        action="store_true",
+        help="leave out the pyreccaster IOC (it needs UDP port 5049 of its own)",
+    )
     parser.add_argument("--open", action="store_true", help="open the pages in a browser")
     parser.add_argument("--wait", action="store_true", help="keep running until Enter")
     args = parser.parse_args()
@@ -126,20 +135,26 @@ def main() -> int:
     stop = threading.Event()
     iocs: list[FakeIOC] = []
     try:
-        bridge.wait_ready(60)
-        url = pages_address(bridge, 60)
+        try:
+            bridge.wait_ready(60)
+            url = pages_address(bridge, 60)
+        except (RuntimeError, TimeoutError) as error:
+            raise SystemExit(f"demo: the bridge did not start: {error}") from None
         print(f"\n    the directory: {url}\n")
         if args.open:
             import webbrowser
 
             webbrowser.open(url)
-        host, port, key = find_bridge(udp_port, timeout=10)
+        try:
+            host, port, key = find_bridge(udp_port, timeout=10)
+        except TimeoutError:
+            raise SystemExit("demo: no announcement from the bridge within 10 s") from None
         print(f"heard the announcement: bridge at {host}:{port}")
         for i in range(args.iocs):
             ioc = FakeIOC(make_ioc(f"DEMO-IOC-{i + 1}", args.records, hostname="demo-host"))
             ioc.connect(host, port, key)
             iocs.append(ioc)
-        rust = start_pyreccaster(stop)
+        rust = None if args.no_pyreccaster else start_pyreccaster(stop)
         expected = args.iocs + (1 if rust is not None else 0)
         wait_for(
             lambda: list(statuses(bridge.config).values()).count("active") >= expected,

@@ -16,7 +16,7 @@ import pytest
 from bridge.errors import ConfigError
 from bridge.etcd.backend import GrpcBackend
 from bridge.etcd.client import call_with_retry, make_client
-from bridge.etcd.embedded import find_etcd_binary
+from bridge.etcd.process import find_etcd_binary
 from bridge.etcd.store import Store
 from bridge.testing.cluster import EtcdCluster
 
@@ -29,6 +29,18 @@ def _etcd_binary_or_skip() -> str:
         if os.environ.get("CI"):
             raise
         pytest.skip(f"no etcd server binary: {exc}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_operator_environment() -> Iterator[None]:
+    """The caller's ``RECCEIVER_*`` variables configure every bridge key; tests bring
+    their own configurations, so those variables are set aside for the session (in
+    this process; child processes get `bridge.testing.harness.child_env`)."""
+    saved = {k: v for k, v in os.environ.items() if k.upper().startswith("RECCEIVER_")}
+    for name in saved:
+        del os.environ[name]
+    yield
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

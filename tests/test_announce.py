@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 
-from bridge.server.announce import AnnounceService
+from bridge.server.announce import AnnounceService, announce_interface
 
 
 class UDPClock(MemoryReactorClock):
@@ -47,7 +48,7 @@ def test_announcements_pause_while_the_bridge_cannot_store() -> None:
         if e.get("log_namespace", "").startswith("bridge.server.announce.AnnounceService")
     ]
     assert len(lines) == 2
-    assert "not announcing" in lines[0] and "etcd unreachable" in lines[0]
+    assert "not announcing" in lines[0] and "etcd unreachable or refusing writes" in lines[0]
     assert "announcing again" in lines[1]
 
 
@@ -61,3 +62,30 @@ def test_without_a_check_it_always_announces() -> None:
     clock.advance(2.0)
     service.stopService()
     assert sent == [0.0, 2.0, 4.0]
+
+
+@pytest.mark.parametrize(
+    ("bind", "interface"),
+    [
+        ("", ""),
+        ("0.0.0.0", "0.0.0.0"),
+        ("10.1.2.3", "10.1.2.3"),
+        ("::", "0.0.0.0"),  # dual stack: IPv4 IOCs can connect, so announce over IPv4
+        ("::ffff:10.1.2.3", "10.1.2.3"),
+        ("::1", None),  # IPv6 only: no RecCaster could connect
+        ("localhost", "localhost"),
+    ],
+)
+def test_announcements_go_out_over_ipv4(bind: str, interface: str | None) -> None:
+    assert announce_interface(bind) == interface
+
+
+def test_an_ipv6_only_bridge_says_once_that_it_does_not_announce() -> None:
+    clock = UDPClock()
+    service = AnnounceService(clock, 5075, [("127.0.0.1", 9)], 1.0, bind_host="::1")
+    with capturedLogs() as events:
+        service.startService()
+        clock.advance(5.0)
+    service.stopService()
+    lines = [formatEvent(e) for e in events]
+    assert len(lines) == 1 and "not announcing" in lines[0] and "IPv6 address ::1" in lines[0]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 from bridge import cli
 from bridge import documents as docs
 from bridge.documents import Keys, record_value
+from bridge.etcd.process import free_port
 from bridge.etcd.store import Store
 from bridge.model import Peer, Record, Transaction
 from bridge.processors.etcdwriter import EtcdWriter
@@ -96,13 +99,72 @@ def test_records_lists_one_iocs_records(
     assert run(etcd_server, prefix, "records", "nobody")[0] == 1
 
 
-def test_unreachable_configuration_is_one_clear_error(tmp_path: Any) -> None:
+def run_error(*argv: str) -> tuple[int, str, float]:
+    """`recsync ARGV`: exit status, what it wrote to stderr, seconds it took."""
     err = io.StringIO()
+    start = time.monotonic()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(list(argv), out=io.StringIO(), environ={})
+    return code, err.getvalue(), time.monotonic() - start
+
+
+def test_no_running_bridge_is_one_clear_error(tmp_path: Any) -> None:
     conf = tmp_path / "b.conf"
     conf.write_text(f"[etcd]\ndata_dir = {tmp_path}/none\n")
-    with contextlib.redirect_stderr(err):
-        assert cli.main(["-f", str(conf), "iocs"], out=io.StringIO()) == 2
-    assert "no embedded etcd found" in err.getvalue()
+    code, err, _ = run_error("-f", str(conf), "iocs")
+    assert code == 2
+    assert err == (
+        f"recsync: no [etcd] endpoints configured, and the embedded etcd in {tmp_path}/none "
+        "does not run (no bridge runs): is the bridge running? Give recsync the bridge's "
+        "configuration file (-f FILE) or --endpoints\n"
+    )
+
+
+def test_an_endpoint_file_left_by_a_crashed_bridge_is_not_used(tmp_path: Any) -> None:
+    data = tmp_path / "etcd"
+    data.mkdir()
+    (data / "client-endpoint").write_text("127.0.0.1:9\n")  # nobody holds the lock
+    conf = tmp_path / "b.conf"
+    conf.write_text(f"[etcd]\ndata_dir = {data}\n")
+    code, err, took = run_error("-f", str(conf), "iocs")
+    assert code == 2 and "(no bridge runs)" in err and took < 3
+
+
+def test_a_refused_endpoint_is_named_at_once() -> None:
+    port = free_port()
+    code, err, took = run_error("--endpoints", f"127.0.0.1:{port}", "iocs")
+    assert code == 2
+    assert err == f"recsync: etcd at 127.0.0.1:{port} does not answer: Connection refused\n"
+    assert took < 3
+
+
+@pytest.mark.parametrize("credentials", [False, True])
+def test_an_endpoint_that_never_answers_is_named_within_3_s(
+    tmp_path: Any, credentials: bool
+) -> None:
+    conf = tmp_path / "b.conf"
+    conf.write_text("[etcd]\nusername = u\npassword = p\n" if credentials else "")
+    with socket.socket() as silent:  # accepts TCP (the kernel does), never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        code, err, took = run_error("-f", str(conf), "--endpoints", f"127.0.0.1:{port}", "iocs")
+    assert code == 2
+    assert err.startswith(f"recsync: etcd at 127.0.0.1:{port} does not answer: ")
+    assert err.count("\n") == 1
+    assert took < 3
+
+
+def test_an_unknown_iocid_gets_the_closest_known_ones_suggested(
+    filled: EtcdWriter, etcd_server: EtcdCluster, prefix: str
+) -> None:
+    code, text = run(etcd_server, prefix, "records", "IOC-A")
+    assert code == 1
+    assert text == "no records for IOC 'IOC-A'; did you mean h:IOC-A?\n"
+    code, text = run(etcd_server, prefix, "records", "h:IOC-C")
+    assert code == 1
+    assert text.startswith("no records for IOC 'h:IOC-C'; did you mean h:IOC-")
+    assert " or " in text and {"h:IOC-A", "h:IOC-B"} <= set(text.rstrip("?\n").split())
 
 
 class Interruptible(io.StringIO):
@@ -231,6 +293,23 @@ def test_peer_supplied_strings_are_escaped_in_tables(
     lines = text.splitlines()
     assert len(lines) == 2
     assert lines[1].startswith("EVIL\\x1b[2J\\nFAKE  row\\x00")
+
+
+def test_peer_supplied_strings_are_escaped_in_iocs_and_pv_tables(
+    etcd_server: EtcdCluster, etcd_store: Store, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    evil = "h\x1b[2J:IOC\nFAKE ROW\x00"
+    doc = {"iocid": evil, "status": "active\r", "hostname": "h\x07", "records": 1}
+    etcd_store.put(keys.ioc(evil), docs.dumps(doc))
+    entry = {"iocid": evil, "record": "PV\x1b]0;t\x07", "type": "ai", "alias": 0, "claims": [evil]}
+    etcd_store.put(keys.pv("PV"), docs.dumps(entry))
+    for args in (("iocs",), ("pv", "PV")):
+        code, text = run(etcd_server, prefix, *args)
+        assert code == 0, args
+        assert not any(ch in text for ch in "\x1b\x00\x07\r"), args
+        assert len(text.splitlines()) == 2, (args, text)  # no forged rows
+        assert "h\\x1b[2J:IOC\\nFAKE ROW\\x00" in text, args
 
 
 @pytest.mark.slow

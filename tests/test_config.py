@@ -18,6 +18,7 @@ from bridge.config import (
     EtcdConfig,
     Limits,
     default_data_dir,
+    effective_config,
     example_config,
     load_config,
 )
@@ -57,7 +58,7 @@ def test_no_file_gives_the_documented_defaults() -> None:
     assert cfg.addrlist == (("255.255.255.255", 5049),)
     assert (cfg.announce_interval, cfg.tcptimeout, cfg.commit_interval) == (15.0, 15.0, 5.0)
     assert (cfg.commit_size_limit, cfg.max_active) == (0, 20)
-    assert (cfg.procs, cfg.unsupported_procs) == (("etcd",), ())
+    assert (cfg.procs, cfg.replaced_procs) == (("etcd",), ())
     assert (cfg.loglevel, cfg.status_interval, cfg.bridge_id) == ("WARNING", 60.0, None)
     assert cfg.limits == Limits(65798, 200000, 1000, 1000, 1 << 20, 5000, 100, 20.0, 600.0, ())
     assert cfg.etcd == EtcdConfig(
@@ -68,9 +69,10 @@ def test_no_file_gives_the_documented_defaults() -> None:
         data_dir="/home/op/.local/state/recsync-bridge/etcd",
         max_outage=60.0,
         grace=5.0,
+        start_timeout=30.0,
     )
     assert cfg.etcd.embedded
-    assert cfg.ignored_keys == ()
+    assert cfg.notes == ()
 
 
 def test_dataclass_defaults_equal_loaded_defaults() -> None:
@@ -135,7 +137,7 @@ def test_every_key_is_parsed(tmp_path: Path, tls_files: dict[str, str]) -> None:
         maxConnectionsPerHost = 13
         greetingTimeout = 1.5
         uploadTimeout = 30
-        allow = 10.1.2.3/8, 2001:db8::/32
+        allow = 10.0.0.0/8, 2001:db8::/32
         [etcd]
         endpoints = etcd1:2379, https://[2001:db8::1]:2379
         prefix = /site/recsync/
@@ -149,13 +151,14 @@ def test_every_key_is_parsed(tmp_path: Path, tls_files: dict[str, str]) -> None:
         key = {tls_files["key"]}
         max_outage = 0
         grace = 1.25
+        start_timeout = 4
     """,
     )
     assert (cfg.bind_host, cfg.bind_port) == ("127.0.0.1", 5050)
     assert cfg.addrlist == (("10.0.0.255", 5049), ("255.255.255.255", 6000))
     assert (cfg.announce_interval, cfg.tcptimeout, cfg.commit_interval) == (2.5, 7.0, 0.0)
     assert (cfg.commit_size_limit, cfg.max_active) == (5000, 3)
-    assert (cfg.procs, cfg.unsupported_procs) == (("etcd", "show:debug"), ())
+    assert (cfg.procs, cfg.replaced_procs) == (("etcd", "show:debug"), ())
     assert (cfg.loglevel, cfg.status_interval, cfg.bridge_id) == ("DEBUG", 0.0, "bridge-a")
     assert cfg.limits == Limits(
         1024,
@@ -182,9 +185,10 @@ def test_every_key_is_parsed(tmp_path: Path, tls_files: dict[str, str]) -> None:
         key=tls_files["key"],
         max_outage=0.0,
         grace=1.25,
+        start_timeout=4.0,
     )
     assert not cfg.etcd.embedded
-    assert cfg.ignored_keys == ()
+    assert cfg.notes == ()
 
 
 @pytest.mark.parametrize(
@@ -258,21 +262,38 @@ def test_percent_signs_are_literal(tmp_path: Path) -> None:
 # --- processors ---
 
 
-def test_unsupported_procs_are_dropped_and_listed(tmp_path: Path) -> None:
+def test_etcd_always_stores_and_procs_name_what_runs_beside_it(tmp_path: Path) -> None:
     cfg = load(tmp_path, "[recceiver]\nprocs = show, cf\n")
-    assert (cfg.procs, cfg.unsupported_procs) == (("show",), ("cf",))
+    assert (cfg.procs, cfg.replaced_procs) == (("etcd", "show"), ("cf",))
 
 
-@pytest.mark.parametrize("value", ["cf", "cf, db:lite", "db", ""])
-def test_etcd_is_used_when_no_supported_proc_remains(tmp_path: Path, value: str) -> None:
+@pytest.mark.parametrize("value", ["cf", "cf, db:lite", "db", "", "etcd"])
+def test_etcd_is_the_only_processor_when_no_other_is_named(tmp_path: Path, value: str) -> None:
     cfg = load(tmp_path, f"[recceiver]\nprocs = {value}\n")
     assert cfg.procs == ("etcd",)
-    assert cfg.unsupported_procs == tuple(p.strip() for p in value.split(",") if p.strip())
+    assert cfg.replaced_procs == tuple(
+        p.strip() for p in value.split(",") if p.strip() and p.strip() != "etcd"
+    )
 
 
 def test_proc_names_are_case_insensitive(tmp_path: Path) -> None:
     cfg = load(tmp_path, "[recceiver]\nprocs = ETCD, Show:Inst\n")
     assert cfg.procs == ("etcd", "show:Inst")
+
+
+def test_replaced_procs_get_one_note_each_saying_what_replaces_them(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "[recceiver]\nprocs = cf, db\n")
+    cf, db = (note.text for note in cfg.notes)
+    assert "procs: cf" in cf and "ChannelFinder-compatible API" in cf and "[http] bind" in cf
+    assert "procs: db" in db and "etcd stores" in db
+    assert not any(note.warning for note in cfg.notes)
+    served = load(tmp_path, "[recceiver]\nprocs = cf\n[http]\nbind = 127.0.0.1:8080\n")
+    assert "served at http://127.0.0.1:8080" in served.notes[0].text
+
+
+def test_an_unknown_proc_is_refused_with_the_closest_name(tmp_path: Path) -> None:
+    message = load_error(tmp_path, "[recceiver]\nprocs = shwo\n")
+    assert "unknown processor 'shwo' (did you mean 'show'?)" in message
 
 
 # --- precedence and case ---
@@ -293,9 +314,10 @@ def test_environment_names_are_case_insensitive() -> None:
     assert (cfg.max_active, cfg.etcd.prefix) == (4, "/p")
 
 
-def test_environment_for_other_sections_is_ignored() -> None:
+def test_environment_for_other_sections_is_not_used() -> None:
     cfg = load_config(None, {"RECCEIVER_CF_BASEURL": "http://cf", "RECCEIVER_X": "1"})
-    assert cfg == load_config(None, {})
+    assert cfg.replace(notes=()) == load_config(None, {})
+    assert [note.text.split(" (")[0] for note in cfg.notes] == ["[cf] baseurl"]
 
 
 def test_overrides_beat_environment(tmp_path: Path) -> None:
@@ -315,20 +337,75 @@ def test_section_and_key_names_are_case_insensitive(tmp_path: Path) -> None:
 def test_default_section_applies_to_both_sections(tmp_path: Path) -> None:
     cfg = load(tmp_path, "[DEFAULT]\ntimeout = 3\n[recceiver]\n[etcd]\n")
     assert cfg.etcd.timeout == 3.0
-    assert cfg.ignored_keys == ()
+    assert cfg.notes == ()
 
 
-def test_unknown_keys_are_reported_not_fatal(tmp_path: Path) -> None:
+def test_every_unused_key_and_section_gets_one_note(tmp_path: Path) -> None:
     cfg = load(
         tmp_path,
-        "[recceiver]\nlogformat = %(message)s\n[etcd]\nendpoint = x\n[cf]\nbaseurl = http://cf\n",
-        {"RECCEIVER_RECCEIVER_BOGUS": "1"},
+        "[recceiver]\nlogformat = %(message)s\nmaxactive = 3\nmaxActiv = 4\n"
+        "[etcd]\nendpoint = x:1\n[cf]\nbaseurl = http://cf\ncfPassword = s3cret\n"
+        "[ectd]\nendpoints = y:1\nother = 1\n[lite]\ndbname = x\n",
+        {"RECCEIVER_RECCEIVER_ENDPOINTS": "z:1", "RECCEIVER_RECCEIVER_PROCS": "db:lite"},
     )
-    assert cfg.ignored_keys == (
-        "[etcd] endpoint",
-        "[recceiver] bogus",
-        "[recceiver] logformat",
-    )
+    texts = {note.text: note.warning for note in cfg.notes}
+    conf = str(tmp_path / "recceiver.conf")
+    expected = {
+        "procs: db:lite (the reference's SQL database writer) is replaced: etcd stores "
+        "the PV metadata (README: 'The data model')": False,
+        f"[cf] baseurl (from {conf}) is not used: a setting of the reference's "
+        "ChannelFinder writer; the bridge serves a ChannelFinder-compatible API from etcd "
+        "itself ([http] bind)": False,
+        f"[cf] cfpassword (from {conf}) is not used: a setting of the reference's "
+        "ChannelFinder writer; the bridge serves a ChannelFinder-compatible API from etcd "
+        "itself ([http] bind)": False,
+        f"[ectd] (from {conf}) is not a known section and is ignored; did you mean [etcd]?": True,
+        f"[etcd] endpoint (from {conf}) is not a known key and is ignored; did you mean "
+        "endpoints?": True,
+        f"[lite] (from {conf}) holds settings of the reference's SQL database writer "
+        "(procs = db), which the bridge replaces: not used": False,
+        "[recceiver] endpoints (from RECCEIVER_RECCEIVER_ENDPOINTS) is not a known key "
+        "and is ignored; did you mean [etcd] endpoints?": True,
+        f"[recceiver] logformat (from {conf}) is not used: the bridge logs in twistd's "
+        "format": False,
+        f"[recceiver] maxactiv (from {conf}) is not a known key and is ignored; did you "
+        "mean maxActive?": True,
+    }
+    assert texts == expected
+    assert "s3cret" not in repr(cfg.notes)
+
+
+def test_values_inherited_from_default_are_not_reported(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "[DEFAULT]\ntimeout = 3\n[recceiver]\n[etcd]\n[cf]\n")
+    assert cfg.notes == ()
+
+
+# --- the effective configuration ---
+
+
+def test_effective_config_says_where_each_value_comes_from(tmp_path: Path) -> None:
+    path = tmp_path / "r.conf"
+    path.write_text("[recceiver]\nmaxActive = 7\n[etcd]\nendpoints = e:1\nusername = u\n")
+    environ = {"HOME": "/home/op", "RECCEIVER_ETCD_PASSWORD": SECRET, "RECCEIVER_X_Y": "1"}
+    text = effective_config(str(path), environ, overrides={("recceiver", "bind"): ":5"})
+    lines = text.splitlines()
+
+    def source(key: str) -> str:
+        return lines[lines.index(key) - 1]
+
+    assert source("maxActive = 7") == f"# from {path}"
+    assert source("password = ********") == "# from RECCEIVER_ETCD_PASSWORD"
+    assert source("bind = :5") == "# from command line"
+    assert source("lease_ttl = 10.0") == "# default"
+    assert source("data_dir = /home/op/.local/state/recsync-bridge/etcd") == "# default"
+    assert "# [x] (from RECCEIVER_X_Y) is not a known section and is ignored" in lines
+    assert SECRET not in text
+    # Apart from the masked password, it loads back to the same configuration.
+    again = tmp_path / "again.conf"
+    again.write_text(text)
+    reloaded = load_config(str(again), {"HOME": "/home/op", "RECCEIVER_ETCD_PASSWORD": SECRET})
+    original = load_config(str(path), environ, overrides={("recceiver", "bind"): ":5"})
+    assert reloaded.replace(notes=()) == original.replace(notes=())
 
 
 # --- errors ---
@@ -386,6 +463,8 @@ def test_file_without_section_is_a_config_error(tmp_path: Path) -> None:
         ("recceiver", "greetingTimeout", "0"),
         ("recceiver", "uploadTimeout", "-5"),
         ("recceiver", "allow", "10.0.0.0/33"),
+        ("recceiver", "allow", "10.1.0.1/16"),
+        ("etcd", "start_timeout", "0"),
         ("etcd", "endpoints", "etcd1"),
         ("etcd", "endpoints", "ftp://etcd1:2379"),
         ("etcd", "endpoints", "http://etcd1:2379/v3"),
@@ -424,6 +503,11 @@ def test_invalid_value_in_file_names_the_file(tmp_path: Path) -> None:
         ("[etcd]\nendpoints = e:1\nkey = {key}\n", "cert and key"),
         (f"[etcd]\nusername = u\npassword = {SECRET}\n", "need [etcd] endpoints"),
         ("[etcd]\nca = {ca}\n", "need [etcd] endpoints"),
+        ("[etcd]\nendpoints = http://e:1\nca = {ca}\n", "says http:// (no TLS)"),
+        (
+            "[etcd]\nendpoints = HTTP://e:1\ncert = {cert}\nkey = {key}\n",
+            "use https:// endpoints for TLS",
+        ),
     ],
 )
 def test_etcd_pairs_are_checked(

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bridge.etcd.embedded import free_port
+from bridge.etcd.process import free_port
 from bridge.testing.cluster import EtcdCluster
 from bridge.testing.fakeioc import FakeIOC, IOCSpec, RecordSpec, find_bridge
 from bridge.testing.harness import BridgeProcess, child_env, write_config

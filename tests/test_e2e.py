@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bridge.etcd.embedded import free_port
+from bridge.etcd.process import free_port
 from bridge.etcd.store import Store
 from bridge.testing.checks import content_problems, spec_iocid
 from bridge.testing.cluster import EtcdCluster

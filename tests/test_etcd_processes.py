@@ -27,7 +27,7 @@ from bridge.errors import (
     StoreError,
     TooManyOperations,
 )
-from bridge.etcd import embedded
+from bridge.etcd import process
 from bridge.etcd.client import (
     call_with_retry,
     is_retryable,
@@ -35,15 +35,15 @@ from bridge.etcd.client import (
     parse_endpoint,
     rpc_error,
 )
-from bridge.etcd.embedded import free_port, free_ports, member_command
+from bridge.etcd.process import free_port, free_ports, member_command
 from bridge.testing.cluster import EtcdCluster, EtcdMember
 
 
 def test_missing_binary_names_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "")
-    monkeypatch.setattr(embedded, "DEBIAN_ETCD", "/nonexistent/etcd")
+    monkeypatch.setattr(process, "DEBIAN_ETCD", "/nonexistent/etcd")
     with pytest.raises(ConfigError, match="etcd-server"):
-        embedded.find_etcd_binary()
+        process.find_etcd_binary()
 
 
 def test_free_ports_are_distinct_bindable_and_not_debians() -> None:
@@ -222,7 +222,7 @@ def test_member_restart_keeps_data(tmp_path: Path) -> None:
 def test_wait_healthy_reports_an_exited_member(tmp_path: Path) -> None:
     port = free_port()
     member = EtcdMember(
-        embedded.find_etcd_binary(), "m1", tmp_path, port, port, "bogus", "tok"
+        process.find_etcd_binary(), "m1", tmp_path, port, port, "bogus", "tok"
     )  # an unparsable --initial-cluster makes etcd exit at once
     member.start()
     try:

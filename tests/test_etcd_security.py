@@ -9,6 +9,7 @@ trustme; users are created with etcdctl. The member forgets unused tokens after
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import shutil
@@ -22,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.task import Clock
 
 from bridge.config import EtcdConfig, load_config
 from bridge.errors import ConfigError
 from bridge.etcd.client import AuthenticatedClient, call_with_retry, make_client
-from bridge.etcd.embedded import etcd_environment, find_etcd_binary, free_ports
+from bridge.etcd.monitor import EtcdMonitor
+from bridge.etcd.process import etcd_environment, find_etcd_binary, free_ports
 from bridge.testing.cluster import EtcdMember
 from bridge.testing.fakeioc import FakeIOC, make_ioc
 from bridge.testing.harness import BridgeProcess, child_env
@@ -309,21 +312,47 @@ def test_bridge_over_tls_with_auth_stores_uploads_and_never_logs_the_password(
         ("password", {"password": "wrong-password-123"}, ["authentication as 'bridge' refused"]),
         ("ca", {"ca": "other_ca"}, ["server certificate is not trusted", "[etcd] ca"]),
         ("cert", {"cert": "other_cert", "key": "other_key"}, ["[etcd] cert and key"]),
+        ("no cert", {"cert": None, "key": None}, ["client certificate", "[etcd] cert and key"]),
+        (
+            "plaintext",
+            {"ca": None, "cert": None, "key": None, "endpoints": "http://{endpoint}"},
+            ["speaks TLS", "https://host:port", "[etcd] ca"],
+        ),
+        (
+            "no user",
+            {"username": None, "password": None},
+            ["refuses a client without a user name", "set [etcd] username and password"],
+        ),
+        (
+            "plaintext, no user",
+            {
+                **dict.fromkeys(("ca", "cert", "key", "username", "password")),
+                "endpoints": "{endpoint}",
+            },
+            ["speaks TLS", "https://host:port", "[etcd] ca"],
+        ),
     ],
 )
-def test_bridge_with_bad_credentials_exits_with_one_clear_line(
+def test_bridge_with_bad_credentials_exits_1_with_one_clear_line(
     tmp_path: Path,
     secure_etcd: SecureEtcd,
     sec_prefix: str,
     problem: str,
-    changes: dict[str, str],
+    changes: dict[str, str | None],
     words: list[str],
 ) -> None:
-    resolved = {k: secure_etcd.files.get(v, v) for k, v in changes.items()}
-    process = _bridge(tmp_path, secure_etcd, sec_prefix, **resolved)
+    resolved = {k: None if v is None else secure_etcd.files.get(v, v) for k, v in changes.items()}
+    endpoint = secure_etcd.endpoint.removeprefix("https://")
+    endpoints = str(resolved.pop("endpoints", secure_etcd.endpoint)).format(endpoint=endpoint)
+    process = BridgeProcess(
+        tmp_path,
+        endpoints=[endpoints],
+        prefix=sec_prefix,
+        etcd=secure_etcd.settings(**resolved),
+    )
     process.start()
     try:
-        process.wait(30)
+        assert process.wait(60) == 1
     finally:
         process.stop()
     log = process.log_text()
@@ -336,20 +365,24 @@ def test_bridge_with_bad_credentials_exits_with_one_clear_line(
     assert "listening on TCP port" not in log  # it never announced itself
 
 
-def test_bridge_whose_role_does_not_cover_the_prefix_exits_with_one_clear_line(
+def test_bridge_whose_role_does_not_cover_the_prefix_exits_1_naming_user_and_prefix(
     tmp_path: Path, secure_etcd: SecureEtcd
 ) -> None:
-    """etcd refuses the first write: that is no outage, so the bridge does not retry."""
+    """etcd refuses the start-up probe: that is no outage, so the bridge does not retry."""
     process = _bridge(tmp_path, secure_etcd, "/elsewhere")
     process.start()
     try:
-        process.wait(30)
+        assert process.wait(30) == 1
     finally:
         process.stop()
     log = process.log_text()
     failed = [line for line in log.splitlines() if "could not start" in line]
     assert len(failed) == 1, log
-    assert "permission denied" in failed[0].lower(), failed[0]
+    assert failed[0].split("could not start: ", 1)[1] == (
+        "etcd user 'bridge' may not read and write under /elsewhere (etcd: permission "
+        "denied): grant its role readwrite on the prefix (etcdctl role grant-permission "
+        "ROLE --prefix=true readwrite /elsewhere)"
+    )
     assert "Traceback" not in log and "still trying" not in log, log
 
 
@@ -378,3 +411,25 @@ def test_help_and_config_errors_never_show_credentials(tmp_path: Path) -> None:
         load_config(str(config), {"RECCEIVER_ETCD_PASSWORD": secret})
     assert secret not in str(caught.value) and "lease_ttl" in str(caught.value)
     assert secret not in repr(EtcdConfig(username="u", password=secret))
+
+
+def test_the_bridge_user_may_read_etcd_status_and_alarms(
+    secure_etcd: SecureEtcd, sec_prefix: str
+) -> None:
+    """The bridge's etcd monitor (bridge.etcd.monitor) reads etcd's alarms as the bridge's
+    own user, whose role covers only its prefix."""
+    cfg = load_config(None, {}).etcd
+    settings = secure_etcd.settings()
+    monitor_config = dataclasses.replace(
+        cfg, endpoints=(secure_etcd.endpoint,), prefix=sec_prefix, **settings
+    )
+    monitor = EtcdMonitor(
+        monitor_config, [secure_etcd.endpoint], f"{sec_prefix}/bridges/b", Clock()
+    )
+    monitor.check()
+    assert monitor.store is not None
+    try:
+        status = monitor.store.status()
+        assert status.errors == ()
+    finally:
+        monitor.store.close()

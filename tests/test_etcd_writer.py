@@ -28,7 +28,6 @@ from bridge.documents import Keys, record_value
 from bridge.errors import EtcdUnavailable, StoreError
 from bridge.etcd.backend import GrpcBackend
 from bridge.etcd.client import call_with_retry, make_client
-from bridge.etcd.embedded import find_etcd_binary
 from bridge.etcd.ops import (
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
@@ -37,6 +36,7 @@ from bridge.etcd.ops import (
     chunk_guarded,
     chunk_ops,
 )
+from bridge.etcd.process import find_etcd_binary
 from bridge.etcd.store import Store
 from bridge.interfaces import IProcessor
 from bridge.model import KeptRun, Peer, Record, Transaction

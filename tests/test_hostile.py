@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from bridge.config import BridgeConfig
 from bridge.documents import Keys
+from bridge.errors import EtcdOutage, RequestTooLarge
 from bridge.protocol import wire
 from bridge.protocol.session import SessionLimits, State
 from bridge.server.admission import REFUSAL_LOG_INTERVAL, BridgeFactory
@@ -542,6 +543,36 @@ def test_hostile_peers_do_not_disturb_honest_uploads(logs: Any) -> None:
         "greetingTimeout": 1,
         "uploadTimeout": 1,
     }
+
+
+# -- commits that etcd refuses ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (
+            RequestTooLarge("etcd: etcdserver: request is too large"),
+            ["etcd refused it: etcd: etcdserver: request is too large"],
+        ),
+        (
+            EtcdOutage("etcd did not answer (no answer in time; 9 attempts in 60.0 s)", "late"),
+            ["etcd did not answer for longer than [etcd] max_outage (late)"],
+        ),
+    ],
+)
+def test_a_refused_commit_is_one_warning_naming_the_peer(
+    logs: Any, error: Exception, words: list[str]
+) -> None:
+    """Whatever a peer sent, what etcd makes of it is no bug: no traceback, one line."""
+    bridge = Bridge(manual=True)
+    conn = bridge.connect("10.4.4.4")
+    conn.send(greet() + record(1, "A") + wire.UploadDone().encode())
+    bridge.processor.pending.pop(0).errback(error)
+    assert conn.closed
+    line = one_warning(logs, conn.peer, "could not store transaction 0", *words)
+    assert line.endswith("the IOC uploads again when it reconnects")
+    assert not [e for e in logs if e.get("log_failure") is not None]
 
 
 # -- the status line ----------------------------------------------------------------------

@@ -204,6 +204,28 @@ class ServerTests(SynchronousTestCase):
         self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "10.1.2.3", 1)))
         self.assertEqual(factory.counters["allow"], 1)
 
+    def test_ipv4_peers_of_a_dual_stack_socket_are_their_ipv4_address(self) -> None:
+        import ipaddress
+
+        from twisted.internet.address import IPv6Address
+
+        factory = self.factory(allow=[ipaddress.ip_network("127.0.0.2/32")])
+        mapped = factory.buildProtocol(IPv6Address("TCP", "::ffff:127.0.0.2", 40000))
+        self.assertIsNotNone(mapped)
+        assert mapped is not None
+        self.assertEqual(str(mapped.peer), "127.0.0.2:40000")
+        self.assertIsNone(factory.buildProtocol(IPv6Address("TCP", "::ffff:127.0.0.3", 1)))
+        self.assertIsNone(factory.buildProtocol(IPv6Address("TCP", "::1", 1)))
+        self.assertEqual(factory.counters["allow"], 2)
+        self.assertEqual(factory.per_host["127.0.0.2"], 1)
+
+    def test_an_ipv6_peer_is_shown_in_brackets(self) -> None:
+        from twisted.internet.address import IPv6Address
+
+        protocol = self.factory().buildProtocol(IPv6Address("TCP", "::1", 40000))
+        assert protocol is not None
+        self.assertEqual(str(protocol.peer), "[::1]:40000")
+
     def test_per_host_connection_limit(self) -> None:
         factory = self.factory(max_connections_per_host=2)
         self.connect(factory)

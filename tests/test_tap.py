@@ -5,27 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from twisted.application.service import IService
-from twisted.python import usage
 
 from bridge.config import BridgeConfig
 from bridge.tap import Options, makeService
+from bridge.testing.harness import child_env
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "hunter2-tap-secret"
-
-
-@pytest.fixture(autouse=True)
-def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The operator's own RECCEIVER_* variables must not leak into these tests."""
-    for name in list(os.environ):
-        if name.upper().startswith("RECCEIVER_"):
-            monkeypatch.delenv(name)
-    yield
 
 
 def write_conf(tmp_path: Path, text: str) -> str:
@@ -42,8 +32,7 @@ def parse(*argv: str) -> Options:
 
 def twistd(*argv: str) -> subprocess.CompletedProcess[str]:
     """Run twistd in a subprocess the way an operator would, with the checkout on the path."""
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RECCEIVER_")}
-    env["PYTHONPATH"] = str(REPO)
+    env = child_env()
     return subprocess.run(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *argv],
         cwd=REPO,
@@ -85,25 +74,25 @@ def test_empty_etcd_endpoints_option_selects_embedded(tmp_path: Path) -> None:
     assert parse("-f", path, "--etcd-endpoints", "")["cfg"].etcd.embedded
 
 
-def test_bad_value_is_a_usage_error_naming_the_key(tmp_path: Path) -> None:
-    with pytest.raises(usage.UsageError, match=r"\[recceiver\] maxActive = '0'"):
+def test_bad_value_ends_the_program_with_one_line_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"^recsync-bridge: \[recceiver\] maxActive = '0'"):
         parse("-f", write_conf(tmp_path, "[recceiver]\nmaxActive = 0\n"))
 
 
-def test_bad_override_is_a_usage_error() -> None:
-    with pytest.raises(usage.UsageError, match=r"\[recceiver\] bind"):
+def test_bad_override_ends_the_program() -> None:
+    with pytest.raises(SystemExit, match=r"\[recceiver\] bind"):
         parse("--bind", "1.2.3.4:70000")
 
 
-def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+def test_missing_file_ends_the_program(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing.conf")
-    with pytest.raises(usage.UsageError, match="does not exist"):
+    with pytest.raises(SystemExit, match="does not exist"):
         parse("-f", missing)
 
 
-def test_usage_error_has_no_cause_chain(tmp_path: Path) -> None:
-    """twistd shows only the message; the ConfigError must not ride along as context."""
-    with pytest.raises(usage.UsageError) as info:
+def test_config_error_has_no_cause_chain(tmp_path: Path) -> None:
+    """Only the message is shown; the ConfigError must not ride along as context."""
+    with pytest.raises(SystemExit) as info:
         parse("-f", write_conf(tmp_path, "[etcd]\nprefix = x\n"))
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
@@ -157,8 +146,32 @@ def test_twistd_plugin_help_shows_config_option() -> None:
 def test_twistd_reports_bad_config_in_one_line(tmp_path: Path) -> None:
     path = write_conf(tmp_path, f"[recceiver]\nmaxActive = lots\n[etcd]\npassword = {SECRET}\n")
     result = twistd("-n", "--pidfile=", "recsync-bridge", "-f", path)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "[recceiver] maxActive = 'lots'" in output
-    assert "Traceback" not in output
-    assert SECRET not in output
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"recsync-bridge: [recceiver] maxActive = 'lots' (from {path}): must be a whole "
+        "number >= 1"
+    ]
+
+
+def test_version_is_the_bridges() -> None:
+    import bridge
+
+    result = twistd("recsync-bridge", "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"recsync-bridge {bridge.__version__} (Twisted ")
+
+
+def test_print_config_shows_values_and_sources_with_secrets_masked(tmp_path: Path) -> None:
+    path = write_conf(
+        tmp_path, f"[etcd]\nendpoints = e:1\nusername = u\npassword = {SECRET}\nendpont = x\n"
+    )
+    result = twistd("recsync-bridge", "-f", path, "--bind", ":7", "--print-config")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[lines.index("bind = :7") - 1] == "# from command line"
+    assert lines[lines.index("endpoints = e:1") - 1] == f"# from {path}"
+    assert lines[lines.index("password = ********") - 1] == f"# from {path}"
+    assert lines[lines.index("maxActive = 20") - 1] == "# default"
+    assert any("endpont" in line and "did you mean endpoints?" in line for line in lines)
+    assert SECRET not in result.stdout + result.stderr

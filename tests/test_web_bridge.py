@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import HttpConfig, load_config
-from bridge.etcd.embedded import find_etcd_binary, free_port
+from bridge.etcd.process import find_etcd_binary, free_port
 from bridge.testing.cluster import EtcdCluster
 from bridge.testing.harness import BridgeProcess, child_env
 from tests.helpers import poll

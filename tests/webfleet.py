@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.etcd.embedded import free_port
+from bridge.etcd.process import free_port
 from bridge.testing.fakeioc import FakeIOC, IOCSpec, RecordSpec, find_bridge, make_ioc
 from bridge.testing.harness import BridgeProcess
 from tests.helpers import poll

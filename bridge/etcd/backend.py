@@ -31,7 +31,13 @@ import grpc  # type: ignore[import-untyped,unused-ignore]  # no stubs shipped
 from pyetcd import etcdrpc
 
 from bridge.errors import Compacted, EtcdRefused, EtcdUnavailable, StoreError
-from bridge.etcd.client import TokenRenewed, is_retryable, make_client, rpc_error
+from bridge.etcd.client import (
+    AUTH_DEADLINE_S,
+    TokenRenewed,
+    is_retryable,
+    make_client,
+    rpc_error,
+)
 from bridge.etcd.ops import Entry, Event, Lease, MemberStatus, key_text
 from bridge.etcd.rpc import kv, pb
 from bridge.etcd.store import Store
@@ -400,8 +406,13 @@ def open_store(
     ca: str | None = None,
     cert: str | None = None,
     key: str | None = None,
+    auth_deadline_s: float | None = None,
 ) -> Store:
-    """A `Store` on a new failover client (`make_client`: same arguments and errors)."""
+    """A `Store` on a new failover client (`make_client`: same arguments and errors).
+
+    Logging in is retried for `auth_deadline_s`, by default `deadline_s` but at most
+    `AUTH_DEADLINE_S`.
+    """
     client = make_client(
         endpoints,
         timeout=timeout,
@@ -410,5 +421,8 @@ def open_store(
         ca=ca,
         cert=cert,
         key=key,
+        auth_deadline_s=min(deadline_s, AUTH_DEADLINE_S)
+        if auth_deadline_s is None
+        else auth_deadline_s,
     )
     return Store(GrpcBackend(client), deadline_s)

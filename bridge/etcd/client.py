@@ -30,6 +30,7 @@ from bridge.errors import (
     Compacted,
     ConfigError,
     DuplicateKey,
+    EtcdOutage,
     EtcdRefused,
     EtcdUnavailable,
     LeaseNotFound,
@@ -39,6 +40,7 @@ from bridge.errors import (
     StoreError,
     TooManyOperations,
 )
+from bridge.etcd.diagnose import explain
 
 T = TypeVar("T")
 
@@ -167,7 +169,7 @@ def tls_problem(exc: BaseException) -> str | None:
         return None
     if getattr(error, "code", lambda: None)() != grpc.StatusCode.UNAVAILABLE:
         return None
-    details = str(getattr(error, "details", lambda: "")() or "")
+    details = _last_error(str(getattr(error, "details", lambda: "")() or ""))
     text = details.lower()
     if any(word in text for word in _TLS_SERVER_REFUSED):
         return (
@@ -182,6 +184,16 @@ def tls_problem(exc: BaseException) -> str | None:
     if any(word in text for word in _TLS_OTHER):
         return f"TLS handshake with etcd failed: {details}"
     return None
+
+
+def _last_error(details: str) -> str:
+    """gRPC's "failed to connect to all addresses; last error: UNKNOWN: ipv4:h:p: WHAT"
+    as WHAT (the rest names what the log line names already)."""
+    _, found, last = details.rpartition("last error: ")
+    if not found:
+        return details
+    parts = last.split(": ", 2)
+    return parts[2] if len(parts) == 3 and parts[1].startswith(("ipv4:", "ipv6:")) else last
 
 
 def _tls_failed(endpoints: Sequence[str], problem: str) -> NoReturn:
@@ -225,6 +237,7 @@ def make_client(
     ca: str | None = None,
     cert: str | None = None,
     key: str | None = None,
+    auth_deadline_s: float = AUTH_DEADLINE_S,
 ) -> pyetcd.MultiEndpointEtcd3Client:
     """A failover client over `endpoints` whose every RPC is bounded by `timeout` seconds.
 
@@ -234,7 +247,7 @@ def make_client(
     (an etcd that is merely down is not an error here; later calls retry).
     With `username`/`password` the library authenticates in its constructor; that
     is retried (a fresh client per attempt, so another endpoint may be chosen) for
-    up to `AUTH_DEADLINE_S`, then `StoreError`. When etcd later forgets the token
+    up to `auth_deadline_s`, then `StoreError`. When etcd later forgets the token
     (it expired, or etcd restarted) the client authenticates again and the call is
     retried (`AuthenticatedClient`). The password is never logged.
     Raises `ConfigError` for bad endpoints, TLS files, half-given credentials,
@@ -262,7 +275,7 @@ def make_client(
             raise
 
     try:
-        return call_with_retry(attempt, deadline_s=AUTH_DEADLINE_S)
+        return call_with_retry(attempt, deadline_s=auth_deadline_s)
     except grpc.RpcError as exc:
         if exc.code() in _AUTH_REFUSED_CODES:
             raise ConfigError(
@@ -411,12 +424,14 @@ def call_with_retry(
     """Call `fn` until it returns, retrying retryable errors (`is_retryable`).
 
     Back-off starts at 50 ms and doubles up to 1 s. No new attempt starts once
-    `deadline_s` seconds have passed since the first; then `StoreError` is raised,
-    chained to the last error. Since an attempt itself may take up to the client
+    `deadline_s` seconds have passed since the first; then `EtcdOutage` (a
+    `StoreError`) is raised, naming the most telling reason seen, chained to the last
+    error. Since an attempt itself may take up to the client
     timeout, the total can exceed `deadline_s` by one timeout. Non-retryable errors
     propagate unchanged at once. Blocks: call it from a worker thread.
     """
     log = log or _log
+    reason: str | None = None  # the most telling reason seen (`explain`)
     start = clock()
     delay = BACKOFF_FIRST_S
     attempts = 0
@@ -432,10 +447,13 @@ def call_with_retry(
                 raise
             remaining = deadline_s - (clock() - start)
             if remaining <= 0:
-                raise StoreError(
-                    f"etcd request failed after {attempts} attempts "
-                    f"in {clock() - start:.1f} s: {exc!r}"
+                reason = explain(exc) or reason
+                raise EtcdOutage(
+                    f"etcd did not answer ({reason or 'no member answered'}; {attempts} "
+                    f"attempts in {clock() - start:.1f} s)",
+                    reason or "",
                 ) from exc
+            reason = explain(exc) or reason
             log.debug(
                 "etcd request failed ({error!r}), retrying in {delay:.2f} s",
                 error=exc,

@@ -1,28 +1,20 @@
-"""The etcd server process: how it is found and run, and the embedded one the bridge supervises.
+"""The embedded etcd the bridge supervises (how etcd is run: `bridge.etcd.process`).
 
-`find_etcd_binary`, `member_command`, `free_ports`, `etcd_environment` and
-`check_health` say how an etcd process is run on loopback; the embedded service uses
-them, and so do the test rigs (`bridge.testing.cluster`), so tests run etcd as the
-bridge does.
-
-`EmbeddedEtcdService` starts a single-node etcd on free loopback ports (never
-2379/2380, where Debian's own etcd.service listens), hands the client endpoint to
-whoever awaits `whenReady`, restarts etcd if it dies (at most `MAX_RESTARTS` per
-`RESTART_WINDOW_S`), and stops it with SIGTERM (SIGKILL after `KILL_AFTER_S`).
-While etcd is healthy its endpoint is also in ``<data_dir>/client-endpoint``.
+`EmbeddedEtcdService` starts a single-node etcd on loopback ports that stay the same
+from one start to the next (never 2379/2380, where Debian's own etcd.service listens),
+with its data directory locked against a second bridge and its output in a log file
+there (`bridge.etcd.datadir`); it hands the client endpoint to whoever awaits
+`whenReady`, restarts etcd if it dies (at most `MAX_RESTARTS` per `RESTART_WINDOW_S`),
+and stops it with SIGTERM (SIGKILL after `KILL_AFTER_S`).
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import os
-import shutil
-import socket
-import sys
-import urllib.request
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,127 +33,19 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bridge.errors import ConfigError
-
-DEBIAN_ETCD = "/usr/bin/etcd"
-COMMON_FLAGS = (
-    "--logger",
-    "zap",
-    "--log-level",
-    "warn",
-    "--auto-compaction-mode",
-    "revision",
-    "--auto-compaction-retention",
-    "10000",
+from bridge.errors import ConfigError, StartupError
+from bridge.etcd import datadir, process
+from bridge.etcd.process import (
+    check_health,
+    detached,
+    etcd_environment,
+    free_ports,
+    member_command,
 )
-# Debian's etcd.service listens here; our own instances must never collide with it.
-RESERVED_PORTS = frozenset({2379, 2380})
-
-
-def find_etcd_binary() -> str:
-    """Path of the etcd server binary: PATH first, then Debian's location.
-
-    Raises `ConfigError` naming the Debian package when neither exists.
-    """
-    found = shutil.which("etcd")
-    if found:
-        return found
-    if os.access(DEBIAN_ETCD, os.X_OK):
-        return DEBIAN_ETCD
-    raise ConfigError(
-        "etcd binary not found on PATH or at /usr/bin/etcd: install Debian's etcd-server "
-        "package (apt-get install etcd-server) or set [etcd] endpoints"
-    )
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct currently free TCP ports on `host`, none of them 2379/2380.
-
-    The sockets stay bound until all ports are chosen, so the ports are distinct.
-    A port can still be taken by someone else before etcd binds it; that race is
-    accepted (the kernel hands out ephemeral ports far apart).
-    """
-    held: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        while len(ports) < count:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            held.append(sock)
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
-            if port not in RESERVED_PORTS:
-                ports.append(port)
-    finally:
-        for sock in held:
-            sock.close()
-    return ports
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """One currently free TCP port on `host` (never 2379/2380)."""
-    return free_ports(1, host)[0]
-
-
-def member_command(
-    binary: str,
-    name: str,
-    data_dir: str,
-    client_port: int,
-    peer_port: int,
-    initial_cluster: str,
-    token: str,
-    host: str = "127.0.0.1",
-    *,
-    client_scheme: str = "http",
-    extra_flags: Sequence[str] = (),
-) -> list[str]:
-    """The argv for one etcd member listening on `host` only.
-
-    `initial_cluster` is ``name=http://host:peer,...`` for every member. The
-    ``new`` cluster state is ignored by etcd once the data dir holds a member, so the
-    same command also restarts the member. ``client_scheme="https"`` with TLS flags in
-    `extra_flags` (``--cert-file`` ...) gives a member that serves clients over TLS.
-    """
-    client_url = f"{client_scheme}://{host}:{client_port}"
-    peer_url = f"http://{host}:{peer_port}"
-    return [
-        binary,
-        "--name", name,
-        "--data-dir", data_dir,
-        "--listen-client-urls", client_url,
-        "--advertise-client-urls", client_url,
-        "--listen-peer-urls", peer_url,
-        "--initial-advertise-peer-urls", peer_url,
-        "--initial-cluster", initial_cluster,
-        "--initial-cluster-state", "new",
-        "--initial-cluster-token", token,
-        *COMMON_FLAGS,
-        *extra_flags,
-    ]  # fmt: skip
-
-
-def etcd_environment() -> dict[str, str]:
-    """This process's environment without ``ETCD_*`` variables.
-
-    etcd reads ``ETCD_<FLAG>`` variables and refuses to start when one shadows a
-    command-line flag, so a stray variable in the caller's shell must not leak in.
-    """
-    return {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
-
-
-def check_health(host: str, port: int, timeout: float = 1.0) -> bool:
-    """True when ``http://host:port/health`` answers ``{"health": "true"}``."""
-    try:
-        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=timeout) as resp:
-            body = json.loads(resp.read().decode("utf-8"))
-    except (OSError, ValueError):
-        # Refused, reset, timed out, HTTP error (503 while there is no leader), bad JSON.
-        return False
-    return isinstance(body, dict) and body.get("health") == "true"
-
 
 HOST = "127.0.0.1"
 MEMBER_NAME = "pvmeta"
+#: Default bound on the first start (``[etcd] start_timeout`` overrides it).
 STARTUP_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.1
 KILL_AFTER_S = 10.0
@@ -170,60 +54,14 @@ RESTART_WINDOW_S = 60.0
 # Lets a shutdown that also signalled etcd (Ctrl-C reaches the whole process
 # group) reach stopService before we restart a process about to be stopped anyway.
 RESTART_DELAY_S = 0.5
-OUTPUT_LINES_KEPT = 20
-# Written into the data dir while etcd is healthy, so that the `recsync` command
-# can find the embedded etcd of a running bridge (its ports are chosen at start).
-ENDPOINT_FILE = "client-endpoint"
 
 
-#: Run by `detached`: a session of its own, a signal when the parent dies, then exec.
-_DETACH = """
-import ctypes, os, signal, sys
-os.setsid()
-try:
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-except (AttributeError, OSError):
-    pass  # not Linux: the bridge's own stop is the only one
-if os.getppid() == 1:
-    sys.exit("recsync-bridge exited before its embedded etcd started")
-os.execv(sys.argv[1], sys.argv[1:])
-"""
+class _EtcdProcess(ProcessProtocol):
+    """Reports the exit of one etcd process (its output goes to ``etcd.log``)."""
 
-
-def detached(command: list[str]) -> list[str]:
-    """`command`, run so that it outlives neither the bridge nor a signal meant for it.
-
-    The embedded etcd gets a session of its own, so a Ctrl-C in the bridge's terminal
-    (SIGINT to the whole foreground group) does not kill etcd before the bridge has
-    marked its IOCs inactive; the bridge stops etcd itself once it is done. In
-    return, Linux sends etcd SIGTERM when the bridge process dies in any other way,
-    so no etcd is left behind.
-    """
-    return [sys.executable, "-c", _DETACH, *command]
-
-
-class _EtcdProtocol(ProcessProtocol):
-    """Forwards etcd's output to the log (keeping the tail) and reports its exit."""
-
-    log = Logger(namespace="bridge.etcd.embedded.etcd")
-
-    def __init__(self, tail: collections.deque[str]) -> None:
-        self.tail = tail
-        self._buffer = b""
+    def __init__(self) -> None:
         self._ended: list[Deferred[None]] = []
         self.reason: Failure | None = None
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.closeStdin()
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        *lines, self._buffer = (self._buffer + data).split(b"\n")
-        for raw in lines:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if line:
-                self.tail.append(line)
-                self.log.info("{line}", line=line)
 
     def processEnded(self, reason: Failure) -> None:
         self.reason = reason
@@ -244,26 +82,51 @@ class _EtcdProtocol(ProcessProtocol):
 
 
 class EmbeddedEtcdService(Service):
-    """Runs one etcd on loopback with its data in `data_dir`, while the service runs."""
+    """Runs one etcd on loopback with its data in `data_dir`, while the service runs.
+
+    The first start is synchronous and bounded (`prepare`, from the bridge's
+    ``privilegedStartService``, so that twistd exits non-zero when it fails): the data
+    directory is locked (`bridge.etcd.datadir.DataDirLock`), etcd is spawned on the
+    ports it had last time when they are free, with its output in ``etcd.log`` there,
+    and awaited until healthy for at most `start_timeout` seconds. Then the service
+    supervises it: an etcd that exits is restarted, at most `MAX_RESTARTS` times per
+    `RESTART_WINDOW_S`; past that `on_give_up` is called with one line saying why.
+
+    Args:
+        data_dir: etcd's ``--data-dir``, also holding the files of `bridge.etcd.datadir`.
+        reactor: spawns and reaps the process, and times the restarts.
+        start_timeout: seconds the first start may take until etcd is healthy.
+        on_give_up: called once etcd keeps exiting and is not restarted any more.
+    """
 
     log = Logger()
 
-    def __init__(self, data_dir: str, reactor: Any) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        reactor: Any,
+        start_timeout: float = STARTUP_TIMEOUT_S,
+        on_give_up: Callable[[str], None] | None = None,
+    ) -> None:
         # `reactor` is usually the global reactor module, which mypy cannot see as
         # a reactor; keep typed views of the three interfaces actually used.
         self._process_reactor: IReactorProcess = reactor
         self._clock: IReactorTime = reactor
         self._threads: IReactorThreads = reactor
         self.data_dir = data_dir
+        self.start_timeout = start_timeout
+        self.on_give_up = on_give_up
         self.endpoints: list[str] = []
+        self.log_path = Path(data_dir) / datadir.LOG_FILE
+        self._lock = datadir.DataDirLock(data_dir)
         self._command: list[str] = []
-        self._process: _EtcdProtocol | None = None
+        self._process: _EtcdProcess | None = None
         self._restarts: collections.deque[float] = collections.deque()
-        self._tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES_KEPT)
         self._waiters: list[Deferred[list[str]]] = []
         self._outcome: list[str] | BaseException | None = None
         self._health: Deferred[None] | None = None
         self._pending_restart: IDelayedCall | None = None
+        self._prepared = False
 
     @property
     def pid(self) -> int | None:
@@ -276,8 +139,7 @@ class EmbeddedEtcdService(Service):
     def whenReady(self) -> Deferred[list[str]]:
         """Fires with ``["127.0.0.1:PORT"]`` once etcd is first healthy.
 
-        Errbacks if etcd does not become healthy within `STARTUP_TIMEOUT_S`, keeps
-        exiting, or the service stops first.
+        Errbacks if the first start failed, or the service stops first.
         """
         if isinstance(self._outcome, BaseException):
             return fail(self._outcome)
@@ -287,45 +149,128 @@ class EmbeddedEtcdService(Service):
         self._waiters.append(waiter)
         return waiter
 
-    def startService(self) -> None:
-        """Spawn etcd; raises `ConfigError` at once when the binary is missing."""
-        binary = find_etcd_binary()
-        super().startService()  # type: ignore[no-untyped-call]
+    # -- the first start: synchronous, bounded ------------------------------------------
+
+    def prepare(self) -> None:
+        """Lock the data directory, start etcd and wait until it is healthy (blocking).
+
+        Does nothing once it succeeded. On failure nothing is left behind: etcd is
+        stopped, the lock released.
+
+        Raises:
+            StartupError: one line: the binary is missing, the directory is held by
+                another bridge (its PID) or unusable, or etcd exited or was not healthy
+                within `start_timeout` (with what etcd said last).
+        """
+        if self._prepared:
+            return
+        try:
+            binary = process.find_etcd_binary()
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
         self._outcome = None
-        self._restarts.clear()
-        Path(self.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-        client_port, peer_port = free_ports(2, HOST)
-        self.endpoints = [f"{HOST}:{client_port}"]
-        self._command = member_command(
-            binary,
-            MEMBER_NAME,
-            self.data_dir,
-            client_port,
-            peer_port,
-            f"{MEMBER_NAME}=http://{HOST}:{peer_port}",
-            f"recsync-embedded-{uuid.uuid4().hex}",
-            HOST,
+        self._lock.acquire()
+        try:
+            fresh = free_ports(2, HOST)
+            client_port, peer_port = datadir.stable_ports(self.data_dir, (fresh[0], fresh[1]))
+            self.endpoints = [f"{HOST}:{client_port}"]
+            self._command = member_command(
+                binary,
+                MEMBER_NAME,
+                self.data_dir,
+                client_port,
+                peer_port,
+                f"{MEMBER_NAME}=http://{HOST}:{peer_port}",
+                f"recsync-embedded-{uuid.uuid4().hex}",
+                HOST,
+            )
+            self._spawn()
+            self._wait_healthy(time.monotonic() + self.start_timeout)
+        except BaseException as exc:
+            self.abort()
+            self._settle(exc)
+            raise
+        datadir.write_endpoint(self.data_dir, self.endpoints[0])
+        self._prepared = True
+        self._settle(list(self.endpoints))
+
+    def _wait_healthy(self, deadline: float) -> None:
+        """(blocking) Poll /health until true; raise `StartupError` if etcd exits or
+        the deadline passes."""
+        port = int(self.endpoints[0].rsplit(":", 1)[1])
+        while not check_health(HOST, port, POLL_INTERVAL_S * 5):
+            if self._exited():
+                raise StartupError(self._failure_text("exited at start"))
+            if time.monotonic() >= deadline:
+                raise StartupError(
+                    self._failure_text(f"was not healthy within {self.start_timeout:g} s")
+                )
+            time.sleep(POLL_INTERVAL_S)
+
+    def _exited(self) -> bool:
+        """True once the process has ended, without reaping it (the reactor reaps it)."""
+        pid = self.pid
+        if pid is None:
+            return True
+        try:
+            return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    def _failure_text(self, what: str) -> str:
+        said = datadir.last_words(self.log_path)
+        return (
+            f"the embedded etcd on {self.endpoints[0]} {what}"
+            + (f": {said}" if said else "")
+            + f" (its log: {self.log_path})"
         )
-        self._spawn()
-        self._watch_health(self._clock.seconds() + STARTUP_TIMEOUT_S)
+
+    def abort(self) -> None:
+        """(blocking) Undo `prepare`: stop etcd (SIGKILL after `KILL_AFTER_S`), remove
+        the endpoint file, release the lock. For a start that fails after `prepare`."""
+        if self._lock.held:
+            datadir.remove_endpoint(self.data_dir)
+        self._prepared = False
+        if self.pid is not None and not self._exited():
+            self._signal("TERM")
+            deadline = time.monotonic() + KILL_AFTER_S
+            while not self._exited() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not self._exited():
+                self._signal("KILL")
+        self._lock.release()
+
+    # -- supervision ----------------------------------------------------------------------
+
+    def startService(self) -> None:
+        """Supervise etcd; runs `prepare` first if nothing did (it blocks)."""
+        self.prepare()
+        super().startService()  # type: ignore[no-untyped-call]
+        self._restarts.clear()
+        if self._process is None:
+            self._pending_restart = self._clock.callLater(0, self._restart)
 
     def stopService(self) -> Deferred[None]:
         """SIGTERM etcd; the result fires once it has exited (SIGKILL after 10 s)."""
         super().stopService()  # type: ignore[no-untyped-call]
-        self._endpoint_file().unlink(missing_ok=True)
+        if self._lock.held:
+            datadir.remove_endpoint(self.data_dir)
         self._cancel_pending()
         self._settle(RuntimeError("the embedded etcd was stopped before it was ready"))
+        self._outcome, self._prepared = None, False
         process = self._process
         if process is None:
+            self._lock.release()
             return succeed(None)
         killer = self._clock.callLater(KILL_AFTER_S, self._signal, "KILL")
         self._signal("TERM")
 
-        def cancel_killer(_: None) -> None:
+        def done(_: None) -> None:
             if killer.active():
                 killer.cancel()
+            self._lock.release()
 
-        return process.whenEnded().addCallback(cancel_killer)
+        return process.whenEnded().addCallback(done)
 
     def _cancel_pending(self) -> None:
         """Stop the health poll and any scheduled restart (no delayed call is left)."""
@@ -336,14 +281,28 @@ class EmbeddedEtcdService(Service):
         self._pending_restart = None
 
     def _spawn(self) -> None:
-        self.log.info(
+        log_path = datadir.rotate_log(self.data_dir)
+        self.log.debug(
             "starting embedded etcd on {endpoint}, data in {data_dir}",
             endpoint=self.endpoints[0],
             data_dir=self.data_dir,
         )
-        process = _EtcdProtocol(self._tail)
+        process = _EtcdProcess()
         command = detached(self._command)
-        self._process_reactor.spawnProcess(process, command[0], command, env=etcd_environment())
+        # etcd's output goes to its own file: its JSON lines are no bridge log lines.
+        output = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        nothing = os.open(os.devnull, os.O_RDONLY)
+        try:
+            self._process_reactor.spawnProcess(
+                process,
+                command[0],
+                command,
+                env=etcd_environment(),
+                childFDs={0: nothing, 1: output, 2: output},
+            )
+        finally:
+            os.close(output)
+            os.close(nothing)
         self._process = process
         process.whenEnded().addCallback(self._on_exit, process)
 
@@ -354,7 +313,7 @@ class EmbeddedEtcdService(Service):
             except ProcessExitedAlready:
                 pass  # it ended on its own; processEnded is already on its way
 
-    def _on_exit(self, _: None, process: _EtcdProtocol) -> None:
+    def _on_exit(self, _: None, process: _EtcdProcess) -> None:
         """Supervision: restart an etcd that exited while the service runs."""
         reason = process.reason
         assert reason is not None
@@ -367,21 +326,24 @@ class EmbeddedEtcdService(Service):
         while self._restarts and now - self._restarts[0] > RESTART_WINDOW_S:
             self._restarts.popleft()
         if len(self._restarts) >= MAX_RESTARTS:
-            self.log.error(
-                "embedded etcd exited ({reason}) {count} times within {window:.0f} s; "
-                "not restarting it again. Last output:\n{tail}",
-                reason=reason.getErrorMessage(),
-                count=len(self._restarts) + 1,
-                window=RESTART_WINDOW_S,
-                tail="\n".join(self._tail),
+            text = (
+                f"the embedded etcd exited {len(self._restarts) + 1} times within "
+                f"{RESTART_WINDOW_S:.0f} s ({reason.getErrorMessage()})"
             )
+            said = datadir.last_words(self.log_path)
+            text += (f"; it said: {said}" if said else "") + f" (its log: {self.log_path})"
             self._cancel_pending()
-            self._settle(RuntimeError("the embedded etcd keeps exiting"))
+            self._settle(RuntimeError(text))
+            if self.on_give_up is not None:
+                self.on_give_up(text)
+            else:
+                self.log.error("{text}; not restarting it again", text=text)
             return
         self._restarts.append(now)
         self.log.warn(
-            "embedded etcd exited unexpectedly ({reason}); restarting it",
+            "embedded etcd exited unexpectedly ({reason}); restarting it (its log: {path})",
             reason=reason.getErrorMessage(),
+            path=self.log_path,
         )
         self._pending_restart = self._clock.callLater(RESTART_DELAY_S, self._restart)
 
@@ -390,7 +352,7 @@ class EmbeddedEtcdService(Service):
         if not self.running:
             return
         self._spawn()
-        deadline = self._clock.seconds() + STARTUP_TIMEOUT_S
+        deadline = self._clock.seconds() + self.start_timeout
         if self._health is None:
             self._watch_health(deadline)
 
@@ -404,32 +366,17 @@ class EmbeddedEtcdService(Service):
         pool = self._threads.getThreadPool()
         while not await deferToThreadPool(self._threads, pool, check_health, HOST, port, 1.0):
             if self._clock.seconds() >= deadline:
-                raise RuntimeError(
-                    f"the embedded etcd on {self.endpoints[0]} was not healthy within "
-                    f"{STARTUP_TIMEOUT_S:.0f} s; last output:\n" + "\n".join(self._tail)
-                )
+                raise RuntimeError(self._failure_text(f"was not healthy within {deadline:g} s"))
             await deferLater(self._clock, POLL_INTERVAL_S)
         self._health = None
-        self.log.info("embedded etcd is healthy on {endpoint}", endpoint=self.endpoints[0])
-        self._write_endpoint_file()
-        self._settle(list(self.endpoints))
-
-    def _endpoint_file(self) -> Path:
-        return Path(self.data_dir) / ENDPOINT_FILE
-
-    def _write_endpoint_file(self) -> None:
-        """Atomically record ``host:port`` (readers never see a partial file)."""
-        target = self._endpoint_file()
-        partial = target.with_name(ENDPOINT_FILE + ".tmp")
-        partial.write_text(self.endpoints[0] + "\n", encoding="utf-8")
-        os.replace(partial, target)
+        self.log.info("embedded etcd is healthy again on {endpoint}", endpoint=self.endpoints[0])
+        datadir.write_endpoint(self.data_dir, self.endpoints[0])
 
     def _health_failed(self, failure: Failure) -> None:
         self._health = None
         if isinstance(failure.value, CancelledError):
             return
-        self.log.failure("embedded etcd did not become healthy", failure)
-        self._settle(failure.value or RuntimeError(failure.getErrorMessage()))
+        self.log.error("{error}", error=failure.getErrorMessage())
 
     def _settle(self, outcome: list[str] | BaseException) -> None:
         """Record the first outcome and tell every `whenReady` waiter about it."""

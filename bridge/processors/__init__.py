@@ -2,8 +2,8 @@
 
 `ProcessorChain` fans every transaction out to the configured processors and
 fails if any of them fails (the session is then closed so the IOC re-uploads).
-Processors are looked up by name in a small built-in registry: ``etcd`` (the
-default, `bridge.processors.etcd`) and ``show`` (logs what arrives).
+Processors are looked up by name in a small built-in registry: ``etcd`` (always
+run, `bridge.processors.etcd`) and ``show`` (logs what arrives, beside etcd).
 """
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ BUILTIN = {
     )
 }
 
-#: The reference RecCeiver's processors that a recceiver.conf may name.
-UNSUPPORTED = {
-    "cf": "ChannelFinder",
-    "db": "SQL database",
+#: The reference RecCeiver's processors that a recceiver.conf may name, which the bridge
+#: accepts and replaces (what each one did): etcd is always the store.
+REFERENCE_PROCS = {
+    "cf": "the reference's ChannelFinder writer",
+    "db": "the reference's SQL database writer",
 }
 
 

@@ -44,7 +44,7 @@ from zope.interface import implementer
 
 import bridge
 from bridge import documents as docs
-from bridge.errors import ConfigError, EtcdRefused, StoreError
+from bridge.errors import ConfigError, EtcdOutage, EtcdRefused, StoreError
 from bridge.etcd.backend import open_store
 from bridge.etcd.ops import Delete, Event, Get, Lease
 from bridge.etcd.store import Store
@@ -289,7 +289,8 @@ class EtcdProcessor(Service):
             except StoreError as exc:
                 if self._stopping:
                     raise
-                self.log.warn("etcd unreachable, still trying to get a lease: {error}", error=exc)
+                # Reported once, with its duration, by bridge.etcd.monitor.
+                self.log.debug("etcd unreachable, still trying to get a lease: {error}", error=exc)
                 time.sleep(GRANT_RETRY_S)
 
     def _put_bridge(self) -> None:
@@ -554,7 +555,10 @@ class EtcdProcessor(Service):
         return d.addBoth(done)
 
     def _log_failure(self, failure: Failure, what: str) -> None:
-        if not self._stopping and isinstance(failure.value, StoreError):
+        if isinstance(failure.value, EtcdOutage):
+            # The outage itself is reported once, with its duration (bridge.etcd.monitor).
+            self.log.debug("etcd processor: {what} failed: {e}", what=what, e=failure.value)
+        elif not self._stopping and isinstance(failure.value, StoreError):
             self.log.warn(
                 "etcd processor: {what} failed: {error}",
                 what=what,

@@ -5,8 +5,9 @@ subclass can override:
 
 * `refusal`: a new connection is refused at accept (closed at once, counted, logged
   at most once per host and reason per `REFUSAL_LOG_INTERVAL`) while the processors
-  are not there yet, when its address is not in ``[recceiver] allow``, or past
-  ``maxConnections`` or ``maxConnectionsPerHost``.
+  are not there yet or etcd refuses writes (`store_refusal`), when its address is not
+  in ``[recceiver] allow``, or past ``maxConnections`` or ``maxConnectionsPerHost``.
+  An IPv4 peer of a dual-stack (``[::]``) socket is handled as its IPv4 address.
 * Upload slots (``maxActive``): every accepted connection is greeted at once; it
   takes a slot only when its ClientGreet arrives (`acquire`, `may_start`). A
   connection that greets while every slot is busy waits, unread, in a FIFO queue
@@ -42,11 +43,13 @@ from bridge.model import Peer, Transaction
 from bridge.protocol import wire
 from bridge.protocol.effects import Notice
 from bridge.protocol.runs import RunDecoded
-from bridge.protocol.session import Session, SessionLimits
+from bridge.protocol.session import Session, SessionLimits, State
 from bridge.server.connection import RecSyncProtocol
 
 #: Counter of connections refused because the processors are not running yet.
 NOT_READY = "notReady"
+#: Counter of connections refused because etcd refuses writes (an alarm such as NOSPACE).
+ETCD_REFUSES = "etcdRefusesWrites"
 #: Seconds during which further refusals of the same host for the same reason are
 #: counted but not logged (a connect flood must not flood the log).
 REFUSAL_LOG_INTERVAL = 60.0
@@ -90,6 +93,7 @@ class BridgeFactory(ServerFactory):
         max_connections_per_host: int = 100,
         allow: Sequence[Network] = (),
         nonce: Callable[[], int] | None = None,
+        store_refusal: Callable[[], str | None] | None = None,
     ) -> None:
         self.processor = processor
         self.reactor = reactor
@@ -99,6 +103,8 @@ class BridgeFactory(ServerFactory):
         self.max_connections = max_connections
         self.max_connections_per_host = max_connections_per_host
         self.allow = tuple(allow)
+        #: Why the store cannot take uploads now (etcd refuses writes), or None.
+        self.store_refusal = store_refusal
         # Ping nonces only have to differ from one Ping to the next: a generator seeded
         # once from the OS. Reading the OS's source is a system call that lets go of the
         # interpreter lock, and the reactor thread then waits behind busy worker
@@ -119,7 +125,8 @@ class BridgeFactory(ServerFactory):
         self._granting = False
         #: (host, counter) -> [time of the last logged refusal, refusals not logged since].
         self._refusals: dict[tuple[str, str], list[float]] = {}
-        self._refused_not_ready = False
+        #: Refusals that are the bridge's state, not the peer's: logged once until it ends.
+        self._refused_once: set[str] = set()
 
     def now(self) -> float:
         return self.reactor.seconds()
@@ -127,7 +134,7 @@ class BridgeFactory(ServerFactory):
     # -- accepting connections ---------------------------------------------------------
 
     def buildProtocol(self, addr: IAddress | None) -> RecSyncProtocol | None:
-        peer = Peer(getattr(addr, "host", str(addr)), getattr(addr, "port", 0))
+        peer = Peer(_host(getattr(addr, "host", str(addr))), getattr(addr, "port", 0))
         refusal = self.refusal(peer)
         if refusal is not None:
             self.refuse(peer, *refusal)
@@ -142,6 +149,10 @@ class BridgeFactory(ServerFactory):
         """Why a new connection from `peer` is refused, as (counter, reason), or None."""
         if self.processor is None:
             return NOT_READY, "the bridge is starting (its processors are not running yet)"
+        refused = self.store_refusal() if self.store_refusal is not None else None
+        if refused is not None:
+            return ETCD_REFUSES, refused
+        self._refused_once.discard(ETCD_REFUSES)
         if self.allow and not _allowed(peer.host, self.allow):
             return "allow", "address not in [recceiver] allow"
         if len(self.connections) >= self.max_connections:
@@ -153,12 +164,18 @@ class BridgeFactory(ServerFactory):
 
     def refuse(self, peer: Peer, counter: str, why: str) -> None:
         """Count a refusal; log it, but at most one line per host and reason per
-        `REFUSAL_LOG_INTERVAL` (and one in all while the bridge is starting)."""
+        `REFUSAL_LOG_INTERVAL`; one in all while the bridge is starting, and one while
+        etcd refuses writes."""
         self.counters[counter] += 1
-        if counter == NOT_READY:
-            if not self._refused_not_ready:
-                self._refused_not_ready = True
-                self.log.warn("{peer} connection refused: {why}", peer=peer, why=why)
+        if counter in (NOT_READY, ETCD_REFUSES):
+            if counter not in self._refused_once:
+                self._refused_once.add(counter)
+                self.log.warn(
+                    "{peer} connection refused: {why} (further refusals for this reason "
+                    "are counted, not logged)",
+                    peer=peer,
+                    why=why,
+                )
             return
         now = self.now()
         entry = self._refusals.get((peer.host, counter))
@@ -259,14 +276,33 @@ class BridgeFactory(ServerFactory):
         self.log.warn("{peer} {text}", peer=peer, text=notice.text)
 
     def status(self) -> dict[str, Any]:
-        """Figures for the periodic status line."""
+        """Figures for the periodic status line: connections, IOCs whose upload is
+        stored and which stay connected (``active_iocs``, the IOC status "active"),
+        uploads holding a slot and their limit (``maxActive``), uploads queued for a
+        slot, and the limit counters."""
+        live = sum(
+            1 for p in self.connections if p.session.state is State.LIVE and not p.holds_slot
+        )
         return {
             "connections": len(self.connections),
-            "active": self.active,
+            "active_iocs": live,
+            "uploading": self.active,
+            "max_uploading": self.max_active,
             "queued": len(self.queue),
-            "max_active": self.max_active,
             **{f"limit_{k}": v for k, v in sorted(self.counters.items())},
         }
+
+
+def _host(host: str) -> str:
+    """A peer's address as it is configured and shown: an IPv4 peer of a dual-stack
+    socket (``::ffff:10.1.2.3``) as its IPv4 address."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return host
 
 
 def _allowed(host: str, networks: Sequence[Network]) -> bool:

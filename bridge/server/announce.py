@@ -6,12 +6,13 @@ to the sender", the bound TCP port, a random key) to every ``addrlist``
 destination. Send errors are logged once per destination and never stop the loop.
 
 While the bridge cannot store (its ``ready`` check says so: etcd unreachable for
-longer than the lease), it does not announce, so IOCs that look for a server find
-another bridge instead; connected IOCs are not affected.
+longer than the lease, or refusing writes), it does not announce, so IOCs that look
+for a server find another bridge instead; connected IOCs are not affected.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -71,6 +72,28 @@ class Announcer(DatagramProtocol):
                     )
 
 
+def announce_interface(bind_host: str) -> str | None:
+    """The IPv4 address to announce from, for a TCP listener on `bind_host`.
+
+    RecCasters listen for announcements on IPv4 only (docs/protocol.md, Discovery) and
+    connect to the address an announcement came from. A dual-stack listener (``::``)
+    takes IPv4 connections, so it announces from any IPv4 address; one bound to an
+    IPv4-mapped address from that IPv4 address; one bound to any other IPv6 address
+    cannot be reached over IPv4 at all (None). Host names are used as given.
+    """
+    try:
+        address = ipaddress.ip_address(bind_host)
+    except ValueError:
+        return bind_host
+    if isinstance(address, ipaddress.IPv4Address):
+        return bind_host
+    if address.is_unspecified:
+        return "0.0.0.0"
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return None
+
+
 class AnnounceService(Service):
     """Owns the UDP socket and the announcement timer for one TCP port.
 
@@ -105,13 +128,21 @@ class AnnounceService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        interface = announce_interface(self.bind_host)
+        if interface is None:
+            self.log.warn(
+                "not announcing: the bridge listens on the IPv6 address {host} only, which "
+                "RecCasters (IPv4) cannot reach; bind to an IPv4 address or to [::]",
+                host=self.bind_host,
+            )
+            return
         udp: Any = self.reactor
         # Announce from the TCP port number, as the reference server does; clients
         # only use the source *address*, so any free port would do if it is taken.
         try:
-            self._udp = udp.listenUDP(self.tcp_port, self.announcer, interface=self.bind_host)
+            self._udp = udp.listenUDP(self.tcp_port, self.announcer, interface=interface)
         except OSError:
-            self._udp = udp.listenUDP(0, self.announcer, interface=self.bind_host)
+            self._udp = udp.listenUDP(0, self.announcer, interface=interface)
         loop = LoopingCall(self._tick)
         clock: IReactorTime = self.reactor
         loop.clock = clock
@@ -129,8 +160,8 @@ class AnnounceService(Service):
             if not self.holding:
                 self.holding = True
                 self.log.warn(
-                    "not announcing while the bridge cannot store (etcd "
-                    "unreachable); IOCs looking for a server go elsewhere"
+                    "not announcing while the bridge cannot store (etcd unreachable or "
+                    "refusing writes); IOCs looking for a server go elsewhere"
                 )
             return
         if self.holding:

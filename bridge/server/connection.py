@@ -40,7 +40,8 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from bridge.errors import StoreError
+from bridge.errors import EtcdOutage, StoreError
+from bridge.logs import printable
 from bridge.model import Peer, Transaction, derive_identity
 from bridge.protocol import wire
 from bridge.protocol.effects import Close, Commit, Effect, Notice, Send
@@ -292,20 +293,24 @@ class RecSyncProtocol(Protocol):
             self._release_slot()
 
     def _commit_failed(self, txn: Transaction, failure: Failure) -> None:
+        """One warning naming the peer when etcd refused or stayed away (whatever the peer
+        sent, it is data, so a refusal it causes is no bug); a traceback only for a bug."""
         self._failed = True
-        if isinstance(failure.value, StoreError):  # etcd away longer than max_outage
-            self.log.warn(
-                "{peer} could not store transaction {seq}: {error}",
-                peer=self.peer,
-                seq=txn.seq,
-                error=failure.getErrorMessage(),
-            )
+        self._committed(txn)
+        error = failure.value
+        if isinstance(error, EtcdOutage):
+            why = f"etcd did not answer for longer than [etcd] max_outage ({error.reason})"
+        elif isinstance(error, StoreError):
+            why = f"etcd refused it: {printable(str(error))}"
         else:
             self.log.failure(
                 "{peer} could not store transaction {seq}", failure, peer=self.peer, seq=txn.seq
             )
-        self._committed(txn)
-        self._drop("storing the upload failed; the IOC will re-upload when it reconnects")
+            why = "an internal error (logged above)"
+        self._drop(
+            f"could not store transaction {txn.seq}: {why}; the IOC uploads again when it "
+            "reconnects"
+        )
 
     def _pause(self) -> None:
         self._paused = True

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from bridge.etcd.embedded import (
+from bridge.etcd.process import (
     check_health,
     etcd_environment,
     find_etcd_binary,

@@ -15,7 +15,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from bridge.etcd.embedded import free_port
+from bridge.config import ENV_PREFIX
+from bridge.etcd.process import free_port
 
 #: Logged once the bridge listens, holds its lease and announces (bridge.service).
 READY_TEXT = "listening on TCP port"
@@ -30,14 +31,29 @@ def checkout_root() -> Path | None:
     return root if (root / "twisted" / "plugins").is_dir() else None
 
 
+def clean_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) without ``RECCEIVER_*`` variables.
+
+    They override every configuration key (`bridge.config`), so an operator's own
+    settings in the shell must not reach the bridges and tools that tests, the demo and
+    the benchmarks run with configurations of their own.
+    """
+    return {
+        k: v
+        for k, v in (os.environ if base is None else base).items()
+        if not k.upper().startswith(ENV_PREFIX)
+    }
+
+
 def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment (default: this process's) for a child that runs the bridge.
 
-    From a checkout, its root goes first on ``PYTHONPATH``, so that ``twistd`` finds
-    the checkout's plugin and ``bridge`` package. Installed, nothing is added: the
-    installed package's plugin is on ``sys.path`` already.
+    Without ``RECCEIVER_*`` variables (`clean_environ`). From a checkout, its root goes
+    first on ``PYTHONPATH``, so that ``twistd`` finds the checkout's plugin and
+    ``bridge`` package. Installed, nothing is added: the installed package's plugin is on
+    ``sys.path`` already.
     """
-    env = dict(os.environ if base is None else base)
+    env = clean_environ(base)
     root = checkout_root()
     if root is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))

@@ -48,9 +48,9 @@ class Options(usage.Options):
         except ConfigError as exc:
             raise usage.UsageError(str(exc)) from None
         if not config.etcd.endpoints:
-            from bridge.cli import embedded_endpoint
+            from bridge.etcd.datadir import read_endpoint
 
-            found = embedded_endpoint(config.etcd.data_dir)
+            found = read_endpoint(config.etcd.data_dir)
             if found is None:
                 raise usage.UsageError(
                     "no [etcd] endpoints configured and no embedded etcd found in "
