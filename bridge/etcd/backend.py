@@ -227,6 +227,7 @@ class GrpcBackend:
                 return EtcdUnavailable("etcd had forgotten the auth token; authenticated again")
             except Exception:  # noqa: BLE001 - the library's own class for the same error
                 pass
+            self._move_on()
             return rpc_error(exc)
         if is_retryable(exc):
             return EtcdUnavailable(f"etcd unavailable ({exc!r})")
@@ -238,6 +239,19 @@ class GrpcBackend:
         if endpoint is not None:
             endpoint.fail()
             self.client._clear_old_stubs()
+        self._move_on()
+
+    def _move_on(self) -> None:
+        """Choose another member now if the one in use was marked failed.
+
+        The client moves only when it next needs a channel, and a failed mark lasts
+        `ENDPOINT_TIME_RETRY_S`: a caller that backs off that long (a watch after a few
+        errors) would find the dead member "not failed" again and stay on it forever.
+        """
+        try:
+            self.client.channel  # noqa: B018 - the property fails over to a live member
+        except Exception:  # noqa: BLE001 - every member failed: the next call retries
+            pass
 
     # -- watches ---------------------------------------------------------------------------
 
