@@ -122,6 +122,50 @@ def test_pyreccaster_style_repeated_client_infos_last_value_wins() -> None:
     assert txn.records[0].aliases == ["A:al"]
 
 
+def test_client_infos_sent_again_after_every_record_count_once() -> None:
+    """pyreccaster's pattern: every client-wide info again after each record. Only
+    growth counts towards maxRecordBytes, so a later change is still taken."""
+    session = greeted()
+    env = {
+        "EPICS_VERSION": "EPICS 7.0.8",
+        "IOCNAME": "PY-IOC",
+        "HOSTNAME": "pyhost",
+        "ENGINEER": "someone",
+        "LOCATION": "b1",
+    }
+    messages: list[wire.Decoded] = []
+    for rid in range(100, 20_100):  # 76 bytes of infos a record: 1.5 MB if summed
+        messages.append(wire.AddRecord(rid, 0, "ai", f"PY:{rid}"))
+        messages += [wire.AddInfo(0, key, value) for key, value in env.items()]
+    messages += [wire.AddInfo(0, "ENGINEER", "someone else"), wire.UploadDone()]
+    effects = session.receive(messages, 1.0)
+    assert [e for e in effects if isinstance(e, Notice)] == []
+    txns = commits(effects)
+    assert txns[-1].client_infos == {**env, "ENGINEER": "someone else"}
+    assert sum(len(t.records) for t in txns) == 20_000
+
+
+def test_a_value_sent_again_counts_only_its_growth_towards_max_record_bytes() -> None:
+    session = greeted(max_record_bytes=100)
+    effects = session.receive(
+        [
+            wire.AddInfo(0, "K", "x" * 90),  # 91 bytes held
+            wire.AddInfo(0, "K", "y" * 99),  # grows to 100: fits
+            wire.AddInfo(0, "K", "z" * 10),  # shrinks
+            wire.AddInfo(0, "L", "w" * 80),  # 11 + 81: fits
+            wire.AddRecord(1, 0, "ai", "A"),
+            *[wire.AddInfo(1, "k", "v" * 90) for _ in range(50)],
+            wire.AddInfo(1, "k", "v" * 99),  # "A" + "ai" + "k" + 99 > 100: skipped
+            wire.UploadDone(),
+        ],
+        1.0,
+    )
+    assert [e.limit for e in effects if isinstance(e, Notice)] == ["maxRecordBytes"]
+    (txn,) = commits(effects)
+    assert txn.client_infos == {"K": "z" * 10, "L": "w" * 80}
+    assert txn.records[0].infos == {"k": "v" * 90}
+
+
 def test_transactions_are_cut_at_record_boundaries_by_size() -> None:
     session = greeted(batch_records=2)
     messages: list[wire.Decoded] = []

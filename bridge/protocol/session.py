@@ -309,7 +309,9 @@ class Session:
                 "further infos skipped",
                 limit="maxInfos",
             )
-        size = len(key) + len(value)
+        # A key sent again replaces its value: only growth counts.
+        old = record.desc if key == DESC_INFO_KEY else infos.get(key)
+        size = len(value) - (len(old) if old is not None else -len(key))
         held = self._record_bytes.get(rid, 0) + size
         if held > self.limits.max_record_bytes:
             return self._record_too_big(record)
@@ -329,7 +331,13 @@ class Session:
                 f"client-wide infos exceed maxInfos={self.limits.max_infos}; further ones skipped",
                 limit="maxInfos",
             )
-        size = len(message.key) + len(message.value)
+        # Only growth counts: pyreccaster sends every client-wide info again after each
+        # record (docs/protocol.md, pyreccaster), and a value sent again replaces the
+        # one held.
+        old = infos.get(message.key)
+        if old is not None and old == message.value:
+            return []
+        size = len(message.value) - (len(old) if old is not None else -len(message.key))
         if self._client_bytes + size > self.limits.max_record_bytes:
             return self._notice_once(
                 "maxRecordBytes-client",
