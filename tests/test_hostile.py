@@ -164,16 +164,21 @@ def assert_honest(bridge: Bridge, conn: Conn) -> None:
 # -- framing ------------------------------------------------------------------------------
 
 
-def test_oversize_length_closes_before_buffering_and_is_counted(logs: Any) -> None:
+def test_an_oversize_body_is_passed_over_unbuffered_counted_and_the_upload_goes_on(
+    logs: Any,
+) -> None:
     bridge = Bridge(max_body_length=1024)
     conn = bridge.connect()
-    conn.send(greet() + bytes.fromhex("52430003") + (1025).to_bytes(4, "big") + b"x" * 100)
-    assert conn.closed
-    assert conn.protocol.decoder.buffered == 0
-    one_warning(logs, conn.peer, "1025-byte body", "1024")
+    conn.send(greet() + record(1, "A") + bytes.fromhex("52430006") + (5000).to_bytes(4, "big"))
+    for _ in range(50):  # the body, 100 bytes at a time: never buffered
+        conn.send(b"x" * 100)
+        assert conn.protocol.decoder.buffered == 0
+    conn.send(info(1, "archive", "Monitor") + DONE)
+    assert not conn.closed
+    one_warning(logs, conn.peer, "skipped message", "5000-byte body", "maxBodyLength=1024")
     assert bridge.counters == {"maxBodyLength": 1}
-    conn.send(b"more bytes after the close are ignored")
-    assert len(warnings(logs)) == 1
+    (txn,) = bridge.processor.transactions
+    assert [(r.name, r.infos) for r in txn.records] == [("A", {"archive": "Monitor"})]
 
 
 def test_a_body_just_under_the_limit_is_buffered_then_decoded() -> None:
@@ -520,7 +525,7 @@ def test_hostile_peers_do_not_disturb_honest_uploads(logs: Any) -> None:
     for conn in honest:
         conn.send(HONEST[:half])
     hostile["magic"].send(b"\x00" * 9)
-    hostile["oversize"].send(greet() + bytes.fromhex("5243000300ffffff"))
+    hostile["oversize"].send(greet() + bytes.fromhex("5243000300ffffff") + b"x" * 1000)
     hostile["records"].send(greet() + b"".join(record(i, f"X{i}") for i in range(1, 50)))
     for conn in honest:
         conn.send(HONEST[half:])
@@ -534,13 +539,15 @@ def test_hostile_peers_do_not_disturb_honest_uploads(logs: Any) -> None:
     assert all(conn.closed for conn in hostile.values())
     assert not any(conn.closed for conn in honest)
     lines = warnings(logs)
-    assert len(lines) == 5 and all(line.startswith("10.6.6.6:") for line in lines)
+    # The oversize body is passed over (one line), then that peer falls silent.
+    assert len(lines) == 6 and all(line.startswith("10.6.6.6:") for line in lines)
     assert bridge.counters == {
         "protocolError": 1,
         "maxBodyLength": 1,
         "maxRecords": 1,
         "greetingTimeout": 1,
         "uploadTimeout": 1,
+        "tcptimeout": 1,
     }
 
 

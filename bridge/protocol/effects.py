@@ -15,9 +15,10 @@ them out in order:
   one (something was skipped because of that limit). The session already gives
   each kind of notice at most once.
 
-The same convention holds for the decoder: `bridge.protocol.wire.FramingError`
-carries the limit a broken frame hit (``maxBodyLength``) or None for a broken
-protocol.
+The same convention holds for the decoder: a `bridge.protocol.wire.Skipped` frame
+carries the limit that made it skip the frame (``maxBodyLength``) or None, and the
+session's notice passes it on; a `bridge.protocol.wire.FramingError` (bad magic) is
+always a broken protocol.
 """
 
 from __future__ import annotations

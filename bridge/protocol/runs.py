@@ -135,9 +135,7 @@ class RunDecoder:
         cut them as `start_runs` says (`stop_after` then does not apply)."""
         if self._run is None:
             return typing.cast("list[RunDecoded]", self._plain.feed(data, stop_after))
-        buf = self._plain._buffer
-        buf += data
-        return self._feed_runs(buf)
+        return self._feed_runs(self._plain._take(data))
 
     def start_runs(self, seed: bytes, max_aliases: int = 1000) -> None:
         """Cut the record frames of the upload into runs and digest each, from now on.
@@ -213,11 +211,23 @@ class RunDecoder:
         unpack_header = _HEADER.unpack_from
         while end - offset >= HEADER_SIZE:
             magic, msgid, length = unpack_header(buf, offset)
-            if magic != PROTO_ID or length > self.max_body_length:
+            if magic != PROTO_ID:
                 run.current = current
                 run.add(buf, seg, offset)
-                self._plain._broken(out, magic, msgid, length)
+                self._plain._broken(out, magic)
             start = offset + HEADER_SIZE
+            if length > self.max_body_length:
+                # Passed over unread (`Decoder.oversize`); a run with a frame left out
+                # is not compared, so that what is stored never depends on the limit.
+                run.current = current
+                run.add(buf, seg, offset)
+                if regular:
+                    run.irregular(0)
+                    regular = False
+                skipped, offset = self._plain.oversize(msgid, length, start, end)
+                out.append(skipped)
+                seg = offset
+                continue
             frame_end = start + length
             if frame_end > end:
                 break

@@ -413,7 +413,11 @@ class Session:
         return []
 
     def _skipped(self, message: wire.Skipped, now: float) -> list[Effect]:
-        return self._notice_once(f"skip-{message.msgid}", f"skipped message: {message.reason}")
+        return self._notice_once(
+            f"skip-{message.msgid}-{message.limit}",
+            f"skipped message: {message.reason}",
+            limit=message.limit,
+        )
 
     def _server_message(self, message: wire.ServerGreet | wire.Ping, now: float) -> list[Effect]:
         return self._close(f"peer sent a server-to-client message 0x{message.msgid:04x}")

@@ -150,7 +150,7 @@ class RecSyncProtocol(Protocol):
             messages = self.decoder.feed(data, wire.ClientGreet if waiting else None)
         except wire.FramingError as error:
             self._deliver(error.decoded)
-            self._drop(str(error), error.limit or PROTOCOL_ERROR)
+            self._drop(str(error), PROTOCOL_ERROR)
             return
         self._deliver(messages)
         if self.decoder.awaiting and not self._awaiting_runs and not self._closing:
