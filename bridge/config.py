@@ -26,6 +26,7 @@ from bridge.documents import DEFAULT_PREFIX
 from bridge.errors import ConfigError
 from bridge.processors import BUILTIN, UNSUPPORTED
 from bridge.protocol import wire
+from bridge.protocol.session import NameLimits
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -41,6 +42,8 @@ MAX_BODY_LIMIT = 2**32 - 1
 #: etcd leases shorter than this expire between keep-alives on a loaded server.
 MIN_LEASE_TTL = 2.0
 DEFAULT_PROCS = ("etcd",)
+#: The session's name limits, whose defaults are the configuration's.
+_NAMES = NameLimits()
 
 
 def default_data_dir(environ: Mapping[str, str] = os.environ) -> str:
@@ -70,6 +73,13 @@ class Limits:
         greeting_timeout: seconds a new connection may take to greet (``greetingTimeout``).
         upload_timeout: seconds an upload may take until UploadDone (``uploadTimeout``).
         allow: networks that may connect; empty allows everyone (``allow``).
+        max_hostname_length, max_iocname_length, max_iocid_length: UTF-8 bytes of
+            HOSTNAME, of IOCNAME and IOC, and of the iocid (``maxHostnameLength``,
+            ``maxIocNameLength``, ``maxIocidLength``); longer closes the connection.
+        max_record_name_length, max_record_type_length, max_info_key_length: UTF-8
+            bytes of record and alias names, record types and info keys
+            (``maxRecordNameLength``, ``maxRecordTypeLength``, ``maxInfoKeyLength``);
+            longer is skipped.
     """
 
     max_body_length: int = wire.MAX_BODY_LENGTH
@@ -82,6 +92,23 @@ class Limits:
     greeting_timeout: float = 20.0
     upload_timeout: float = 600.0
     allow: tuple[Network, ...] = ()
+    max_hostname_length: int = _NAMES.hostname
+    max_iocname_length: int = _NAMES.iocname
+    max_iocid_length: int = _NAMES.iocid
+    max_record_name_length: int = _NAMES.record_name
+    max_record_type_length: int = _NAMES.record_type
+    max_info_key_length: int = _NAMES.info_key
+
+    def names(self) -> NameLimits:
+        """The name limits as the session takes them."""
+        return NameLimits(
+            hostname=self.max_hostname_length,
+            iocname=self.max_iocname_length,
+            iocid=self.max_iocid_length,
+            record_name=self.max_record_name_length,
+            record_type=self.max_record_type_length,
+            info_key=self.max_info_key_length,
+        )
 
 
 @dataclass(frozen=True)
@@ -479,6 +506,15 @@ _KEYS: tuple[_Key, ...] = (
     _Key("recceiver", "greetingTimeout", _set("limits.greeting_timeout", _positive)),
     _Key("recceiver", "uploadTimeout", _set("limits.upload_timeout", _positive)),
     _Key("recceiver", "allow", _set("limits.allow", _allow)),
+    _Key("recceiver", "maxHostnameLength", _set("limits.max_hostname_length", _integer(1))),
+    _Key("recceiver", "maxIocNameLength", _set("limits.max_iocname_length", _integer(1))),
+    _Key("recceiver", "maxIocidLength", _set("limits.max_iocid_length", _integer(1))),
+    _Key("recceiver", "maxRecordNameLength", _set("limits.max_record_name_length", _integer(1))),
+    # The record type and info key fields hold at most 255 bytes.
+    _Key(
+        "recceiver", "maxRecordTypeLength", _set("limits.max_record_type_length", _integer(1, 255))
+    ),
+    _Key("recceiver", "maxInfoKeyLength", _set("limits.max_info_key_length", _integer(1, 255))),
     _Key("etcd", "endpoints", _set("etcd.endpoints", _endpoints)),
     _Key("etcd", "prefix", _set("etcd.prefix", _prefix)),
     _Key("etcd", "lease_ttl", _set("etcd.lease_ttl", _real(MIN_LEASE_TTL))),
@@ -715,6 +751,15 @@ greetingTimeout = {lim.greeting_timeout}
 uploadTimeout = {lim.upload_timeout}
 # Networks that may connect, e.g. 10.0.0.0/8, 2001:db8::/32. Empty: everyone.
 allow =
+# Longest names, in UTF-8 bytes. A longer HOSTNAME, IOCNAME or IOC, or the iocid
+# made of them, closes the connection; a longer record or alias name, record type or
+# info key is skipped (a record with its aliases and infos).
+maxHostnameLength = {lim.max_hostname_length}
+maxIocNameLength = {lim.max_iocname_length}
+maxIocidLength = {lim.max_iocid_length}
+maxRecordNameLength = {lim.max_record_name_length}
+maxRecordTypeLength = {lim.max_record_type_length}
+maxInfoKeyLength = {lim.max_info_key_length}
 
 [etcd]
 # Comma list of host:port, http://host:port or https://host:port.

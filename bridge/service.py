@@ -278,4 +278,5 @@ def session_limits(config: BridgeConfig) -> SessionLimits:
         max_infos=config.limits.max_infos,
         max_aliases=config.limits.max_aliases,
         max_record_bytes=config.limits.max_record_bytes,
+        names=config.limits.names(),
     )

@@ -22,6 +22,8 @@ from bridge.config import (
     load_config,
 )
 from bridge.errors import ConfigError
+from bridge.protocol.session import NameLimits
+from bridge.service import session_limits
 
 SECRET = "s3cr%t-Pa55"
 
@@ -480,4 +482,22 @@ def test_alias_and_record_size_limits_are_configurable(tmp_path: Path) -> None:
     assert (limits.max_aliases, limits.max_record_bytes) == (5, 100000)
     conf.write_text("[recceiver]\nmaxRecordBytes = 100\n")
     with pytest.raises(ConfigError, match=r"\[recceiver\] maxRecordBytes"):
+        load_config(str(conf), environ={})
+
+
+def test_name_limits_are_configurable_and_reach_the_session(tmp_path: Path) -> None:
+    conf = tmp_path / "names.conf"
+    conf.write_text(
+        "[recceiver]\nmaxHostnameLength = 64\nmaxIocNameLength = 40\nmaxIocidLength = 100\n"
+        "maxRecordNameLength = 60\nmaxRecordTypeLength = 20\nmaxInfoKeyLength = 30\n"
+    )
+    config = load_config(str(conf), environ={})
+    assert session_limits(config).names == NameLimits(64, 40, 100, 60, 20, 30)
+    assert session_limits(load_config(None, environ={})).names == NameLimits()
+    for key in ("maxRecordTypeLength", "maxInfoKeyLength"):  # u8 fields on the wire
+        conf.write_text(f"[recceiver]\n{key} = 256\n")
+        with pytest.raises(ConfigError, match=rf"\[recceiver\] {key}"):
+            load_config(str(conf), environ={})
+    conf.write_text("[recceiver]\nmaxRecordNameLength = 0\n")
+    with pytest.raises(ConfigError, match=r"\[recceiver\] maxRecordNameLength"):
         load_config(str(conf), environ={})

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from bridge.config import BridgeConfig
 from bridge.documents import Keys
 from bridge.protocol import wire
-from bridge.protocol.session import SessionLimits, State
+from bridge.protocol.session import NameLimits, SessionLimits, State
 from bridge.server.admission import REFUSAL_LOG_INTERVAL, BridgeFactory
 from bridge.server.connection import RecSyncProtocol
 from bridge.service import BridgeService
@@ -369,7 +369,8 @@ def test_max_aliases_skips_with_one_line_and_a_counter(logs: Any) -> None:
 
 
 def test_max_record_bytes_bounds_one_record_and_the_client_infos(logs: Any) -> None:
-    bridge = Bridge(SessionLimits(max_record_bytes=10_000))
+    # Names long enough to matter here are over the default maxRecordNameLength.
+    bridge = Bridge(SessionLimits(max_record_bytes=10_000, names=NameLimits(record_name=5000)))
     conn = bridge.connect()
     big = "x" * 3000
     conn.send(
@@ -388,6 +389,47 @@ def test_max_record_bytes_bounds_one_record_and_the_client_infos(logs: Any) -> N
     assert len(txn.client_infos) == 3
     assert list(txn.records[0].infos) == ["k0", "k1", "k2"]
     assert txn.records[0].aliases == []
+
+
+@pytest.mark.parametrize("key", ["HOSTNAME", "IOCNAME", "IOC"])
+def test_a_60_kb_identity_closes_with_one_line_naming_the_limit(logs: Any, key: str) -> None:
+    bridge = Bridge()
+    conn = bridge.connect()
+    conn.send(greet() + info(0, key, "x" * 60_000) + record(1, "A") + DONE)
+    assert conn.closed
+    setting = "maxHostnameLength" if key == "HOSTNAME" else "maxIocNameLength"
+    line = one_warning(logs, conn.peer, "closing connection", key, setting)
+    assert len(line) < 300
+    assert bridge.counters == {setting: 1}
+    conn.lose()
+    assert bridge.processor.transactions == []  # nothing was stored under any name
+
+
+def test_names_over_their_limits_are_skipped_with_one_line_each_and_counted(logs: Any) -> None:
+    bridge = Bridge()
+    conn = bridge.connect()
+    long_name = "N" * 256
+    conn.send(
+        greet()
+        + record(1, long_name)
+        + info(1, "archive", "x")
+        + record(2, "A")
+        + alias(2, "A:" + long_name)
+        + info(2, "k" * 129, "v")
+        + info(2, "archive", "y")
+        + record(3, "B", "t" * 65)
+        + DONE
+    )
+    assert not conn.closed
+    lines = warnings(logs)
+    assert len(lines) == 3 and all(line.startswith(conn.peer + " ") for line in lines)
+    assert bridge.counters == {
+        "maxRecordNameLength": 1,
+        "maxInfoKeyLength": 1,
+        "maxRecordTypeLength": 1,
+    }
+    (txn,) = bridge.processor.transactions
+    assert [(r.name, r.aliases, r.infos) for r in txn.records] == [("A", [], {"archive": "y"})]
 
 
 def test_records_after_upload_done_are_skipped_and_nothing_accumulates(logs: Any) -> None:

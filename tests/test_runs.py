@@ -222,6 +222,28 @@ def test_a_record_with_more_aliases_than_the_session_takes_is_decoded() -> None:
     assert all(digests(decoder.feed(b"")))
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        RecordSpec("N" * 11, "ai"),
+        RecordSpec("°" * 6, "ai"),  # 6 characters, 12 bytes
+        RecordSpec("A", "t" * 5),
+        RecordSpec("A", "ai", ("a" * 11,)),
+    ],
+    ids=["name", "name-utf8", "type", "alias"],
+)
+def test_a_record_with_a_name_the_session_skips_is_decoded(spec: RecordSpec) -> None:
+    """Found unchanged, the run would stand for a record the session never took."""
+    data = upload_bytes(IOCSpec((), (spec, RecordSpec("B", "ai", ("B:0",)))))
+    stored = digests(feed_runs(data, None))
+    for name_limit, type_limit, fits in ((10, 4, False), (12, 5, True)):
+        decoder = RunDecoder()
+        decoder.start_runs(SEED, max_name_length=name_limit, max_type_length=type_limit)
+        decoder.feed(data)
+        decoder.expect(stored)
+        assert ("UnchangedRun" in kinds(decoder.feed(b""))) == fits
+
+
 def test_the_seed_is_part_of_every_digest() -> None:
     data = upload_bytes(make_ioc("S", 10))
     assert digests(feed_runs(data, None, seed=b"a")) != digests(feed_runs(data, None, seed=b"b"))

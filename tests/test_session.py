@@ -11,7 +11,7 @@ from bridge.model import KeptRun, Peer, Transaction
 from bridge.protocol import wire
 from bridge.protocol.effects import Close, Commit, Effect, Notice, Send
 from bridge.protocol.runs import RunDecoded, RunEnd, UnchangedRun
-from bridge.protocol.session import DISPATCH, Session, SessionLimits, State
+from bridge.protocol.session import DISPATCH, NameLimits, Session, SessionLimits, State
 
 PEER = Peer("10.0.0.5", 40000)
 
@@ -492,3 +492,107 @@ def test_core_modules_do_not_import_twisted() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- name limits ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "setting"),
+    [
+        ("HOSTNAME", "h" * 254, "maxHostnameLength"),
+        ("HOSTNAME", "é" * 127, "maxHostnameLength"),  # 127 characters, 254 bytes
+        ("IOCNAME", "n" * 256, "maxIocNameLength"),
+        ("IOC", "n" * 60_000, "maxIocNameLength"),
+    ],
+    ids=["hostname", "hostname-utf8", "iocname", "ioc"],
+)
+def test_an_identity_over_its_limit_closes_naming_it(key: str, value: str, setting: str) -> None:
+    session = greeted()
+    effects = session.receive([wire.AddInfo(0, key, value), wire.AddRecord(1, 0, "ai", "A")], 1.0)
+    (close,) = [e for e in effects if isinstance(e, Close)]
+    assert close.limit == setting and f"{key} " in close.reason and setting in close.reason
+    assert len(close.reason) < 200  # the name is cut short in the line
+    assert session.state is State.CLOSED and key not in session.client_infos
+
+
+def test_identities_at_their_limits_are_taken() -> None:
+    session = greeted()
+    infos = {"HOSTNAME": "é" * 126 + "h", "IOCNAME": "n" * 255}  # 253 and 255 bytes
+    effects = session.receive(
+        [*(wire.AddInfo(0, k, v) for k, v in infos.items()), wire.UploadDone()], 1.0
+    )
+    assert closes(effects) == [] and commits(effects)[0].client_infos == infos
+
+
+def test_an_iocid_over_its_limit_closes_even_when_its_parts_fit() -> None:
+    session = greeted(names=NameLimits(iocid=20))
+    effects = session.receive(
+        [wire.AddInfo(0, "IOCNAME", "n" * 10), wire.AddInfo(0, "HOSTNAME", "h" * 10)], 1.0
+    )
+    assert [(e.limit, e.reason) for e in effects if isinstance(e, Close)] == [
+        ("maxIocidLength", f"iocid {'h' * 10 + ':' + 'n' * 10!r} exceeds maxIocidLength=20")
+    ]
+
+
+def test_a_record_with_a_name_or_type_over_its_limit_is_skipped_with_its_aliases_and_infos() -> (
+    None
+):
+    session = greeted(names=NameLimits(record_name=150, record_type=8))
+    effects = session.receive(
+        [
+            wire.AddRecord(1, 0, "ai", "L" * 151),
+            wire.AddRecord(1, 1, "", "L:alias"),
+            wire.AddInfo(1, "archive", "x"),
+            wire.AddRecord(2, 0, "ai", "°" * 75),  # 150 bytes: fits
+            wire.AddRecord(3, 0, "ai", "°" * 76),  # 152 bytes
+            wire.AddInfo(3, "archive", "x"),
+            wire.AddRecord(4, 0, "t" * 9, "T"),
+            wire.AddInfo(4, "archive", "x"),
+            wire.AddRecord(5, 0, "ai", "B"),
+            wire.AddRecord(5, 1, "", "B:" + "a" * 149),  # 151 bytes
+            wire.AddRecord(5, 1, "", "B:ok"),
+            wire.UploadDone(),
+        ],
+        1.0,
+    )
+    notices = [e for e in effects if isinstance(e, Notice)]
+    assert [n.limit for n in notices] == ["maxRecordNameLength", "maxRecordTypeLength"]
+    assert "maxRecordNameLength=150" in notices[0].text
+    (txn,) = commits(effects)
+    assert [(r.name, r.aliases, r.infos) for r in txn.records] == [
+        ("°" * 75, [], {}),
+        ("B", ["B:ok"], {}),
+    ]
+
+
+def test_an_info_key_over_its_limit_is_skipped() -> None:
+    session = greeted(names=NameLimits(info_key=10))
+    effects = session.receive(
+        [
+            wire.AddInfo(0, "K" * 11, "v"),
+            wire.AddInfo(0, "ENGINEER", "v"),
+            wire.AddRecord(1, 0, "ai", "A"),
+            wire.AddInfo(1, "k" * 11, "v"),
+            wire.AddInfo(1, "archive", "v"),
+            wire.UploadDone(),
+        ],
+        1.0,
+    )
+    assert [e.limit for e in effects if isinstance(e, Notice)] == ["maxInfoKeyLength"]
+    (txn,) = commits(effects)
+    assert txn.client_infos == {"ENGINEER": "v"}
+    assert txn.records[0].infos == {"archive": "v"}
+
+
+def test_the_name_limits_are_part_of_the_digest_seed() -> None:
+    seeds = {
+        make_session(names=names).digest_seed
+        for names in (
+            NameLimits(),
+            NameLimits(record_name=100),
+            NameLimits(record_type=10),
+            NameLimits(info_key=10),
+        )
+    }
+    assert len(seeds) == 4

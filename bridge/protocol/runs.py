@@ -41,6 +41,7 @@ from bridge.protocol.wire import (
     decode_at,
     decode_record,
     decode_text,
+    longer_than,
 )
 
 # The layouts, bound by assignment: CPython 3.11 compiles a method call on a name bound
@@ -114,6 +115,7 @@ class RunDecoder:
         self._expected: Sequence[str] | None | _Pending = None
         self._seed = b""
         self._max_aliases = 0
+        self._max_name = self._max_type = 0
 
     @property
     def buffered(self) -> int:
@@ -137,7 +139,13 @@ class RunDecoder:
             return typing.cast("list[RunDecoded]", self._plain.feed(data, stop_after))
         return self._feed_runs(self._plain._take(data))
 
-    def start_runs(self, seed: bytes, max_aliases: int = 1000) -> None:
+    def start_runs(
+        self,
+        seed: bytes,
+        max_aliases: int = 1000,
+        max_name_length: int = 0xFFFF,
+        max_type_length: int = 0xFF,
+    ) -> None:
         """Cut the record frames of the upload into runs and digest each, from now on.
 
         A run is `RUN_RECORDS` records (fewer once it holds `RUN_BYTES`), each record
@@ -161,12 +169,15 @@ class RunDecoder:
         frames come out at once, so a client-wide info or a Pong may overtake held
         record frames; DelRecord and UploadDone end the run first and switch runs off.
 
-        A record with more than `max_aliases` alias frames (the session's limit) makes
-        its run one that cannot be compared, so that the session applies the limit.
+        A record with more than `max_aliases` alias frames (the session's limit), or a
+        record or alias name over `max_name_length` or a type over `max_type_length`
+        UTF-8 bytes (the session's `NameLimits`), makes its run one that cannot be
+        compared, so that the session applies the limit.
         """
         self._expected = PENDING
         self._seed = seed
         self._max_aliases = max_aliases
+        self._max_name, self._max_type = max_name_length, max_type_length
         self._run_index = 0
         self._run = self._new_run()
 
@@ -281,19 +292,24 @@ class RunDecoder:
                     run.records += 1
                     run.alias_frames = 0
                     current = bytes(buf[start : start + 4])
-                    if not through:
-                        run.begin_record(
-                            rid_n,
-                            decode_text(buf[name_at : name_at + rnlen]),
-                            sys.intern(decode_text(buf[start + 8 : name_at])),
-                        )
                     linked = True
+                    if not through:
+                        name = decode_text(buf[name_at : name_at + rnlen])
+                        rtype = sys.intern(decode_text(buf[start + 8 : name_at]))
+                        run.begin_record(rid_n, name, rtype)
+                        # A name the session skips: decode the run, so that it does.
+                        linked = not (
+                            longer_than(name, self._max_name) or longer_than(rtype, self._max_type)
+                        )
                 elif atype == ATYPE_ALIAS and whole and buf[start : start + 4] == current:
                     # More aliases than the session takes: the run must be decoded.
                     run.alias_frames += 1
                     linked = run.alias_frames <= self._max_aliases
                     if linked and not through:
-                        run.add_alias(decode_text(buf[name_at : name_at + rnlen]))
+                        alias = decode_text(buf[name_at : name_at + rnlen])
+                        linked = not longer_than(alias, self._max_name)
+                        if linked:
+                            run.add_alias(alias)
                 else:
                     linked = False
             elif (msgid == MSG_DEL_RECORD or msgid == MSG_UPLOAD_DONE) and length:

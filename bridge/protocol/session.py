@@ -39,12 +39,13 @@ from __future__ import annotations
 import enum
 from array import array
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
-from bridge.model import DESC_INFO_KEY, KeptRun, Peer, Record, Transaction
+from bridge.model import DESC_INFO_KEY, KeptRun, Peer, Record, Transaction, derive_identity
 from bridge.protocol import runs, wire
 from bridge.protocol.effects import Close, Commit, Effect, Notice, Send
+from bridge.protocol.wire import longer_than
 
 
 class State(enum.Enum):
@@ -63,6 +64,33 @@ _CLOSED = State.CLOSED
 
 #: Records per transaction when ``commitSizeLimit`` is 0.
 DEFAULT_BATCH_RECORDS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class NameLimits:
+    """Longest names a peer may send, in UTF-8 bytes (``[recceiver]`` keys in brackets).
+
+    The defaults are far above what an honest IOC sends (EPICS record names have at
+    most 60 characters, host names at most 253) and far below what the fields allow
+    (64 KiB), since a name is copied into every etcd key and document that names it.
+    A peer whose identity is too long is closed (its IOC could only be stored under
+    another name); a record, alias or info whose name is too long is skipped, with its
+    aliases and infos, and the rest of the upload is stored.
+    """
+
+    #: ``HOSTNAME`` (``maxHostnameLength``; a DNS name has at most 253).
+    hostname: int = 253
+    #: ``IOCNAME`` and ``IOC`` (``maxIocNameLength``).
+    iocname: int = 255
+    #: The iocid derived from them (``maxIocidLength``): with the two above at their
+    #: defaults it is never the one hit.
+    iocid: int = 512
+    #: Record and alias names (``maxRecordNameLength``).
+    record_name: int = 255
+    #: Record types (``maxRecordTypeLength``; EPICS record types are C identifiers).
+    record_type: int = 64
+    #: Info keys, of records and client-wide (``maxInfoKeyLength``).
+    info_key: int = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +115,17 @@ class SessionLimits:
     #: skipped. etcd could not store more anyway (etcdwriter.MAX_RECORD_BYTES), and it
     #: bounds what a peer can make a session hold between two record boundaries.
     max_record_bytes: int = 1 << 20
+    #: UTF-8 bytes of the names a peer sends (`NameLimits`).
+    names: NameLimits = field(default_factory=NameLimits)
+
+
+#: The client-wide infos that name the IOC (data model, IOC identity): key -> the
+#: `NameLimits` field and configuration key bounding them.
+_IDENTITY_KEYS: Final[dict[str, tuple[str, str]]] = {
+    "HOSTNAME": ("hostname", "maxHostnameLength"),
+    "IOCNAME": ("iocname", "maxIocNameLength"),
+    "IOC": ("iocname", "maxIocNameLength"),
+}
 
 
 class Session:
@@ -119,6 +158,8 @@ class Session:
         #: Text bytes held per record id in `_by_rid`, and for `client_infos`.
         self._record_bytes: dict[int, int] = {}
         self._client_bytes = 0
+        #: Id of the last record skipped (`NameLimits`): its aliases and infos follow it.
+        self._skipped_rid: int | None = None
         self._committed_names = _NameLog()
         self._removed: list[str] = []
         #: Runs (`runs.RunDecoder.start_runs`) ended since the last cut.
@@ -188,10 +229,11 @@ class Session:
         Change the version whenever the records built from the same frames, or what a
         processor stores of them, would differ (so no old digest matches).
         """
-        limits = self.limits
+        limits, names = self.limits, self.limits.names
         return (
-            f"recsync-bridge runs 1 infos={limits.max_infos} "
-            f"aliases={limits.max_aliases} bytes={limits.max_record_bytes}"
+            f"recsync-bridge runs 2 infos={limits.max_infos} "
+            f"aliases={limits.max_aliases} bytes={limits.max_record_bytes} "
+            f"name={names.record_name} type={names.record_type} key={names.info_key}"
         ).encode()
 
     def pause(self, now: float) -> None:
@@ -266,6 +308,10 @@ class Session:
                 f"upload exceeds maxRecords={self.limits.max_records}", limit="maxRecords"
             )
         rid, name, rtype = message.rid, message.name, message.rtype
+        names = self.limits.names
+        if longer_than(name, names.record_name) or longer_than(rtype, names.record_type):
+            self._skipped_rid = rid
+            return effects + self._record_skipped(name, rtype)
         record = Record(rid, name, rtype)
         self.records_total += 1
         self._pending.append(record)
@@ -280,7 +326,11 @@ class Session:
     def _add_alias(self, message: wire.AddRecord) -> list[Effect]:
         record = self._by_rid.get(message.rid)
         if record is None:
+            if message.rid == self._skipped_rid:
+                return []
             return self._notice_once("alias-rid", f"alias for unknown record id {message.rid}")
+        if longer_than(message.name, self.limits.names.record_name):
+            return self._name_skipped("alias", message.name)
         if len(record.aliases) >= self.limits.max_aliases:
             return self._notice_once(
                 "maxAliases",
@@ -296,10 +346,14 @@ class Session:
 
     def _add_info(self, message: wire.AddInfo, now: float) -> list[Effect]:
         rid, key, value = message.rid, message.key, message.value
+        if longer_than(key, self.limits.names.info_key):
+            return self._name_skipped("info key", key)
         if rid == 0:
             return self._client_info(message)
         record = self._by_rid.get(rid)
         if record is None:
+            if rid == self._skipped_rid:
+                return []
             return self._notice_once("info-rid", f"info for unknown record id {rid}")
         infos = record.infos
         if key not in infos and len(infos) >= self.limits.max_infos:
@@ -324,6 +378,10 @@ class Session:
         return []
 
     def _client_info(self, message: wire.AddInfo) -> list[Effect]:
+        if message.key in _IDENTITY_KEYS:
+            too_long = self._identity_too_long(message.key, message.value)
+            if too_long:
+                return too_long
         infos = self.client_infos
         if message.key not in infos and len(infos) >= self.limits.max_infos:
             return self._notice_once(
@@ -348,6 +406,48 @@ class Session:
         self._client_bytes += size
         infos[message.key] = message.value
         return []
+
+    def _identity_too_long(self, key: str, value: str) -> list[Effect]:
+        """Close if an info naming the IOC, or the iocid it makes, is too long."""
+        names = self.limits.names
+        attr, setting = _IDENTITY_KEYS[key]
+        limit = getattr(names, attr)
+        if longer_than(value, limit):
+            return self._close(f"{key} {_short(value)} exceeds {setting}={limit}", limit=setting)
+        iocid = derive_identity({**self.client_infos, key: value}, self.peer).iocid
+        if longer_than(iocid, names.iocid):
+            return self._close(
+                f"iocid {_short(iocid)} exceeds maxIocidLength={names.iocid}",
+                limit="maxIocidLength",
+            )
+        return []
+
+    def _record_skipped(self, name: str, rtype: str) -> list[Effect]:
+        names = self.limits.names
+        if longer_than(name, names.record_name):
+            return self._name_skipped("record name", name)
+        return self._notice_once(
+            "maxRecordTypeLength",
+            f"record {_short(name)} of type {_short(rtype)} exceeds "
+            f"maxRecordTypeLength={names.record_type}; that record with its aliases and "
+            "infos skipped, and any more such",
+            limit="maxRecordTypeLength",
+        )
+
+    def _name_skipped(self, what: str, name: str) -> list[Effect]:
+        """A record, alias or info whose name is too long: skipped, one notice a limit."""
+        names = self.limits.names
+        if what == "info key":
+            limit, setting, skipped = names.info_key, "maxInfoKeyLength", "that info"
+        else:
+            limit, setting = names.record_name, "maxRecordNameLength"
+            skipped = "that alias" if what == "alias" else "that record with its aliases and infos"
+        return self._notice_once(
+            setting,
+            f"{what} {_short(name)} exceeds {setting}={limit}; {skipped} skipped, "
+            "and any more such",
+            limit=setting,
+        )
 
     def _record_fits(self, record: Record, size: int) -> bool:
         held = self._record_bytes.get(record.rid, 0) + size

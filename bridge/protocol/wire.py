@@ -75,6 +75,20 @@ def decode_text(raw: bytes | bytearray) -> str:
         return raw.decode("latin-1")
 
 
+def longer_than(text: str, limit: int) -> bool:
+    """True if `text` takes more than `limit` bytes in UTF-8 (as the bridge stores it).
+
+    Cheap for the usual short ASCII name: the UTF-8 length is between ``len(text)``
+    and four times that.
+    """
+    length = len(text)
+    if length > limit:
+        return True
+    if length * 4 <= limit or text.isascii():
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
 def _frame(msgid: int, body: bytes) -> bytes:
     return HEADER.pack(PROTO_ID, msgid, len(body)) + body
 

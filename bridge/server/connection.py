@@ -143,7 +143,13 @@ class RecSyncProtocol(Protocol):
     def _decode(self, data: bytes) -> None:
         if self._cut_runs and self.holds_slot:
             self._cut_runs = False
-            self.decoder.start_runs(self.session.digest_seed, self.session.limits.max_aliases)
+            limits = self.session.limits
+            self.decoder.start_runs(
+                self.session.digest_seed,
+                limits.max_aliases,
+                limits.names.record_name,
+                limits.names.record_type,
+            )
         # Until this connection holds a slot, decode no further than its ClientGreet.
         waiting = not self.holds_slot and self.session.state is State.GREETING
         try:
