@@ -80,6 +80,8 @@ class Limits:
             bytes of record and alias names, record types and info keys
             (``maxRecordNameLength``, ``maxRecordTypeLength``, ``maxInfoKeyLength``);
             longer is skipped.
+        max_active_per_host: upload slots one source address may hold at once; 0 means
+            a quarter of ``maxActive``, rounded up (``maxActivePerHost``).
     """
 
     max_body_length: int = wire.MAX_BODY_LENGTH
@@ -98,6 +100,7 @@ class Limits:
     max_record_name_length: int = _NAMES.record_name
     max_record_type_length: int = _NAMES.record_type
     max_info_key_length: int = _NAMES.info_key
+    max_active_per_host: int = 0
 
     def names(self) -> NameLimits:
         """The name limits as the session takes them."""
@@ -515,6 +518,7 @@ _KEYS: tuple[_Key, ...] = (
         "recceiver", "maxRecordTypeLength", _set("limits.max_record_type_length", _integer(1, 255))
     ),
     _Key("recceiver", "maxInfoKeyLength", _set("limits.max_info_key_length", _integer(1, 255))),
+    _Key("recceiver", "maxActivePerHost", _set("limits.max_active_per_host", _integer(0))),
     _Key("etcd", "endpoints", _set("etcd.endpoints", _endpoints)),
     _Key("etcd", "prefix", _set("etcd.prefix", _prefix)),
     _Key("etcd", "lease_ttl", _set("etcd.lease_ttl", _real(MIN_LEASE_TTL))),
@@ -746,6 +750,9 @@ maxRecordBytes = {lim.max_record_bytes}
 # Open IOC connections, in total and from one address.
 maxConnections = {lim.max_connections}
 maxConnectionsPerHost = {lim.max_connections_per_host}
+# Upload slots (of maxActive) one address may hold at once; waiting IOCs are served
+# address by address in turn. 0: a quarter of maxActive, rounded up.
+maxActivePerHost = {lim.max_active_per_host}
 # Seconds a new connection may take to greet, and an upload to finish.
 greetingTimeout = {lim.greeting_timeout}
 uploadTimeout = {lim.upload_timeout}

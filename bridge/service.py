@@ -110,6 +110,7 @@ class BridgeService(MultiService):
             self.reactor,
             session_limits(self.config),
             max_active=self.config.max_active,
+            max_active_per_host=self.config.limits.max_active_per_host,
             max_body_length=self.config.limits.max_body_length,
             max_connections=self.config.limits.max_connections,
             max_connections_per_host=self.config.limits.max_connections_per_host,

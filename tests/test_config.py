@@ -23,6 +23,7 @@ from bridge.config import (
 )
 from bridge.errors import ConfigError
 from bridge.protocol.session import NameLimits
+from bridge.server.admission import default_share
 from bridge.service import session_limits
 
 SECRET = "s3cr%t-Pa55"
@@ -501,3 +502,12 @@ def test_name_limits_are_configurable_and_reach_the_session(tmp_path: Path) -> N
     conf.write_text("[recceiver]\nmaxRecordNameLength = 0\n")
     with pytest.raises(ConfigError, match=r"\[recceiver\] maxRecordNameLength"):
         load_config(str(conf), environ={})
+
+
+def test_max_active_per_host_defaults_to_a_quarter_of_max_active(tmp_path: Path) -> None:
+    assert load_config(None, environ={}).limits.max_active_per_host == 0
+    assert default_share(20) == 5 and default_share(1) == 1 and default_share(5) == 2
+    conf = tmp_path / "share.conf"
+    conf.write_text("[recceiver]\nmaxActive = 40\nmaxActivePerHost = 40\n")
+    config = load_config(str(conf), environ={})
+    assert (config.max_active, config.limits.max_active_per_host) == (40, 40)

@@ -522,6 +522,46 @@ def test_greeted_peers_queue_fifo_and_upload_what_they_sent_while_waiting() -> N
     assert bridge.factory.active == 0
 
 
+def test_one_address_holds_its_share_of_slots_and_other_addresses_upload_at_once() -> None:
+    bridge = Bridge(max_active=20, max_connections_per_host=200)  # a share of 5
+    tricklers = [bridge.connect("10.6.6.6") for _ in range(100)]
+    for conn in tricklers:
+        conn.send(greet() + record(1, "T"))
+    assert (bridge.factory.active, len(bridge.factory.queue)) == (5, 95)
+    honest = [bridge.connect(f"10.0.0.{i}") for i in range(1, 16)]
+    for conn in honest:
+        conn.send(HONEST)
+    for conn in honest:
+        assert_honest(bridge, conn)
+    status = bridge.factory.status()
+    assert (status["active"], status["queued"], status["queued_hosts"]) == (5, 95, 1)
+    assert status["max_active_per_host"] == 5
+
+
+def test_waiting_connections_are_served_address_by_address_in_turn() -> None:
+    bridge = Bridge(max_active=2, max_active_per_host=2, max_connections_per_host=200)
+    holders = [bridge.connect("10.6.6.6") for _ in range(2)]
+    for conn in holders:
+        conn.send(greet() + record(1, "T"))
+    crowd = [bridge.connect("10.6.6.6") for _ in range(50)]
+    for conn in crowd:
+        conn.send(greet() + record(1, "T"))
+    others = [bridge.connect("10.0.0.1"), bridge.connect("10.0.0.2")]
+    for conn in others:
+        conn.send(HONEST)
+    holders[0].send(DONE)  # the first slot goes to the address served longest ago ...
+    assert crowd[0].transport.producerState != "paused"
+    assert others[0].transport.producerState == "paused"
+    holders[1].send(DONE)  # ... the next to the next address, not to the crowd
+    assert_honest(bridge, others[0])  # done, and its slot goes on to the third address
+    assert_honest(bridge, others[1])  # whose slot goes back to the crowd
+    assert [conn.transport.producerState == "paused" for conn in crowd[:3]] == [
+        False,
+        False,
+        True,
+    ]
+
+
 def test_a_waiting_peer_that_leaves_frees_its_place() -> None:
     bridge = Bridge(max_active=1)
     first = bridge.connect()
@@ -553,7 +593,9 @@ def test_many_waiting_peers_that_fail_at_once_do_not_recurse() -> None:
 
 
 def test_hostile_peers_do_not_disturb_honest_uploads(logs: Any) -> None:
-    bridge = Bridge(SessionLimits(max_records=20, upload_timeout=100.0), max_active=3)
+    bridge = Bridge(
+        SessionLimits(max_records=20, upload_timeout=100.0), max_active=3, max_active_per_host=3
+    )
     honest = [bridge.connect("10.0.0.1") for _ in range(3)]
     hostile = {
         "magic": bridge.connect("10.6.6.6"),

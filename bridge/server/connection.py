@@ -336,7 +336,7 @@ class RecSyncProtocol(Protocol):
     def _release_slot(self) -> None:
         if self.holds_slot:
             self.holds_slot = False
-            self.factory.release_slot()
+            self.factory.release_slot(self)
 
     def _arm_timer(self) -> None:
         deadline = self.session.deadline
