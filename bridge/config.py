@@ -82,6 +82,9 @@ class Limits:
             longer is skipped.
         max_active_per_host: upload slots one source address may hold at once; 0 means
             a quarter of ``maxActive``, rounded up (``maxActivePerHost``).
+        min_upload_rate, upload_rate_window: bytes per second an upload must bring,
+            judged over every window of that many seconds of upload time
+            (``minUploadRate``, 0 turns it off; ``uploadRateWindow``).
     """
 
     max_body_length: int = wire.MAX_BODY_LENGTH
@@ -101,6 +104,8 @@ class Limits:
     max_record_type_length: int = _NAMES.record_type
     max_info_key_length: int = _NAMES.info_key
     max_active_per_host: int = 0
+    min_upload_rate: float = 1000.0
+    upload_rate_window: float = 5.0
 
     def names(self) -> NameLimits:
         """The name limits as the session takes them."""
@@ -519,6 +524,8 @@ _KEYS: tuple[_Key, ...] = (
     ),
     _Key("recceiver", "maxInfoKeyLength", _set("limits.max_info_key_length", _integer(1, 255))),
     _Key("recceiver", "maxActivePerHost", _set("limits.max_active_per_host", _integer(0))),
+    _Key("recceiver", "minUploadRate", _set("limits.min_upload_rate", _real(0.0))),
+    _Key("recceiver", "uploadRateWindow", _set("limits.upload_rate_window", _positive)),
     _Key("etcd", "endpoints", _set("etcd.endpoints", _endpoints)),
     _Key("etcd", "prefix", _set("etcd.prefix", _prefix)),
     _Key("etcd", "lease_ttl", _set("etcd.lease_ttl", _real(MIN_LEASE_TTL))),
@@ -756,6 +763,11 @@ maxActivePerHost = {lim.max_active_per_host}
 # Seconds a new connection may take to greet, and an upload to finish.
 greetingTimeout = {lim.greeting_timeout}
 uploadTimeout = {lim.upload_timeout}
+# Minimum upload progress: an upload that brings fewer bytes a second over any
+# uploadRateWindow seconds (time the bridge paused reading not counted) is closed,
+# so that a slow connection cannot hold an upload slot. 0: no minimum.
+minUploadRate = {lim.min_upload_rate}
+uploadRateWindow = {lim.upload_rate_window}
 # Networks that may connect, e.g. 10.0.0.0/8, 2001:db8::/32. Empty: everyone.
 allow =
 # Longest names, in UTF-8 bytes. A longer HOSTNAME, IOCNAME or IOC, or the iocid

@@ -273,6 +273,8 @@ def session_limits(config: BridgeConfig) -> SessionLimits:
         tcptimeout=config.tcptimeout,
         greeting_timeout=config.limits.greeting_timeout,
         upload_timeout=config.limits.upload_timeout,
+        min_upload_rate=config.limits.min_upload_rate,
+        upload_rate_window=config.limits.upload_rate_window,
         batch_records=batch,
         commit_interval=config.commit_interval,
         max_records=config.limits.max_records,

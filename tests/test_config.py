@@ -511,3 +511,15 @@ def test_max_active_per_host_defaults_to_a_quarter_of_max_active(tmp_path: Path)
     conf.write_text("[recceiver]\nmaxActive = 40\nmaxActivePerHost = 40\n")
     config = load_config(str(conf), environ={})
     assert (config.max_active, config.limits.max_active_per_host) == (40, 40)
+
+
+def test_minimum_upload_progress_is_configurable(tmp_path: Path) -> None:
+    default = session_limits(load_config(None, environ={}))
+    assert (default.min_upload_rate, default.upload_rate_window) == (1000.0, 5.0)
+    conf = tmp_path / "rate.conf"
+    conf.write_text("[recceiver]\nminUploadRate = 0\nuploadRateWindow = 30\n")
+    limits = session_limits(load_config(str(conf), environ={}))
+    assert (limits.min_upload_rate, limits.upload_rate_window) == (0.0, 30.0)
+    conf.write_text("[recceiver]\nuploadRateWindow = 0\n")
+    with pytest.raises(ConfigError, match=r"\[recceiver\] uploadRateWindow"):
+        load_config(str(conf), environ={})

@@ -275,7 +275,7 @@ def test_one_byte_a_minute_is_closed_by_the_greeting_deadline(logs: Any) -> None
 
 
 def test_partial_frames_do_not_count_as_traffic_during_an_upload(logs: Any) -> None:
-    bridge = Bridge(SessionLimits(tcptimeout=15.0, upload_timeout=600.0))
+    bridge = Bridge(SessionLimits(tcptimeout=15.0, upload_timeout=600.0, min_upload_rate=0))
     conn = bridge.connect()
     conn.send(greet() + record(1, "A"))
     frame = record(2, "B" * 40)
@@ -292,7 +292,7 @@ def test_partial_frames_do_not_count_as_traffic_during_an_upload(logs: Any) -> N
 
 
 def test_an_upload_that_never_ends_is_closed_by_the_upload_deadline(logs: Any) -> None:
-    bridge = Bridge(SessionLimits(upload_timeout=60.0, tcptimeout=15.0))
+    bridge = Bridge(SessionLimits(upload_timeout=60.0, tcptimeout=15.0, min_upload_rate=0))
     conn = bridge.connect()
     conn.send(greet() + info(0, "IOCNAME", "endless"))
     rid = 0
@@ -310,7 +310,7 @@ def test_an_upload_that_never_ends_is_closed_by_the_upload_deadline(logs: Any) -
 
 
 def test_a_waiting_connection_has_no_deadline_until_it_gets_its_slot() -> None:
-    bridge = Bridge(SessionLimits(upload_timeout=60.0), max_active=1)
+    bridge = Bridge(SessionLimits(upload_timeout=60.0, min_upload_rate=0), max_active=1)
     first = bridge.connect()
     first.send(greet() + record(1, "A"))
     second = bridge.connect()
@@ -562,6 +562,35 @@ def test_waiting_connections_are_served_address_by_address_in_turn() -> None:
     ]
 
 
+def test_tricklers_are_closed_in_turn_and_an_honest_ioc_behind_them_is_served(
+    logs: Any,
+) -> None:
+    """100 connections from one address send ClientGreet, a record, then an AddInfo a
+    second; an honest IOC from that address queues behind all of them."""
+    bridge = Bridge(max_connections_per_host=200)  # maxActive 20, a share of 5
+    tricklers = [bridge.connect("10.6.6.6") for _ in range(100)]
+    for conn in tricklers:
+        conn.send(greet() + record(1, "T"))
+    honest = bridge.connect("10.6.6.6")
+    honest.send(HONEST)
+    served_at = None
+    while served_at is None and bridge.clock.seconds() < 600.0:
+        bridge.clock.advance(1.0)
+        for conn in tricklers:
+            if conn.closed and conn.protocol in bridge.factory.connections:
+                conn.lose()
+            elif conn.protocol.holds_slot:
+                conn.send(info(1, "k", "v"))
+        if bridge.processor.of(honest.protocol.session.session_id):
+            served_at = bridge.clock.seconds()
+    # 100 tricklers, 5 at a time, each closed after a 5 s window: about 100 s.
+    assert served_at is not None and served_at <= 105.0, served_at
+    assert_honest(bridge, honest)
+    assert bridge.counters == {"minUploadRate": 100}
+    lines = warnings(logs)
+    assert len(lines) == 100 and all("upload too slow" in line for line in lines)
+
+
 def test_a_waiting_peer_that_leaves_frees_its_place() -> None:
     bridge = Bridge(max_active=1)
     first = bridge.connect()
@@ -594,7 +623,9 @@ def test_many_waiting_peers_that_fail_at_once_do_not_recurse() -> None:
 
 def test_hostile_peers_do_not_disturb_honest_uploads(logs: Any) -> None:
     bridge = Bridge(
-        SessionLimits(max_records=20, upload_timeout=100.0), max_active=3, max_active_per_host=3
+        SessionLimits(max_records=20, upload_timeout=100.0, min_upload_rate=0),
+        max_active=3,
+        max_active_per_host=3,
     )
     honest = [bridge.connect("10.0.0.1") for _ in range(3)]
     hostile = {

@@ -322,7 +322,7 @@ def test_upload_deadline_closes_an_endless_upload() -> None:
 
 
 def test_paused_session_does_not_time_out_for_silence() -> None:
-    session = greeted(tcptimeout=15.0)
+    session = greeted(tcptimeout=15.0, min_upload_rate=0)
     session.pause(1.0)
     assert session.deadline == float("inf") or session.deadline is None
     assert session.tick(100.0) == []
@@ -368,7 +368,9 @@ def test_max_records_closes_naming_the_limit_with_no_separate_notice() -> None:
     ids=["greeting", "upload", "pong"],
 )
 def test_every_timer_closes_naming_its_limit(limits: dict[str, float], close: Close) -> None:
-    session = make_session(**{"greeting_timeout": 99.0, "tcptimeout": 99.0, **limits})
+    session = make_session(
+        **{"greeting_timeout": 99.0, "tcptimeout": 99.0, "min_upload_rate": 0, **limits}
+    )
     session.start(0.0)
     if "greeting_timeout" not in limits:
         session.receive([wire.ClientGreet()], 0.0)
@@ -596,3 +598,64 @@ def test_the_name_limits_are_part_of_the_digest_seed() -> None:
         )
     }
     assert len(seeds) == 4
+
+
+# -- minimum upload progress ------------------------------------------------------------
+
+
+def trickle(session: Session, until: float, size: int = 30) -> list[Effect]:
+    """One `size`-byte AddInfo a second, from t=1 until `until` or the close."""
+    effects: list[Effect] = []
+    t = 1.0
+    while t <= until and session.state is not State.CLOSED:
+        deadline = session.deadline
+        if deadline is not None and deadline <= t:
+            effects += session.tick(deadline)
+            continue
+        session.received(size)
+        effects += session.receive([wire.AddInfo(1, "k", "v" * (size - 17))], t)
+        t += 1.0
+    return effects
+
+
+def test_a_slot_holder_that_trickles_is_closed_after_one_window() -> None:
+    session = greeted(upload_rate_window=5.0, min_upload_rate=1000.0)
+    session.receive([wire.AddRecord(1, 0, "ai", "T")], 0.0)
+    assert session.deadline == 5.0
+    effects = trickle(session, 60.0)
+    assert [(e.limit, e.reason) for e in effects if isinstance(e, Close)] == [
+        ("minUploadRate", "upload too slow: 120 bytes in 5 s, minUploadRate=1000 bytes/s")
+    ]
+
+
+def test_an_upload_that_keeps_the_rate_goes_on_window_after_window() -> None:
+    session = greeted(upload_rate_window=5.0, min_upload_rate=20.0)
+    effects = trickle(session, 60.0)  # 30 bytes a second: 150 >= 100 in every window
+    assert closes(effects) == [] and session.state is State.UPLOADING
+    assert session.deadline is not None and 60.0 < session.deadline <= 65.0
+
+
+def test_time_paused_by_the_bridge_is_not_upload_time_for_the_rate() -> None:
+    session = greeted(upload_rate_window=5.0, min_upload_rate=10.0, tcptimeout=1e9)
+    session.received(40)
+    session.pause(2.0)  # two seconds into the window
+    assert session.deadline is None or session.deadline == float("inf")
+    assert session.tick(100.0) == []
+    session.resume(100.0)
+    assert session.deadline == 103.0  # the three seconds left of the window
+    session.received(10)
+    assert closes(session.tick(103.0)) == []  # 50 bytes in 5 s of upload time
+
+
+def test_the_rate_does_not_apply_before_client_greet_or_after_upload_done() -> None:
+    session = make_session(greeting_timeout=99.0, tcptimeout=99.0)
+    session.start(0.0)
+    assert session.deadline == 99.0
+    session.receive([wire.ClientGreet(), wire.UploadDone()], 1.0)
+    assert session.deadline == 1.0 + 99.0  # the Ping's Pong, nothing else
+    assert closes(session.tick(50.0)) == []
+
+
+def test_a_rate_of_0_turns_it_off() -> None:
+    session = greeted(min_upload_rate=0, upload_timeout=600.0, tcptimeout=1e9)
+    assert session.deadline == 600.0

@@ -23,6 +23,12 @@ below the class); no handler looks at the state again:
   digest goes with the next transaction.
 * LIVE: after UploadDone only Pongs matter; further uploads are not part of the
   protocol and are skipped with one notice.
+* Minimum upload progress: while UPLOADING, every ``upload_rate_window`` seconds of
+  upload time the peer must have sent ``min_upload_rate`` bytes a second
+  (`received`), or the session closes. An honest client sends its whole upload at
+  once (docs/protocol.md, A session), so only a peer that trickles to keep an upload
+  slot is closed; time the bridge paused reading (waiting for a slot, backpressure)
+  is not upload time, as for ``upload_timeout``.
 * Keepalive (docs/protocol.md, Keepalive and timeouts): after ``tcptimeout``
   seconds without any message a Ping is sent; if the next ``tcptimeout`` passes
   with that Ping unanswered, the session closes. A Ping also goes out right after
@@ -100,6 +106,11 @@ class SessionLimits:
     tcptimeout: float = 15.0
     greeting_timeout: float = 20.0
     upload_timeout: float = 600.0
+    #: Minimum upload progress (`Session.received`): bytes per second the peer must
+    #: send while uploading, judged over every `upload_rate_window` seconds of upload
+    #: time (time paused by the bridge not counted); 0 turns it off.
+    min_upload_rate: float = 1000.0
+    upload_rate_window: float = 5.0
     #: Records per transaction; bounds what one session holds before committing.
     batch_records: int = DEFAULT_BATCH_RECORDS
     #: Approximate text bytes per transaction (huge info tags cut batches early).
@@ -169,6 +180,10 @@ class Session:
         self._ping_nonce: int | None = None
         self._paused_at: float | None = None
         self._paused_total = 0.0
+        #: Minimum upload progress: bytes received in the current window, and the
+        #: upload time (`_upload_time`) at which the window started.
+        self._window_bytes = 0
+        self._window_start = 0.0
         self._noticed: set[str] = set()
 
     # -- inputs ---------------------------------------------------------------
@@ -204,6 +219,10 @@ class Session:
                 f"upload not finished within {self.limits.upload_timeout:g} s",
                 limit="uploadTimeout",
             )
+        if self.state is State.UPLOADING and now >= self._window_deadline():
+            too_slow = self._judge_window(now)
+            if too_slow:
+                return too_slow
         if self._paused_at is not None or now < self._last_heard + self.limits.tcptimeout:
             return []
         if self._ping_nonce is not None:
@@ -235,6 +254,10 @@ class Session:
             f"aliases={limits.max_aliases} bytes={limits.max_record_bytes} "
             f"name={names.record_name} type={names.record_type} key={names.info_key}"
         ).encode()
+
+    def received(self, size: int) -> None:
+        """The server read `size` bytes from the peer (minimum upload progress)."""
+        self._window_bytes += size
 
     def pause(self, now: float) -> None:
         """The server stopped reading from the peer (backpressure): stop the silence timer."""
@@ -269,7 +292,7 @@ class Session:
         if self.state is State.GREETING:
             bound = self.started_at + self.limits.greeting_timeout
         elif self.state is State.UPLOADING:
-            bound = self._upload_deadline()
+            bound = min(self._upload_deadline(), self._window_deadline())
         else:
             return silence
         return bound if silence is None else min(bound, silence)
@@ -284,6 +307,8 @@ class Session:
     def _greet(self, message: wire.ClientGreet, now: float) -> list[Effect]:
         self._enter(State.UPLOADING)
         self.upload_started_at = now
+        self._window_bytes = 0
+        self._window_start = 0.0
         return []
 
     def _greet_again(self, message: wire.ClientGreet, now: float) -> list[Effect]:
@@ -603,6 +628,35 @@ class Session:
     def _ping(self) -> Send:
         self._ping_nonce = self._nonce() & 0xFFFFFFFF
         return Send(wire.Ping(self._ping_nonce).encode())
+
+    def _upload_time(self, now: float) -> float:
+        """Seconds since ClientGreet that the bridge was reading (not paused)."""
+        assert self.upload_started_at is not None
+        return now - self.upload_started_at - self._paused_total
+
+    def _window_deadline(self) -> float:
+        """When the current minimum-progress window ends (inf while paused, or off)."""
+        limits = self.limits
+        if self._paused_at is not None or limits.min_upload_rate <= 0:
+            return float("inf")
+        assert self.upload_started_at is not None
+        end = self._window_start + limits.upload_rate_window
+        return self.upload_started_at + self._paused_total + end
+
+    def _judge_window(self, now: float) -> list[Effect]:
+        """A window ended: close if the peer sent too little in it, else start the next."""
+        limits = self.limits
+        needed = limits.min_upload_rate * limits.upload_rate_window
+        if self._window_bytes < needed:
+            return self._close(
+                f"upload too slow: {self._window_bytes} bytes in "
+                f"{limits.upload_rate_window:g} s, minUploadRate={limits.min_upload_rate:g} "
+                "bytes/s",
+                limit="minUploadRate",
+            )
+        self._window_bytes = 0
+        self._window_start = self._upload_time(now)
+        return []
 
     def _upload_deadline(self) -> float:
         assert self.upload_started_at is not None

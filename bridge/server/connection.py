@@ -133,6 +133,7 @@ class RecSyncProtocol(Protocol):
         if self._closing:
             return
         self.bytes_received += len(data)
+        self.session.received(len(data))
         if self._held is not None:
             # Waiting for a slot: only bytes read before the pause arrive here. Keep them
             # raw; decoded they would cost several times more memory (bench/scale.py).
@@ -351,6 +352,12 @@ class RecSyncProtocol(Protocol):
             self._timer = self.factory.reactor.callLater(delay, self._tick)
 
     def _tick(self) -> None:
+        # Judge one reactor turn later: a reactor runs its due timers before the reads
+        # of the same turn, so after a busy spell the bytes a peer sent meanwhile are
+        # read first (the minimum upload progress must not blame the peer for that).
+        self._timer = self.factory.reactor.callLater(0, self._tick_now)
+
+    def _tick_now(self) -> None:
         self._timer = None
         self._apply(self.session.tick(self.factory.now()))
 
