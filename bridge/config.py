@@ -85,6 +85,8 @@ class Limits:
         min_upload_rate, upload_rate_window: bytes per second an upload must bring,
             judged over every window of that many seconds of upload time
             (``minUploadRate``, 0 turns it off; ``uploadRateWindow``).
+        max_held_bytes: what every IOC connection together may hold (read and not
+            yet stored) before the largest uploads stop reading (``maxHeldBytes``).
     """
 
     max_body_length: int = wire.MAX_BODY_LENGTH
@@ -106,6 +108,7 @@ class Limits:
     max_active_per_host: int = 0
     min_upload_rate: float = 1000.0
     upload_rate_window: float = 5.0
+    max_held_bytes: int = 64 << 20
 
     def names(self) -> NameLimits:
         """The name limits as the session takes them."""
@@ -526,6 +529,8 @@ _KEYS: tuple[_Key, ...] = (
     _Key("recceiver", "maxActivePerHost", _set("limits.max_active_per_host", _integer(0))),
     _Key("recceiver", "minUploadRate", _set("limits.min_upload_rate", _real(0.0))),
     _Key("recceiver", "uploadRateWindow", _set("limits.upload_rate_window", _positive)),
+    # Below 1 MiB a single batch of 1,000 records would be over it.
+    _Key("recceiver", "maxHeldBytes", _set("limits.max_held_bytes", _integer(1 << 20))),
     _Key("etcd", "endpoints", _set("etcd.endpoints", _endpoints)),
     _Key("etcd", "prefix", _set("etcd.prefix", _prefix)),
     _Key("etcd", "lease_ttl", _set("etcd.lease_ttl", _real(MIN_LEASE_TTL))),
@@ -768,6 +773,9 @@ uploadTimeout = {lim.upload_timeout}
 # so that a slow connection cannot hold an upload slot. 0: no minimum.
 minUploadRate = {lim.min_upload_rate}
 uploadRateWindow = {lim.upload_rate_window}
+# Bytes every IOC connection together may hold (read, not yet stored in etcd); past
+# it the largest uploads stop reading and no new one starts until room comes back.
+maxHeldBytes = {lim.max_held_bytes}
 # Networks that may connect, e.g. 10.0.0.0/8, 2001:db8::/32. Empty: everyone.
 allow =
 # Longest names, in UTF-8 bytes. A longer HOSTNAME, IOCNAME or IOC, or the iocid

@@ -115,6 +115,7 @@ class BridgeService(MultiService):
             max_connections=self.config.limits.max_connections,
             max_connections_per_host=self.config.limits.max_connections_per_host,
             allow=self.config.limits.allow,
+            max_held_bytes=self.config.limits.max_held_bytes,
         )
         self.port = await self._listen()
         tcp_port: int = self.port.getHost().port  # type: ignore[attr-defined]

@@ -23,7 +23,7 @@ from bridge.config import (
 )
 from bridge.errors import ConfigError
 from bridge.protocol.session import NameLimits
-from bridge.server.admission import default_share
+from bridge.server.admission import DEFAULT_MAX_HELD_BYTES, default_share
 from bridge.service import session_limits
 
 SECRET = "s3cr%t-Pa55"
@@ -522,4 +522,14 @@ def test_minimum_upload_progress_is_configurable(tmp_path: Path) -> None:
     assert (limits.min_upload_rate, limits.upload_rate_window) == (0.0, 30.0)
     conf.write_text("[recceiver]\nuploadRateWindow = 0\n")
     with pytest.raises(ConfigError, match=r"\[recceiver\] uploadRateWindow"):
+        load_config(str(conf), environ={})
+
+
+def test_the_memory_budget_is_configurable(tmp_path: Path) -> None:
+    assert load_config(None, environ={}).limits.max_held_bytes == DEFAULT_MAX_HELD_BYTES
+    conf = tmp_path / "held.conf"
+    conf.write_text("[recceiver]\nmaxHeldBytes = 200000000\n")
+    assert load_config(str(conf), environ={}).limits.max_held_bytes == 200_000_000
+    conf.write_text("[recceiver]\nmaxHeldBytes = 1000\n")
+    with pytest.raises(ConfigError, match=r"\[recceiver\] maxHeldBytes"):
         load_config(str(conf), environ={})

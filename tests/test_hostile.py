@@ -31,7 +31,7 @@ from bridge.documents import Keys
 from bridge.protocol import wire
 from bridge.protocol.session import NameLimits, SessionLimits, State
 from bridge.server.admission import REFUSAL_LOG_INTERVAL, BridgeFactory
-from bridge.server.connection import RecSyncProtocol
+from bridge.server.connection import IDLE_READ, UPLOAD_READ, RecSyncProtocol
 from bridge.service import BridgeService
 from bridge.testing.fakeioc import FakeIOC, IOCSpec, make_ioc, upload_bytes
 from bridge.testing.harness import BridgeProcess
@@ -616,6 +616,73 @@ def test_many_waiting_peers_that_fail_at_once_do_not_recurse() -> None:
     assert all(conn.closed for conn in bad)
     assert bridge.factory.active == 0 and not bridge.factory.queue
     assert bridge.counters == {"maxRecords": 3000}
+
+
+# -- memory ------------------------------------------------------------------------------
+
+
+def test_a_connection_without_a_slot_reads_little_and_passes_over_large_bodies(
+    logs: Any,
+) -> None:
+    bridge = Bridge(manual=True)
+    conn = bridge.connect()
+    assert conn.transport.bufferSize == IDLE_READ  # what Twisted reads at a time
+    # Before its ClientGreet, a 65,797-byte body is passed over as it arrives.
+    conn.send(bytes.fromhex("52430006") + (65_797).to_bytes(4, "big") + b"x" * 4000)
+    for _ in range(15):
+        conn.send(b"x" * 4000)
+        assert conn.protocol.decoder.buffered == 0 and conn.protocol.bytes_held == 0
+    conn.send(b"x" * 1797 + HONEST)
+    assert conn.transport.bufferSize == UPLOAD_READ  # it holds a slot until stored
+    bridge.processor.pending.pop().callback(None)
+    assert_honest(bridge, conn)
+    assert conn.transport.bufferSize == IDLE_READ  # after its upload: Pongs only
+    conn.send(wire.AddInfo(1, "k", "v" * 2000).encode())  # late, and over 1024 bytes
+    assert not conn.closed
+    assert bridge.counters == {"idleBodyLength": 1}
+    (line,) = [line for line in warnings(logs) if "idleBodyLength=1024" in line]
+    assert line.startswith(conn.peer + " ") and "65797-byte body" in line
+
+
+def drive(bridge: Bridge, conns: list[Conn], uploads: list[bytes]) -> int:
+    """Send each upload 16 KiB a read while its transport reads; etcd completes one
+    commit per round. Returns the peak of the memory budget's total."""
+    sent = [0] * len(conns)
+    peak = 0
+    while True:
+        progressed = False
+        for i, conn in enumerate(conns):
+            if conn.transport.producerState != "paused" and sent[i] < len(uploads[i]):
+                conn.send(uploads[i][sent[i] : sent[i] + 16384])
+                sent[i] += 16384
+                progressed = True
+                peak = max(peak, bridge.factory.budget.total)
+        if bridge.processor.pending:
+            bridge.processor.pending.pop(0).callback(None)
+            progressed = True
+        if not progressed:
+            return peak
+
+
+@pytest.mark.parametrize("budget", [2_000_000, 1 << 40], ids=["budget", "unbounded"])
+def test_the_memory_budget_holds_uploads_back_and_every_one_completes(budget: int) -> None:
+    """20 IOCs of 2,000 records, 8 slots, etcd slower than the uploads: past the budget
+    the largest uploads stop reading, no new one starts, and all finish exactly."""
+    bridge = Bridge(manual=True, max_active=8, max_active_per_host=8, max_held_bytes=budget)
+    conns = [bridge.connect(f"10.0.0.{i}") for i in range(1, 21)]
+    specs = [make_ioc(f"MEM{i}", 2000, hostname="h") for i in range(20)]
+    peak = drive(bridge, conns, [upload_bytes(spec) for spec in specs])
+    for conn, spec in zip(conns, specs, strict=True):
+        txns = bridge.processor.of(conn.protocol.session.session_id)
+        assert txns[-1].upload_done
+        assert [r.name for t in txns for r in t.records] == [r.name for r in spec.records]
+    assert bridge.factory.active == 0 and bridge.factory.budget.paused == 0
+    if budget < 1 << 40:
+        assert bridge.factory.budget.pauses > 0
+        # Over by at most what the readers add in one 16 KiB read each.
+        assert peak <= budget + 8 * 120_000, peak
+    else:
+        assert peak > 3 * 2_000_000  # what the budget above prevents
 
 
 # -- everyone at once ---------------------------------------------------------------------

@@ -19,7 +19,7 @@ from bridge.processors import ProcessorChain
 from bridge.processors.show import ShowProcessor
 from bridge.protocol import wire
 from bridge.protocol.effects import Close, Effect, Notice
-from bridge.protocol.session import SessionLimits
+from bridge.protocol.session import ITEM_COST, SessionLimits
 from bridge.server.admission import NOT_READY, BridgeFactory
 from bridge.server.connection import MAX_INFLIGHT, PROTOCOL_ERROR, RecSyncProtocol
 from bridge.testing.fakeioc import make_ioc, upload_bytes
@@ -274,13 +274,16 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual(transport.value(), wire.ServerGreet(0).encode())
         self.assertIs(protocol.processor, self.processor)
 
-    def test_bytes_held_counts_a_partial_frame(self) -> None:
-        protocol, _ = self.connect(self.factory())
+    def test_bytes_held_counts_a_partial_frame_then_what_the_session_keeps(self) -> None:
+        factory = self.factory()
+        protocol, _ = self.connect(factory)
         frame = wire.AddInfo(0, "IOCNAME", "x" * 100).encode()
         protocol.dataReceived(wire.ClientGreet().encode() + frame[:50])
         self.assertEqual(protocol.bytes_held, 50)
         protocol.dataReceived(frame[50:])
-        self.assertEqual(protocol.bytes_held, 0)
+        # The client-wide info, with what a dict entry and two str objects cost.
+        self.assertEqual(protocol.bytes_held, 7 + 100 + ITEM_COST)
+        self.assertEqual(factory.budget.total, protocol.bytes_held)
 
     def test_has_room_until_every_slot_is_taken(self) -> None:
         factory = self.factory(max_active=1)

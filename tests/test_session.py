@@ -11,7 +11,15 @@ from bridge.model import KeptRun, Peer, Transaction
 from bridge.protocol import wire
 from bridge.protocol.effects import Close, Commit, Effect, Notice, Send
 from bridge.protocol.runs import RunDecoded, RunEnd, UnchangedRun
-from bridge.protocol.session import DISPATCH, NameLimits, Session, SessionLimits, State
+from bridge.protocol.session import (
+    DISPATCH,
+    ITEM_COST,
+    RECORD_COST,
+    NameLimits,
+    Session,
+    SessionLimits,
+    State,
+)
 
 PEER = Peer("10.0.0.5", 40000)
 
@@ -659,3 +667,52 @@ def test_the_rate_does_not_apply_before_client_greet_or_after_upload_done() -> N
 def test_a_rate_of_0_turns_it_off() -> None:
     session = greeted(min_upload_rate=0, upload_timeout=600.0, tcptimeout=1e9)
     assert session.deadline == 600.0
+
+
+# -- what a session holds -------------------------------------------------------------
+
+
+def test_flush_commits_the_complete_records_and_keeps_the_one_in_progress() -> None:
+    session = greeted()
+    session.receive(
+        [
+            wire.AddInfo(0, "IOCNAME", "F"),
+            wire.AddRecord(1, 0, "ai", "A"),
+            wire.AddInfo(1, "archive", "x"),
+            wire.AddRecord(2, 0, "ai", "B"),
+            wire.AddInfo(2, "k", "1"),
+        ],
+        1.0,
+    )
+    held = session.bytes_held
+    (commit,) = [e for e in session.flush(2.0) if isinstance(e, Commit)]
+    assert [r.name for r in commit.transaction.records] == ["A"]
+    assert 0 < commit.size < held and session.bytes_held < held
+    assert session.flush(2.0) == []  # one record in progress: nothing to flush
+    effects = session.receive([wire.AddInfo(2, "k2", "2"), wire.UploadDone()], 3.0)
+    (last,) = commits(effects)
+    assert [(r.name, r.infos) for r in last.records] == [("B", {"k": "1", "k2": "2"})]
+    assert [t.seq for t in (commit.transaction, last)] == [0, 1]
+
+
+def test_bytes_held_grows_with_the_upload_and_a_cut_hands_it_to_the_commit() -> None:
+    session = greeted(batch_records=100)
+    empty = session.bytes_held
+    messages: list[wire.Decoded] = []
+    for rid in range(1, 101):
+        messages += [
+            wire.AddRecord(rid, 0, "ai", f"R:{rid:03d}"),
+            wire.AddInfo(rid, "k", "v" * 50),
+        ]
+    session.receive(messages, 1.0)
+    held = session.bytes_held
+    # At least the text, plus a record's and an info's worth of objects each.
+    assert held - empty >= 100 * (len("R:100ai") + 51 + RECORD_COST + ITEM_COST)
+    (commit,) = [
+        e
+        for e in session.receive([wire.AddRecord(101, 0, "ai", "C")], 1.0)
+        if isinstance(e, Commit)
+    ]
+    assert commit.size >= held - empty
+    # The new record, and the names committed (for DelRecord): 12 bytes and the name.
+    assert session.bytes_held == empty + 3 + RECORD_COST + ITEM_COST + 100 * (12 + 5)

@@ -37,9 +37,15 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Commit:
-    """Hand this transaction to the processors, after every earlier one of the session."""
+    """Hand this transaction to the processors, after every earlier one of the session.
+
+    ``size`` is an upper-bound estimate of the bytes the transaction holds
+    (`bridge.protocol.session.Session.bytes_held`), counted against the server's
+    memory budget until the commit completes.
+    """
 
     transaction: Transaction
+    size: int = 0
 
 
 @dataclass(frozen=True, slots=True)

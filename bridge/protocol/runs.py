@@ -59,6 +59,9 @@ RUN_RECORDS = 1000
 RUN_BYTES = 1 << 20
 #: A run holding more than this (huge info tags) is decoded as it arrives, uncompared.
 RUN_HOLD_LIMIT = 4 << 20
+#: Bytes a decoded name of a compared run costs beyond its frame (str header, list
+#: slots, the record id), for `RunDecoder.held`.
+NAME_COST = 120
 
 
 @dataclass(slots=True)
@@ -108,7 +111,6 @@ class RunDecoder:
 
     def __init__(self, max_body_length: int = MAX_BODY_LENGTH) -> None:
         self._plain = Decoder(max_body_length)
-        self.max_body_length = max_body_length
         #: The run in progress (None: runs are off), its position, what is expected.
         self._run: _Run | None = None
         self._run_index = 0
@@ -116,6 +118,15 @@ class RunDecoder:
         self._seed = b""
         self._max_aliases = 0
         self._max_name = self._max_type = 0
+
+    @property
+    def max_body_length(self) -> int:
+        """The plain decoder's `Decoder.max_body_length`."""
+        return self._plain.max_body_length
+
+    def set_body_limit(self, max_body_length: int, name: str = wire.MAX_BODY_LENGTH_LIMIT) -> None:
+        """`Decoder.set_body_limit`."""
+        self._plain.set_body_limit(max_body_length, name)
 
     @property
     def buffered(self) -> int:
@@ -127,6 +138,15 @@ class RunDecoder:
     def held(self) -> int:
         """Bytes of record frames held by the run in progress (≤ about `RUN_HOLD_LIMIT`)."""
         return len(self._run.data) if self._run is not None else 0
+
+    @property
+    def held_cost(self) -> int:
+        """An upper-bound estimate of what the run in progress holds: its frames
+        (`held`) and the names of a compared run, decoded for its `UnchangedRun`."""
+        run = self._run
+        if run is None:
+            return 0
+        return len(run.data) + NAME_COST * (len(run.names) + len(run.aliases))
 
     def hold(self, data: bytes) -> None:
         """Keep bytes undecoded until the next `feed` (`Decoder.hold`)."""
@@ -533,3 +553,6 @@ class _Run:
         self.through = True
         self.regular = False
         self.data = bytearray()
+        # Only an `UnchangedRun` needs them, and this run can no longer be one.
+        self.rids, self.names, self.rtypes = [], [], []
+        self.aliases, self.alias_of, self.current_aliases = [], [], []

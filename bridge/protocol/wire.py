@@ -371,6 +371,8 @@ class Decoder:
 
     def __init__(self, max_body_length: int = MAX_BODY_LENGTH) -> None:
         self.max_body_length = max_body_length
+        #: The limit named in the `Skipped` of a longer body (`set_body_limit`).
+        self.limit_name = MAX_BODY_LENGTH_LIMIT
         self._buffer = bytearray()
         #: Bytes of an oversize body still to pass over (`oversize`).
         self._skip = 0
@@ -390,6 +392,12 @@ class Decoder:
     def hold(self, data: bytes) -> None:
         """Keep bytes undecoded until the next `feed` (a connection waiting for a slot)."""
         self._buffer += data
+
+    def set_body_limit(self, max_body_length: int, name: str = MAX_BODY_LENGTH_LIMIT) -> None:
+        """Pass over bodies longer than `max_body_length` from now on, naming `name` as
+        the limit (a caller that allows less at times, under a name of its own)."""
+        self.max_body_length = max_body_length
+        self.limit_name = name
 
     def _take(self, data: bytes) -> bytearray:
         """Append `data` to the buffer, less what is left of an oversize body."""
@@ -419,8 +427,8 @@ class Decoder:
             msgid,
             length,
             f"message 0x{msgid:04x} declares a {length}-byte body, over "
-            f"{MAX_BODY_LENGTH_LIMIT}={self.max_body_length}; passed over unread",
-            MAX_BODY_LENGTH_LIMIT,
+            f"{self.limit_name}={self.max_body_length}; passed over unread",
+            self.limit_name,
         )
         if end - start >= length:
             return skipped, start + length

@@ -21,9 +21,12 @@ subclass can override:
 * Counters (`counters`, shown by `status`): one per limit that refused or ended a
   connection, or skipped something (`count`, `notice`), and ``protocolError``.
 
+* Memory (``maxHeldBytes``): what every connection holds counts against one
+  budget (`bridge.server.budget`, `account`), which pauses the largest uploads past
+  it and resumes them as room comes back.
+
 It sees every connection (`connections`) with what each has read and holds
-(`RecSyncProtocol.bytes_received`, `RecSyncProtocol.bytes_held`), and can pause and
-resume their reading, which is what a memory budget across connections needs.
+(`RecSyncProtocol.bytes_received`, `RecSyncProtocol.bytes_held`).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from bridge.protocol import wire
 from bridge.protocol.effects import Notice
 from bridge.protocol.runs import RunDecoded
 from bridge.protocol.session import Session, SessionLimits
+from bridge.server.budget import MemoryBudget
 from bridge.server.connection import RecSyncProtocol
 from bridge.server.slots import Slots
 
@@ -56,6 +60,9 @@ NOT_READY = "notReady"
 REFUSAL_LOG_INTERVAL = 60.0
 #: Hosts remembered for that purpose; beyond this the memory is simply cleared.
 REFUSAL_LOG_HOSTS = 10_000
+#: ``maxHeldBytes`` (`bridge.config.Limits`): what every connection together may hold
+#: before reading pauses.
+DEFAULT_MAX_HELD_BYTES = 64 << 20
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -104,6 +111,7 @@ class BridgeFactory(ServerFactory):
         max_connections: int = 5000,
         max_connections_per_host: int = 100,
         allow: Sequence[Network] = (),
+        max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
         nonce: Callable[[], int] | None = None,
     ) -> None:
         self.processor = processor
@@ -129,6 +137,12 @@ class BridgeFactory(ServerFactory):
         self.counters: collections.Counter[str] = collections.Counter()
         #: Transactions handed to the processors and not completed yet.
         self.pending_commits = 0
+        self.budget: MemoryBudget[RecSyncProtocol] = MemoryBudget(
+            max_held_bytes,
+            RecSyncProtocol.budget_pause,
+            RecSyncProtocol.budget_resume,
+            self.grant_waiting,
+        )
         self._granting = False
         #: (host, counter) -> [time of the last logged refusal, refusals not logged since].
         self._refusals: dict[tuple[str, str], list[float]] = {}
@@ -216,12 +230,17 @@ class BridgeFactory(ServerFactory):
 
     def may_start(self, protocol: RecSyncProtocol) -> bool:
         """Whether `protocol`, which just greeted, gets a slot at once (else it waits):
-        a slot is free and its address holds less than its share."""
-        return self.queue.free_for(protocol.peer.host)
+        a slot is free, its address holds less than its share, and the memory budget
+        lets a new upload start."""
+        return self.queue.free_for(protocol.peer.host) and self.budget.allows_upload()
 
     def release_slot(self, protocol: RecSyncProtocol) -> None:
         """`protocol`'s slot came free: hand slots on to the connections waiting."""
         self.queue.release(protocol)
+        self.grant_waiting()
+
+    def grant_waiting(self) -> None:
+        """Hand every slot that is free now to the connections waiting (`next_waiting`)."""
         if self._granting:
             return  # the loop below, further up the stack, hands the slot on
         self._granting = True
@@ -234,7 +253,10 @@ class BridgeFactory(ServerFactory):
 
     def next_waiting(self) -> RecSyncProtocol | None:
         """The waiting connection that gets a slot free now (removed from the queue):
-        the next source address in turn that is under its share gives its oldest."""
+        the next source address in turn that is under its share gives its oldest, if
+        the memory budget lets a new upload start."""
+        if not self.queue or not self.budget.allows_upload():
+            return None
         while (protocol := self.queue.next()) is not None:
             if protocol in self.connections:
                 return protocol
@@ -248,8 +270,13 @@ class BridgeFactory(ServerFactory):
 
     # -- connections ending, counters, status -------------------------------------------------
 
+    def account(self, protocol: RecSyncProtocol) -> None:
+        """`protocol` may hold another amount now (`MemoryBudget.update`)."""
+        self.budget.update(protocol, protocol.bytes_held, protocol.reading_upload)
+
     def forget(self, protocol: RecSyncProtocol) -> None:
         """`protocol`'s connection is gone."""
+        self.budget.forget(protocol)
         if protocol in self.connections:
             self.connections.discard(protocol)
             host = protocol.peer.host
@@ -282,6 +309,10 @@ class BridgeFactory(ServerFactory):
             "queued_hosts": self.queue.waiting_hosts,
             "max_active": self.max_active,
             "max_active_per_host": self.max_active_per_host,
+            "held_bytes": self.budget.total,
+            "max_held_bytes": self.budget.limit,
+            "paused_by_budget": self.budget.paused,
+            "budget_pauses": self.budget.pauses,
             **{f"limit_{k}": v for k, v in sorted(self.counters.items())},
         }
 
