@@ -26,7 +26,7 @@ from bridge.documents import DEFAULT_PREFIX
 from bridge.errors import ConfigError
 from bridge.processors import BUILTIN, UNSUPPORTED
 from bridge.protocol import wire
-from bridge.protocol.session import NameLimits
+from bridge.protocol.names import NameLimits
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

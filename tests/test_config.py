@@ -22,7 +22,7 @@ from bridge.config import (
     load_config,
 )
 from bridge.errors import ConfigError
-from bridge.protocol.session import NameLimits
+from bridge.protocol.names import NameLimits
 from bridge.server.admission import DEFAULT_MAX_HELD_BYTES, default_share
 from bridge.service import session_limits
 

@@ -29,7 +29,8 @@ from twisted.python.failure import Failure
 from bridge.config import BridgeConfig
 from bridge.documents import Keys
 from bridge.protocol import wire
-from bridge.protocol.session import NameLimits, SessionLimits, State
+from bridge.protocol.names import NameLimits
+from bridge.protocol.session import SessionLimits, State
 from bridge.server.admission import REFUSAL_LOG_INTERVAL, BridgeFactory
 from bridge.server.connection import IDLE_READ, UPLOAD_READ, RecSyncProtocol
 from bridge.service import BridgeService

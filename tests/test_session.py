@@ -10,12 +10,12 @@ import pytest
 from bridge.model import KeptRun, Peer, Transaction
 from bridge.protocol import wire
 from bridge.protocol.effects import Close, Commit, Effect, Notice, Send
+from bridge.protocol.names import NameLimits
 from bridge.protocol.runs import RunDecoded, RunEnd, UnchangedRun
 from bridge.protocol.session import (
     DISPATCH,
     ITEM_COST,
     RECORD_COST,
-    NameLimits,
     Session,
     SessionLimits,
     State,

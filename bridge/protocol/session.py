@@ -43,15 +43,14 @@ peer broke the protocol, so the server counts and logs each effect on its own.
 from __future__ import annotations
 
 import enum
-from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from bridge.model import DESC_INFO_KEY, KeptRun, Peer, Record, Transaction, derive_identity
-from bridge.protocol import runs, wire
+from bridge.model import DESC_INFO_KEY, KeptRun, Peer, Record, Transaction
+from bridge.protocol import names, runs, wire
 from bridge.protocol.effects import Close, Commit, Effect, Notice, Send
-from bridge.protocol.wire import longer_than
+from bridge.protocol.names import NameLimits
 
 
 class State(enum.Enum):
@@ -83,33 +82,6 @@ KEPT_NAME_COST = 150
 
 
 @dataclass(frozen=True, slots=True)
-class NameLimits:
-    """Longest names a peer may send, in UTF-8 bytes (``[recceiver]`` keys in brackets).
-
-    The defaults are far above what an honest IOC sends (EPICS record names have at
-    most 60 characters, host names at most 253) and far below what the fields allow
-    (64 KiB), since a name is copied into every etcd key and document that names it.
-    A peer whose identity is too long is closed (its IOC could only be stored under
-    another name); a record, alias or info whose name is too long is skipped, with its
-    aliases and infos, and the rest of the upload is stored.
-    """
-
-    #: ``HOSTNAME`` (``maxHostnameLength``; a DNS name has at most 253).
-    hostname: int = 253
-    #: ``IOCNAME`` and ``IOC`` (``maxIocNameLength``).
-    iocname: int = 255
-    #: The iocid derived from them (``maxIocidLength``): with the two above at their
-    #: defaults it is never the one hit.
-    iocid: int = 512
-    #: Record and alias names (``maxRecordNameLength``).
-    record_name: int = 255
-    #: Record types (``maxRecordTypeLength``; EPICS record types are C identifiers).
-    record_type: int = 64
-    #: Info keys, of records and client-wide (``maxInfoKeyLength``).
-    info_key: int = 128
-
-
-@dataclass(frozen=True, slots=True)
 class SessionLimits:
     """Timers and bounds of one session (from ``[recceiver]`` configuration)."""
 
@@ -138,15 +110,6 @@ class SessionLimits:
     max_record_bytes: int = 1 << 20
     #: UTF-8 bytes of the names a peer sends (`NameLimits`).
     names: NameLimits = field(default_factory=NameLimits)
-
-
-#: The client-wide infos that name the IOC (data model, IOC identity): key -> the
-#: `NameLimits` field and configuration key bounding them.
-_IDENTITY_KEYS: Final[dict[str, tuple[str, str]]] = {
-    "HOSTNAME": ("hostname", "maxHostnameLength"),
-    "IOCNAME": ("iocname", "maxIocNameLength"),
-    "IOC": ("iocname", "maxIocNameLength"),
-}
 
 
 class Session:
@@ -185,7 +148,7 @@ class Session:
         self._client_bytes = 0
         #: Id of the last record skipped (`NameLimits`): its aliases and infos follow it.
         self._skipped_rid: int | None = None
-        self._committed_names = _NameLog()
+        self._committed_names = names.NameLog()
         self._removed: list[str] = []
         #: Runs (`runs.RunDecoder.start_runs`) ended since the last cut.
         self._kept: list[KeptRun] = []
@@ -285,11 +248,11 @@ class Session:
         Change the version whenever the records built from the same frames, or what a
         processor stores of them, would differ (so no old digest matches).
         """
-        limits, names = self.limits, self.limits.names
+        limits, lengths = self.limits, self.limits.names
         return (
             f"recsync-bridge runs 2 infos={limits.max_infos} "
             f"aliases={limits.max_aliases} bytes={limits.max_record_bytes} "
-            f"name={names.record_name} type={names.record_type} key={names.info_key}"
+            f"name={lengths.record_name} type={lengths.record_type} key={lengths.info_key}"
         ).encode()
 
     def received(self, size: int) -> None:
@@ -396,10 +359,10 @@ class Session:
                 f"upload exceeds maxRecords={self.limits.max_records}", limit="maxRecords"
             )
         rid, name, rtype = message.rid, message.name, message.rtype
-        names = self.limits.names
-        if longer_than(name, names.record_name) or longer_than(rtype, names.record_type):
+        problem = names.record_problem(self.limits.names, name, rtype)
+        if problem is not None:
             self._skipped_rid = rid
-            return effects + self._record_skipped(name, rtype)
+            return effects + self._skip(problem)
         record = Record(rid, name, rtype)
         self.records_total += 1
         self._pending.append(record)
@@ -418,12 +381,13 @@ class Session:
             if message.rid == self._skipped_rid:
                 return []
             return self._notice_once("alias-rid", f"alias for unknown record id {message.rid}")
-        if longer_than(message.name, self.limits.names.record_name):
-            return self._name_skipped("alias", message.name)
+        problem = names.alias_problem(self.limits.names, message.name)
+        if problem is not None:
+            return self._skip(problem)
         if len(record.aliases) >= self.limits.max_aliases:
             return self._notice_once(
                 "maxAliases",
-                f"record {_short(record.name)} exceeds maxAliases={self.limits.max_aliases}; "
+                f"record {names.short(record.name)} exceeds maxAliases={self.limits.max_aliases}; "
                 "further aliases skipped",
                 limit="maxAliases",
             )
@@ -436,8 +400,9 @@ class Session:
 
     def _add_info(self, message: wire.AddInfo, now: float) -> list[Effect]:
         rid, key, value = message.rid, message.key, message.value
-        if longer_than(key, self.limits.names.info_key):
-            return self._name_skipped("info key", key)
+        problem = names.info_key_problem(self.limits.names, key)
+        if problem is not None:
+            return self._skip(problem)
         if rid == 0:
             return self._client_info(message)
         record = self._by_rid.get(rid)
@@ -449,7 +414,7 @@ class Session:
         if key not in infos and len(infos) >= self.limits.max_infos:
             return self._notice_once(
                 "maxInfos-record",
-                f"record {_short(record.name)} exceeds maxInfos={self.limits.max_infos}; "
+                f"record {names.short(record.name)} exceeds maxInfos={self.limits.max_infos}; "
                 "further infos skipped",
                 limit="maxInfos",
             )
@@ -469,11 +434,14 @@ class Session:
         return []
 
     def _client_info(self, message: wire.AddInfo) -> list[Effect]:
-        if message.key in _IDENTITY_KEYS:
-            too_long = self._identity_too_long(message.key, message.value)
-            if too_long:
-                return too_long
         infos = self.client_infos
+        if message.key in names.IDENTITY_KEYS:
+            problem = names.identity_problem(
+                self.limits.names, infos, self.peer, message.key, message.value
+            )
+            if problem is not None:
+                setting, reason = problem
+                return self._close(reason, limit=setting)
         if message.key not in infos and len(infos) >= self.limits.max_infos:
             return self._notice_once(
                 "maxInfos-client",
@@ -498,47 +466,10 @@ class Session:
         infos[message.key] = message.value
         return []
 
-    def _identity_too_long(self, key: str, value: str) -> list[Effect]:
-        """Close if an info naming the IOC, or the iocid it makes, is too long."""
-        names = self.limits.names
-        attr, setting = _IDENTITY_KEYS[key]
-        limit = getattr(names, attr)
-        if longer_than(value, limit):
-            return self._close(f"{key} {_short(value)} exceeds {setting}={limit}", limit=setting)
-        iocid = derive_identity({**self.client_infos, key: value}, self.peer).iocid
-        if longer_than(iocid, names.iocid):
-            return self._close(
-                f"iocid {_short(iocid)} exceeds maxIocidLength={names.iocid}",
-                limit="maxIocidLength",
-            )
-        return []
-
-    def _record_skipped(self, name: str, rtype: str) -> list[Effect]:
-        names = self.limits.names
-        if longer_than(name, names.record_name):
-            return self._name_skipped("record name", name)
-        return self._notice_once(
-            "maxRecordTypeLength",
-            f"record {_short(name)} of type {_short(rtype)} exceeds "
-            f"maxRecordTypeLength={names.record_type}; that record with its aliases and "
-            "infos skipped, and any more such",
-            limit="maxRecordTypeLength",
-        )
-
-    def _name_skipped(self, what: str, name: str) -> list[Effect]:
-        """A record, alias or info whose name is too long: skipped, one notice a limit."""
-        names = self.limits.names
-        if what == "info key":
-            limit, setting, skipped = names.info_key, "maxInfoKeyLength", "that info"
-        else:
-            limit, setting = names.record_name, "maxRecordNameLength"
-            skipped = "that alias" if what == "alias" else "that record with its aliases and infos"
-        return self._notice_once(
-            setting,
-            f"{what} {_short(name)} exceeds {setting}={limit}; {skipped} skipped, "
-            "and any more such",
-            limit=setting,
-        )
+    def _skip(self, problem: names.Problem) -> list[Effect]:
+        """Something named too long is skipped: one notice per limit."""
+        setting, text = problem
+        return self._notice_once(setting, text, limit=setting)
 
     def _record_fits(self, record: Record, size: int) -> bool:
         held = self._record_bytes.get(record.rid, 0) + size
@@ -550,7 +481,7 @@ class Session:
     def _record_too_big(self, record: Record) -> list[Effect]:
         return self._notice_once(
             "maxRecordBytes",
-            f"record {_short(record.name)} exceeds {self.limits.max_record_bytes} bytes; "
+            f"record {names.short(record.name)} exceeds {self.limits.max_record_bytes} bytes; "
             "further aliases and infos skipped",
             limit="maxRecordBytes",
         )
@@ -740,52 +671,6 @@ class Session:
         return self.upload_started_at + self.limits.upload_timeout + paused
 
 
-class _NameLog:
-    """Record id -> name of each record committed so far in the upload, for DelRecord.
-
-    Flat arrays, about 12 bytes plus the UTF-8 name per record, instead of a dict of
-    objects (about 130 bytes per record): the log grows with the upload, and no known
-    client sends DelRecord. The dict its lookups need is built at the first one.
-    A record id sent again stands for the later record, as in a dict.
-    """
-
-    __slots__ = ("_ends", "_index", "_names", "_rids")
-
-    def __init__(self) -> None:
-        self._rids = array("I")
-        self._ends = array("Q")
-        self._names = bytearray()
-        self._index: dict[int, int] | None = None
-
-    def clear(self) -> None:
-        self._rids, self._ends = array("I"), array("Q")
-        self._names, self._index = bytearray(), None
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held (the lookup dict, if built, at about 100 bytes an entry)."""
-        index = 0 if self._index is None else 100 * len(self._index)
-        return len(self._names) + 12 * len(self._rids) + index
-
-    def add(self, rid: int, name: str) -> None:
-        if self._index is not None:
-            self._index[rid] = len(self._rids)
-        self._rids.append(rid)
-        # Any str round-trips (the decoder never makes lone surrogates; callers might).
-        self._names += name.encode("utf-8", "surrogatepass")
-        self._ends.append(len(self._names))
-
-    def pop(self, rid: int) -> str | None:
-        """The name of record `rid`, which is then forgotten; None if there is none."""
-        if self._index is None:
-            self._index = {r: i for i, r in enumerate(self._rids)}
-        position = self._index.pop(rid, None)
-        if position is None:
-            return None
-        start = self._ends[position - 1] if position else 0
-        return self._names[start : self._ends[position]].decode("utf-8", "surrogatepass")
-
-
 def _upload_message(message: runs.RunDecoded) -> str:
     """The wire message's name, for a log line (an unchanged run stands for records)."""
     return "AddRecord" if type(message) is runs.UnchangedRun else type(message).__name__
@@ -824,9 +709,3 @@ DISPATCH: Final[dict[State, dict[type, Handler]]] = {
     },
     State.CLOSED: dict.fromkeys(_GRID, Session._ignore),
 }
-
-
-def _short(name: str, limit: int = 80) -> str:
-    """A record name for a log line: repr (control characters escaped), cut to `limit`."""
-    text = repr(name)
-    return text if len(text) <= limit else f"{text[: limit - 4]}...{text[-1]} ({len(name)} chars)"
