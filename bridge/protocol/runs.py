@@ -117,7 +117,7 @@ class RunDecoder:
         self._expected: Sequence[str] | None | _Pending = None
         self._seed = b""
         self._max_aliases = 0
-        self._max_name = self._max_type = 0
+        self._max_name = self._max_type = self._name_sure = self._type_sure = 0
 
     @property
     def max_body_length(self) -> int:
@@ -198,6 +198,8 @@ class RunDecoder:
         self._seed = seed
         self._max_aliases = max_aliases
         self._max_name, self._max_type = max_name_length, max_type_length
+        # Up to this many characters a name fits whatever it holds (4 bytes a character).
+        self._name_sure, self._type_sure = max_name_length // 4, max_type_length // 4
         self._run_index = 0
         self._run = self._new_run()
 
@@ -318,16 +320,20 @@ class RunDecoder:
                         rtype = sys.intern(decode_text(buf[start + 8 : name_at]))
                         run.begin_record(rid_n, name, rtype)
                         # A name the session skips: decode the run, so that it does.
-                        linked = not (
-                            longer_than(name, self._max_name) or longer_than(rtype, self._max_type)
-                        )
+                        if len(name) > self._name_sure or len(rtype) > self._type_sure:
+                            linked = not (
+                                longer_than(name, self._max_name)
+                                or longer_than(rtype, self._max_type)
+                            )
                 elif atype == ATYPE_ALIAS and whole and buf[start : start + 4] == current:
                     # More aliases than the session takes: the run must be decoded.
                     run.alias_frames += 1
                     linked = run.alias_frames <= self._max_aliases
                     if linked and not through:
                         alias = decode_text(buf[name_at : name_at + rnlen])
-                        linked = not longer_than(alias, self._max_name)
+                        linked = len(alias) <= self._name_sure or not longer_than(
+                            alias, self._max_name
+                        )
                         if linked:
                             run.add_alias(alias)
                 else:

@@ -148,6 +148,12 @@ class Session:
         self._client_bytes = 0
         #: Id of the last record skipped (`NameLimits`): its aliases and infos follow it.
         self._skipped_rid: int | None = None
+        # Names of at most this many characters fit their limit whatever they hold (UTF-8
+        # takes at most 4 bytes a character): the per-message path checks no further.
+        lengths = limits.names
+        self._name_sure = lengths.record_name // 4
+        self._type_sure = lengths.record_type // 4
+        self._key_sure = lengths.info_key // 4
         self._committed_names = names.NameLog()
         self._removed: list[str] = []
         #: Runs (`runs.RunDecoder.start_runs`) ended since the last cut.
@@ -359,10 +365,11 @@ class Session:
                 f"upload exceeds maxRecords={self.limits.max_records}", limit="maxRecords"
             )
         rid, name, rtype = message.rid, message.name, message.rtype
-        problem = names.record_problem(self.limits.names, name, rtype)
-        if problem is not None:
-            self._skipped_rid = rid
-            return effects + self._skip(problem)
+        if len(name) > self._name_sure or len(rtype) > self._type_sure:
+            problem = names.record_problem(self.limits.names, name, rtype)
+            if problem is not None:
+                self._skipped_rid = rid
+                return effects + self._skip(problem)
         record = Record(rid, name, rtype)
         self.records_total += 1
         self._pending.append(record)
@@ -381,9 +388,10 @@ class Session:
             if message.rid == self._skipped_rid:
                 return []
             return self._notice_once("alias-rid", f"alias for unknown record id {message.rid}")
-        problem = names.alias_problem(self.limits.names, message.name)
-        if problem is not None:
-            return self._skip(problem)
+        if len(message.name) > self._name_sure:
+            problem = names.alias_problem(self.limits.names, message.name)
+            if problem is not None:
+                return self._skip(problem)
         if len(record.aliases) >= self.limits.max_aliases:
             return self._notice_once(
                 "maxAliases",
@@ -400,9 +408,10 @@ class Session:
 
     def _add_info(self, message: wire.AddInfo, now: float) -> list[Effect]:
         rid, key, value = message.rid, message.key, message.value
-        problem = names.info_key_problem(self.limits.names, key)
-        if problem is not None:
-            return self._skip(problem)
+        if len(key) > self._key_sure:
+            problem = names.info_key_problem(self.limits.names, key)
+            if problem is not None:
+                return self._skip(problem)
         if rid == 0:
             return self._client_info(message)
         record = self._by_rid.get(rid)
@@ -411,21 +420,23 @@ class Session:
                 return []
             return self._notice_once("info-rid", f"info for unknown record id {rid}")
         infos = record.infos
-        if key not in infos and len(infos) >= self.limits.max_infos:
+        limits = self.limits
+        if len(infos) >= limits.max_infos and key not in infos:
             return self._notice_once(
                 "maxInfos-record",
-                f"record {names.short(record.name)} exceeds maxInfos={self.limits.max_infos}; "
+                f"record {names.short(record.name)} exceeds maxInfos={limits.max_infos}; "
                 "further infos skipped",
                 limit="maxInfos",
             )
         # A key sent again replaces its value: only growth counts.
-        old = record.desc if key == DESC_INFO_KEY else infos.get(key)
-        size = len(value) - (len(old) if old is not None else -len(key))
-        held = self._record_bytes.get(rid, 0) + size
-        if held > self.limits.max_record_bytes:
+        desc = key == DESC_INFO_KEY
+        old = record.desc if desc else infos.get(key)
+        size = len(key) + len(value) if old is None else len(value) - len(old)
+        held = self._record_bytes[rid] + size
+        if held > limits.max_record_bytes:
             return self._record_too_big(record)
         self._record_bytes[rid] = held
-        if key == DESC_INFO_KEY:
+        if desc:
             record.desc = value
         else:
             infos[key] = value
