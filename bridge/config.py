@@ -81,7 +81,7 @@ class Limits:
             (``maxRecordNameLength``, ``maxRecordTypeLength``, ``maxInfoKeyLength``);
             longer is skipped.
         max_active_per_host: upload slots one source address may hold at once; 0 means
-            a quarter of ``maxActive``, rounded up (``maxActivePerHost``).
+            half of ``maxActive``, rounded up (``maxActivePerHost``).
         min_upload_rate, upload_rate_window: bytes per second an upload must bring,
             judged over every window of that many seconds of upload time
             (``minUploadRate``, 0 turns it off; ``uploadRateWindow``).
@@ -763,7 +763,7 @@ maxRecordBytes = {lim.max_record_bytes}
 maxConnections = {lim.max_connections}
 maxConnectionsPerHost = {lim.max_connections_per_host}
 # Upload slots (of maxActive) one address may hold at once; waiting IOCs are served
-# address by address in turn. 0: a quarter of maxActive, rounded up.
+# address by address in turn. 0: half of maxActive, rounded up.
 maxActivePerHost = {lim.max_active_per_host}
 # Seconds a new connection may take to greet, and an upload to finish.
 greetingTimeout = {lim.greeting_timeout}

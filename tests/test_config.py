@@ -504,9 +504,9 @@ def test_name_limits_are_configurable_and_reach_the_session(tmp_path: Path) -> N
         load_config(str(conf), environ={})
 
 
-def test_max_active_per_host_defaults_to_a_quarter_of_max_active(tmp_path: Path) -> None:
+def test_max_active_per_host_defaults_to_half_of_max_active(tmp_path: Path) -> None:
     assert load_config(None, environ={}).limits.max_active_per_host == 0
-    assert default_share(20) == 5 and default_share(1) == 1 and default_share(5) == 2
+    assert default_share(20) == 10 and default_share(1) == 1 and default_share(5) == 3
     conf = tmp_path / "share.conf"
     conf.write_text("[recceiver]\nmaxActive = 40\nmaxActivePerHost = 40\n")
     config = load_config(str(conf), environ={})
