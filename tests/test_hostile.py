@@ -593,6 +593,18 @@ def test_tricklers_are_closed_in_turn_and_an_honest_ioc_behind_them_is_served(
     assert len(lines) == 100 and all("upload too slow" in line for line in lines)
 
 
+def test_a_partial_frame_held_back_is_no_upload_progress(logs: Any) -> None:
+    bridge = Bridge()
+    conn = bridge.connect()
+    body = b"x" * (wire.MAX_BODY_LENGTH - 1)  # all but the last byte of the largest body
+    conn.send(greet() + wire.HEADER.pack(wire.PROTO_ID, 6, wire.MAX_BODY_LENGTH) + body)
+    assert conn.protocol.holds_slot and conn.protocol.bytes_held > wire.MAX_BODY_LENGTH
+    bridge.clock.advance(5.0)
+    assert conn.closed
+    one_warning(logs, conn.peer, "upload too slow: 0 bytes in 5 s", "minUploadRate=1000")
+    assert bridge.counters == {"minUploadRate": 1}
+
+
 def test_a_waiting_peer_that_leaves_frees_its_place() -> None:
     bridge = Bridge(max_active=1)
     first = bridge.connect()

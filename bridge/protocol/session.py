@@ -24,8 +24,8 @@ below the class); no handler looks at the state again:
 * LIVE: after UploadDone only Pongs matter; further uploads are not part of the
   protocol and are skipped with one notice.
 * Minimum upload progress: while UPLOADING, every ``upload_rate_window`` seconds of
-  upload time the peer must have sent ``min_upload_rate`` bytes a second
-  (`received`), or the session closes. An honest client sends its whole upload at
+  upload time the peer must have sent ``min_upload_rate`` bytes a second of whole
+  frames (`received`), or the session closes. An honest client sends its whole upload at
   once (docs/protocol.md, A session), so only a peer that trickles to keep an upload
   slot is closed; time the bridge paused reading (waiting for a slot, backpressure)
   is not upload time, as for ``upload_timeout``.
@@ -262,7 +262,8 @@ class Session:
         ).encode()
 
     def received(self, size: int) -> None:
-        """The server read `size` bytes from the peer (minimum upload progress)."""
+        """The server decoded `size` bytes of the peer's frames (minimum upload progress:
+        a frame counts once it is whole, so a partial frame held back is no progress)."""
         self._window_bytes += size
 
     def pause(self, now: float) -> None:

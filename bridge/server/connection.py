@@ -183,7 +183,6 @@ class RecSyncProtocol(Protocol):
         if self._closing:
             return
         self.bytes_received += len(data)
-        self.session.received(len(data))
         if self._held is not None:
             # Waiting for a slot: only bytes read before the pause arrive here. Keep them
             # raw; decoded they would cost several times more memory (bench/scale.py).
@@ -204,12 +203,16 @@ class RecSyncProtocol(Protocol):
             )
         # Until this connection holds a slot, decode no further than its ClientGreet.
         waiting = not self.holds_slot and self.session.state is State.GREETING
+        undecoded = self.decoder.buffered
         try:
             messages = self.decoder.feed(data, wire.ClientGreet if waiting else None)
         except wire.FramingError as error:
             self._deliver(error.decoded)
             self._drop(str(error), PROTOCOL_ERROR)
             return
+        # Upload progress is what the decoder took out of its buffer: whole frames (and
+        # oversize bodies passed over), never a partial frame held back.
+        self.session.received(len(data) + undecoded - self.decoder.buffered)
         self._deliver(messages)
         if self.decoder.awaiting and not self._awaiting_runs and not self._closing:
             self._ask_for_runs()
