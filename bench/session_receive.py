@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bridge import fakeioc  # noqa: E402
 from bridge.model import Peer  # noqa: E402
 from bridge.protocol import wire  # noqa: E402
 from bridge.protocol.effects import Commit  # noqa: E402
 from bridge.protocol.session import Session, SessionLimits  # noqa: E402
+from bridge.testing import fakeioc  # noqa: E402
 
 CHUNK = 65536
 

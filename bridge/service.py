@@ -167,11 +167,13 @@ class BridgeService(MultiService):
             self.reactor,
             session_limits(self.config),
             max_active=self.config.max_active,
+            max_active_per_host=self.config.limits.max_active_per_host,
             max_body_length=self.config.limits.max_body_length,
             max_connections=self.config.limits.max_connections,
             max_connections_per_host=self.config.limits.max_connections_per_host,
             allow=self.config.limits.allow,
             store_refusal=self._store_refusal,
+            max_held_bytes=self.config.limits.max_held_bytes,
         )
         self.port = self._listen(self.config.bind_port, self.factory, "[recceiver] bind")
         if self.config.metrics_port:
@@ -473,10 +475,13 @@ def session_limits(config: BridgeConfig) -> SessionLimits:
         tcptimeout=config.tcptimeout,
         greeting_timeout=config.limits.greeting_timeout,
         upload_timeout=config.limits.upload_timeout,
+        min_upload_rate=config.limits.min_upload_rate,
+        upload_rate_window=config.limits.upload_rate_window,
         batch_records=batch,
         commit_interval=config.commit_interval,
         max_records=config.limits.max_records,
         max_infos=config.limits.max_infos,
         max_aliases=config.limits.max_aliases,
         max_record_bytes=config.limits.max_record_bytes,
+        names=config.limits.names(),
     )

@@ -23,6 +23,9 @@ from bridge.config import (
     load_config,
 )
 from bridge.errors import ConfigError
+from bridge.protocol.names import NameLimits
+from bridge.server.admission import DEFAULT_MAX_HELD_BYTES, default_share
+from bridge.service import session_limits
 
 SECRET = "s3cr%t-Pa55"
 
@@ -562,4 +565,53 @@ def test_alias_and_record_size_limits_are_configurable(tmp_path: Path) -> None:
     assert (limits.max_aliases, limits.max_record_bytes) == (5, 100000)
     conf.write_text("[recceiver]\nmaxRecordBytes = 100\n")
     with pytest.raises(ConfigError, match=r"\[recceiver\] maxRecordBytes"):
+        load_config(str(conf), environ={})
+
+
+def test_name_limits_are_configurable_and_reach_the_session(tmp_path: Path) -> None:
+    conf = tmp_path / "names.conf"
+    conf.write_text(
+        "[recceiver]\nmaxHostnameLength = 64\nmaxIocNameLength = 40\nmaxIocidLength = 100\n"
+        "maxRecordNameLength = 60\nmaxRecordTypeLength = 20\nmaxInfoKeyLength = 30\n"
+    )
+    config = load_config(str(conf), environ={})
+    assert session_limits(config).names == NameLimits(64, 40, 100, 60, 20, 30)
+    assert session_limits(load_config(None, environ={})).names == NameLimits()
+    for key in ("maxRecordTypeLength", "maxInfoKeyLength"):  # u8 fields on the wire
+        conf.write_text(f"[recceiver]\n{key} = 256\n")
+        with pytest.raises(ConfigError, match=rf"\[recceiver\] {key}"):
+            load_config(str(conf), environ={})
+    conf.write_text("[recceiver]\nmaxRecordNameLength = 0\n")
+    with pytest.raises(ConfigError, match=r"\[recceiver\] maxRecordNameLength"):
+        load_config(str(conf), environ={})
+
+
+def test_max_active_per_host_defaults_to_half_of_max_active(tmp_path: Path) -> None:
+    assert load_config(None, environ={}).limits.max_active_per_host == 0
+    assert default_share(20) == 10 and default_share(1) == 1 and default_share(5) == 3
+    conf = tmp_path / "share.conf"
+    conf.write_text("[recceiver]\nmaxActive = 40\nmaxActivePerHost = 40\n")
+    config = load_config(str(conf), environ={})
+    assert (config.max_active, config.limits.max_active_per_host) == (40, 40)
+
+
+def test_minimum_upload_progress_is_configurable(tmp_path: Path) -> None:
+    default = session_limits(load_config(None, environ={}))
+    assert (default.min_upload_rate, default.upload_rate_window) == (1000.0, 5.0)
+    conf = tmp_path / "rate.conf"
+    conf.write_text("[recceiver]\nminUploadRate = 0\nuploadRateWindow = 30\n")
+    limits = session_limits(load_config(str(conf), environ={}))
+    assert (limits.min_upload_rate, limits.upload_rate_window) == (0.0, 30.0)
+    conf.write_text("[recceiver]\nuploadRateWindow = 0\n")
+    with pytest.raises(ConfigError, match=r"\[recceiver\] uploadRateWindow"):
+        load_config(str(conf), environ={})
+
+
+def test_the_memory_budget_is_configurable(tmp_path: Path) -> None:
+    assert load_config(None, environ={}).limits.max_held_bytes == DEFAULT_MAX_HELD_BYTES
+    conf = tmp_path / "held.conf"
+    conf.write_text("[recceiver]\nmaxHeldBytes = 200000000\n")
+    assert load_config(str(conf), environ={}).limits.max_held_bytes == 200_000_000
+    conf.write_text("[recceiver]\nmaxHeldBytes = 1000\n")
+    with pytest.raises(ConfigError, match=r"\[recceiver\] maxHeldBytes"):
         load_config(str(conf), environ={})

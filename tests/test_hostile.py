@@ -30,12 +30,14 @@ from bridge.config import BridgeConfig
 from bridge.documents import Keys
 from bridge.errors import EtcdOutage, RequestTooLarge
 from bridge.protocol import wire
+from bridge.protocol.names import NameLimits
 from bridge.protocol.session import SessionLimits, State
 from bridge.server.admission import REFUSAL_LOG_INTERVAL, BridgeFactory
-from bridge.server.connection import RecSyncProtocol
+from bridge.server.connection import IDLE_READ, UPLOAD_READ, RecSyncProtocol
 from bridge.service import BridgeService
 from bridge.testing.fakeioc import FakeIOC, IOCSpec, make_ioc, upload_bytes
 from bridge.testing.harness import BridgeProcess
+from bridge.testing.hostile import Tricklers
 from tests.helpers import RecordingProcessor, poll
 
 NONCE = 0x1234ABCD
@@ -165,16 +167,21 @@ def assert_honest(bridge: Bridge, conn: Conn) -> None:
 # -- framing ------------------------------------------------------------------------------
 
 
-def test_oversize_length_closes_before_buffering_and_is_counted(logs: Any) -> None:
+def test_an_oversize_body_is_passed_over_unbuffered_counted_and_the_upload_goes_on(
+    logs: Any,
+) -> None:
     bridge = Bridge(max_body_length=1024)
     conn = bridge.connect()
-    conn.send(greet() + bytes.fromhex("52430003") + (1025).to_bytes(4, "big") + b"x" * 100)
-    assert conn.closed
-    assert conn.protocol.decoder.buffered == 0
-    one_warning(logs, conn.peer, "1025-byte body", "1024")
+    conn.send(greet() + record(1, "A") + bytes.fromhex("52430006") + (5000).to_bytes(4, "big"))
+    for _ in range(50):  # the body, 100 bytes at a time: never buffered
+        conn.send(b"x" * 100)
+        assert conn.protocol.decoder.buffered == 0
+    conn.send(info(1, "archive", "Monitor") + DONE)
+    assert not conn.closed
+    one_warning(logs, conn.peer, "skipped message", "5000-byte body", "maxBodyLength=1024")
     assert bridge.counters == {"maxBodyLength": 1}
-    conn.send(b"more bytes after the close are ignored")
-    assert len(warnings(logs)) == 1
+    (txn,) = bridge.processor.transactions
+    assert [(r.name, r.infos) for r in txn.records] == [("A", {"archive": "Monitor"})]
 
 
 def test_a_body_just_under_the_limit_is_buffered_then_decoded() -> None:
@@ -271,7 +278,7 @@ def test_one_byte_a_minute_is_closed_by_the_greeting_deadline(logs: Any) -> None
 
 
 def test_partial_frames_do_not_count_as_traffic_during_an_upload(logs: Any) -> None:
-    bridge = Bridge(SessionLimits(tcptimeout=15.0, upload_timeout=600.0))
+    bridge = Bridge(SessionLimits(tcptimeout=15.0, upload_timeout=600.0, min_upload_rate=0))
     conn = bridge.connect()
     conn.send(greet() + record(1, "A"))
     frame = record(2, "B" * 40)
@@ -288,7 +295,7 @@ def test_partial_frames_do_not_count_as_traffic_during_an_upload(logs: Any) -> N
 
 
 def test_an_upload_that_never_ends_is_closed_by_the_upload_deadline(logs: Any) -> None:
-    bridge = Bridge(SessionLimits(upload_timeout=60.0, tcptimeout=15.0))
+    bridge = Bridge(SessionLimits(upload_timeout=60.0, tcptimeout=15.0, min_upload_rate=0))
     conn = bridge.connect()
     conn.send(greet() + info(0, "IOCNAME", "endless"))
     rid = 0
@@ -306,7 +313,7 @@ def test_an_upload_that_never_ends_is_closed_by_the_upload_deadline(logs: Any) -
 
 
 def test_a_waiting_connection_has_no_deadline_until_it_gets_its_slot() -> None:
-    bridge = Bridge(SessionLimits(upload_timeout=60.0), max_active=1)
+    bridge = Bridge(SessionLimits(upload_timeout=60.0, min_upload_rate=0), max_active=1)
     first = bridge.connect()
     first.send(greet() + record(1, "A"))
     second = bridge.connect()
@@ -365,7 +372,8 @@ def test_max_aliases_skips_with_one_line_and_a_counter(logs: Any) -> None:
 
 
 def test_max_record_bytes_bounds_one_record_and_the_client_infos(logs: Any) -> None:
-    bridge = Bridge(SessionLimits(max_record_bytes=10_000))
+    # Names long enough to matter here are over the default maxRecordNameLength.
+    bridge = Bridge(SessionLimits(max_record_bytes=10_000, names=NameLimits(record_name=5000)))
     conn = bridge.connect()
     big = "x" * 3000
     conn.send(
@@ -384,6 +392,47 @@ def test_max_record_bytes_bounds_one_record_and_the_client_infos(logs: Any) -> N
     assert len(txn.client_infos) == 3
     assert list(txn.records[0].infos) == ["k0", "k1", "k2"]
     assert txn.records[0].aliases == []
+
+
+@pytest.mark.parametrize("key", ["HOSTNAME", "IOCNAME", "IOC"])
+def test_a_60_kb_identity_closes_with_one_line_naming_the_limit(logs: Any, key: str) -> None:
+    bridge = Bridge()
+    conn = bridge.connect()
+    conn.send(greet() + info(0, key, "x" * 60_000) + record(1, "A") + DONE)
+    assert conn.closed
+    setting = "maxHostnameLength" if key == "HOSTNAME" else "maxIocNameLength"
+    line = one_warning(logs, conn.peer, "closing connection", key, setting)
+    assert len(line) < 300
+    assert bridge.counters == {setting: 1}
+    conn.lose()
+    assert bridge.processor.transactions == []  # nothing was stored under any name
+
+
+def test_names_over_their_limits_are_skipped_with_one_line_each_and_counted(logs: Any) -> None:
+    bridge = Bridge()
+    conn = bridge.connect()
+    long_name = "N" * 256
+    conn.send(
+        greet()
+        + record(1, long_name)
+        + info(1, "archive", "x")
+        + record(2, "A")
+        + alias(2, "A:" + long_name)
+        + info(2, "k" * 129, "v")
+        + info(2, "archive", "y")
+        + record(3, "B", "t" * 65)
+        + DONE
+    )
+    assert not conn.closed
+    lines = warnings(logs)
+    assert len(lines) == 3 and all(line.startswith(conn.peer + " ") for line in lines)
+    assert bridge.counters == {
+        "maxRecordNameLength": 1,
+        "maxInfoKeyLength": 1,
+        "maxRecordTypeLength": 1,
+    }
+    (txn,) = bridge.processor.transactions
+    assert [(r.name, r.aliases, r.infos) for r in txn.records] == [("A", [], {"archive": "y"})]
 
 
 def test_records_after_upload_done_are_skipped_and_nothing_accumulates(logs: Any) -> None:
@@ -476,6 +525,87 @@ def test_greeted_peers_queue_fifo_and_upload_what_they_sent_while_waiting() -> N
     assert bridge.factory.active == 0
 
 
+def test_one_address_holds_its_share_of_slots_and_other_addresses_upload_at_once() -> None:
+    bridge = Bridge(max_active=20, max_connections_per_host=200)  # a share of 10
+    tricklers = [bridge.connect("10.6.6.6") for _ in range(100)]
+    for conn in tricklers:
+        conn.send(greet() + record(1, "T"))
+    assert (bridge.factory.active, len(bridge.factory.queue)) == (10, 90)
+    honest = [bridge.connect(f"10.0.0.{i}") for i in range(1, 11)]
+    for conn in honest:
+        conn.send(HONEST)
+    for conn in honest:
+        assert_honest(bridge, conn)
+    status = bridge.factory.status()
+    assert (status["uploading"], status["queued"], status["queued_hosts"]) == (10, 90, 1)
+    assert status["max_uploading_per_host"] == 10
+
+
+def test_waiting_connections_are_served_address_by_address_in_turn() -> None:
+    bridge = Bridge(max_active=2, max_active_per_host=2, max_connections_per_host=200)
+    holders = [bridge.connect("10.6.6.6") for _ in range(2)]
+    for conn in holders:
+        conn.send(greet() + record(1, "T"))
+    crowd = [bridge.connect("10.6.6.6") for _ in range(50)]
+    for conn in crowd:
+        conn.send(greet() + record(1, "T"))
+    others = [bridge.connect("10.0.0.1"), bridge.connect("10.0.0.2")]
+    for conn in others:
+        conn.send(HONEST)
+    holders[0].send(DONE)  # the first slot goes to the address served longest ago ...
+    assert crowd[0].transport.producerState != "paused"
+    assert others[0].transport.producerState == "paused"
+    holders[1].send(DONE)  # ... the next to the next address, not to the crowd
+    assert_honest(bridge, others[0])  # done, and its slot goes on to the third address
+    assert_honest(bridge, others[1])  # whose slot goes back to the crowd
+    assert [conn.transport.producerState == "paused" for conn in crowd[:3]] == [
+        False,
+        False,
+        True,
+    ]
+
+
+def test_tricklers_are_closed_in_turn_and_an_honest_ioc_behind_them_is_served(
+    logs: Any,
+) -> None:
+    """100 connections from one address send ClientGreet, a record, then an AddInfo a
+    second; an honest IOC from that address queues behind all of them."""
+    bridge = Bridge(max_connections_per_host=200)  # maxActive 20, a share of 10
+    tricklers = [bridge.connect("10.6.6.6") for _ in range(100)]
+    for conn in tricklers:
+        conn.send(greet() + record(1, "T"))
+    honest = bridge.connect("10.6.6.6")
+    honest.send(HONEST)
+    served_at = None
+    while served_at is None and bridge.clock.seconds() < 600.0:
+        bridge.clock.advance(1.0)
+        for conn in tricklers:
+            if conn.closed and conn.protocol in bridge.factory.connections:
+                conn.lose()
+            elif conn.protocol.holds_slot:
+                conn.send(info(1, "k", "v"))
+        if bridge.processor.of(honest.protocol.session.session_id):
+            served_at = bridge.clock.seconds()
+    # 100 tricklers, 10 at a time, each closed after a 5 s window: about 50 s.
+    assert served_at is not None and served_at <= 55.0, served_at
+    assert_honest(bridge, honest)
+    assert bridge.counters == {"minUploadRate": 100}
+    lines = warnings(logs)
+    assert len(lines) == 100 and all("upload too slow" in line for line in lines)
+
+
+def test_a_partial_frame_held_back_is_no_upload_progress(logs: Any) -> None:
+    bridge = Bridge()
+    conn = bridge.connect()
+    body = b"x" * (wire.MAX_BODY_LENGTH - 1)  # all but the last byte of the largest body
+    conn.send(greet() + wire.HEADER.pack(wire.PROTO_ID, 6, wire.MAX_BODY_LENGTH) + body)
+    assert conn.protocol.holds_slot and conn.protocol.bytes_held > wire.MAX_BODY_LENGTH
+    bridge.clock.advance(5.0)
+    assert conn.closed
+    one_warning(logs, conn.peer, "upload too slow: 0 bytes in 5 s", "minUploadRate=1000")
+    assert bridge.counters == {"minUploadRate": 1}
+
+
 def test_a_waiting_peer_that_leaves_frees_its_place() -> None:
     bridge = Bridge(max_active=1)
     first = bridge.connect()
@@ -503,11 +633,82 @@ def test_many_waiting_peers_that_fail_at_once_do_not_recurse() -> None:
     assert bridge.counters == {"maxRecords": 3000}
 
 
+# -- memory ------------------------------------------------------------------------------
+
+
+def test_a_connection_without_a_slot_reads_little_and_passes_over_large_bodies(
+    logs: Any,
+) -> None:
+    bridge = Bridge(manual=True)
+    conn = bridge.connect()
+    assert conn.transport.bufferSize == IDLE_READ  # what Twisted reads at a time
+    # Before its ClientGreet, a 65,797-byte body is passed over as it arrives.
+    conn.send(bytes.fromhex("52430006") + (65_797).to_bytes(4, "big") + b"x" * 4000)
+    for _ in range(15):
+        conn.send(b"x" * 4000)
+        assert conn.protocol.decoder.buffered == 0 and conn.protocol.bytes_held == 0
+    conn.send(b"x" * 1797 + HONEST)
+    assert conn.transport.bufferSize == UPLOAD_READ  # it holds a slot until stored
+    bridge.processor.pending.pop().callback(None)
+    assert_honest(bridge, conn)
+    assert conn.transport.bufferSize == IDLE_READ  # after its upload: Pongs only
+    conn.send(wire.AddInfo(1, "k", "v" * 2000).encode())  # late, and over 1024 bytes
+    assert not conn.closed
+    assert bridge.counters == {"idleBodyLength": 1}
+    (line,) = [line for line in warnings(logs) if "idleBodyLength=1024" in line]
+    assert line.startswith(conn.peer + " ") and "65797-byte body" in line
+
+
+def drive(bridge: Bridge, conns: list[Conn], uploads: list[bytes]) -> int:
+    """Send each upload 16 KiB a read while its transport reads; etcd completes one
+    commit per round. Returns the peak of the memory budget's total."""
+    sent = [0] * len(conns)
+    peak = 0
+    while True:
+        progressed = False
+        for i, conn in enumerate(conns):
+            if conn.transport.producerState != "paused" and sent[i] < len(uploads[i]):
+                conn.send(uploads[i][sent[i] : sent[i] + 16384])
+                sent[i] += 16384
+                progressed = True
+                peak = max(peak, bridge.factory.budget.total)
+        if bridge.processor.pending:
+            bridge.processor.pending.pop(0).callback(None)
+            progressed = True
+        if not progressed:
+            return peak
+
+
+@pytest.mark.parametrize("budget", [2_000_000, 1 << 40], ids=["budget", "unbounded"])
+def test_the_memory_budget_holds_uploads_back_and_every_one_completes(budget: int) -> None:
+    """20 IOCs of 2,000 records, 8 slots, etcd slower than the uploads: past the budget
+    the largest uploads stop reading, no new one starts, and all finish exactly."""
+    bridge = Bridge(manual=True, max_active=8, max_active_per_host=8, max_held_bytes=budget)
+    conns = [bridge.connect(f"10.0.0.{i}") for i in range(1, 21)]
+    specs = [make_ioc(f"MEM{i}", 2000, hostname="h") for i in range(20)]
+    peak = drive(bridge, conns, [upload_bytes(spec) for spec in specs])
+    for conn, spec in zip(conns, specs, strict=True):
+        txns = bridge.processor.of(conn.protocol.session.session_id)
+        assert txns[-1].upload_done
+        assert [r.name for t in txns for r in t.records] == [r.name for r in spec.records]
+    assert bridge.factory.active == 0 and bridge.factory.budget.paused == 0
+    if budget < 1 << 40:
+        assert bridge.factory.budget.pauses > 0
+        # Over by at most what the readers add in one 16 KiB read each.
+        assert peak <= budget + 8 * 120_000, peak
+    else:
+        assert peak > 3 * 2_000_000  # what the budget above prevents
+
+
 # -- everyone at once ---------------------------------------------------------------------
 
 
 def test_hostile_peers_do_not_disturb_honest_uploads(logs: Any) -> None:
-    bridge = Bridge(SessionLimits(max_records=20, upload_timeout=100.0), max_active=3)
+    bridge = Bridge(
+        SessionLimits(max_records=20, upload_timeout=100.0, min_upload_rate=0),
+        max_active=3,
+        max_active_per_host=3,
+    )
     honest = [bridge.connect("10.0.0.1") for _ in range(3)]
     hostile = {
         "magic": bridge.connect("10.6.6.6"),
@@ -521,7 +722,7 @@ def test_hostile_peers_do_not_disturb_honest_uploads(logs: Any) -> None:
     for conn in honest:
         conn.send(HONEST[:half])
     hostile["magic"].send(b"\x00" * 9)
-    hostile["oversize"].send(greet() + bytes.fromhex("5243000300ffffff"))
+    hostile["oversize"].send(greet() + bytes.fromhex("5243000300ffffff") + b"x" * 1000)
     hostile["records"].send(greet() + b"".join(record(i, f"X{i}") for i in range(1, 50)))
     for conn in honest:
         conn.send(HONEST[half:])
@@ -535,13 +736,15 @@ def test_hostile_peers_do_not_disturb_honest_uploads(logs: Any) -> None:
     assert all(conn.closed for conn in hostile.values())
     assert not any(conn.closed for conn in honest)
     lines = warnings(logs)
-    assert len(lines) == 5 and all(line.startswith("10.6.6.6:") for line in lines)
+    # The oversize body is passed over (one line), then that peer falls silent.
+    assert len(lines) == 6 and all(line.startswith("10.6.6.6:") for line in lines)
     assert bridge.counters == {
         "protocolError": 1,
         "maxBodyLength": 1,
         "maxRecords": 1,
         "greetingTimeout": 1,
         "uploadTimeout": 1,
+        "tcptimeout": 1,
     }
 
 
@@ -834,3 +1037,66 @@ def test_real_bridge_allow_list(
     assert f"{source} connection refused: address not in [recceiver] allow" in lines[0]
     assert _status(etcd_client, prefix, "h:REFUSED") is None
     assert "refused" not in open_bridge.log_text()
+
+
+def _last_status(log: str) -> dict[str, int]:
+    """The figures of the bridge's last status line."""
+    lines = [line for line in log.splitlines() if "status: " in line]
+    if not lines:
+        return {}
+    text = lines[-1].split("status: ", 1)[1]
+    return {k: int(v) for k, v in (item.split("=") for item in text.split(", "))}
+
+
+@pytest.mark.etcd
+@pytest.mark.slow
+def test_real_bridge_serves_honest_iocs_while_100_tricklers_hold_on(
+    tmp_path: Path, etcd_server: Any, etcd_client: Any, prefix: str
+) -> None:
+    """Issue 11, finding 3: 100 tricklers from four addresses take every slot (20 at
+    the defaults, a share of 10 each). Honest IOCs from other addresses are served as
+    tricklers are closed by the minimum upload progress, and one from a trickler's
+    own address behind the 25 from there; without fair slots they waited 600 s."""
+    process = BridgeProcess(
+        tmp_path, endpoints=etcd_server.endpoints, prefix=prefix, recceiver={"statusInterval": 0.5}
+    )
+    tricklers = Tricklers("127.0.0.1", 0, [f"127.0.0.{i}" for i in range(2, 6)], count=100)
+    honest: list[FakeIOC] = []
+    try:
+        process.start().wait_ready()
+        tricklers.port = process.port
+        tricklers.start()
+        poll(
+            lambda: (
+                _last_status(process.log_text()).get("active") == 20
+                and _last_status(process.log_text()).get("queued", 0) >= 70
+            ),
+            30.0,
+            "the tricklers to take every slot",
+        )
+        specs = [make_ioc(f"FAIR{i}", 200, hostname="goodhost") for i in range(11)]
+        for i, spec in enumerate(specs):
+            ioc = FakeIOC(spec)
+            # Ten from addresses of their own, the last from a trickler's.
+            ioc.connect(
+                "127.0.0.1", process.port, source=f"127.0.0.{10 + i}" if i < 10 else "127.0.0.2"
+            )
+            honest.append(ioc)
+        for spec in specs:
+            iocid = f"goodhost:{spec.iocname}"
+            poll(
+                lambda iocid=iocid: _status(etcd_client, prefix, iocid) == "active",
+                90.0,
+                f"{iocid} active",
+            )
+            assert _stored_records(etcd_client, prefix, iocid) == _expected_records(spec, iocid)
+        assert tricklers.stats["closed"] >= 20
+    finally:
+        tricklers.stop()
+        for ioc in honest:
+            ioc.close()
+        process.stop()
+    log = process.log_text()
+    assert "Traceback" not in log
+    assert log.count("upload too slow") >= 20
+    assert "limit_minUploadRate=" in [line for line in log.splitlines() if "status: " in line][-1]

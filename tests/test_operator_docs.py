@@ -41,9 +41,12 @@ def test_the_readme_configuration_block_is_the_example_file(tmp_path: Path) -> N
 
 
 def test_the_quick_start_installs_no_test_tools() -> None:
-    first = code_blocks(section("Quick start"), "sh")[0]
-    assert "pip install ." in first
-    assert ".ci/install" not in first and "[test]" not in first
+    first = code_blocks(section("Quick start"), "sh")[0].splitlines()[0]
+    assert first.startswith("bash .ci/install --runtime && ")
+    install = (REPO / ".ci" / "install").read_text(encoding="utf-8")
+    runtime = install[install.index('if [ "$RUNTIME" -eq 1 ]; then') :]
+    runtime = runtime[: runtime.index("fi")]
+    assert "pip install ." in runtime and "[test]" not in runtime and "exit 0" in runtime
 
 
 def test_running_the_bridge_needs_no_test_tools() -> None:

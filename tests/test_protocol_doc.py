@@ -231,8 +231,14 @@ def parse_as_documented(data: bytes) -> list[Parsed]:
     pos = 0
     while pos < len(data):
         magic, msgid, length = HEADER.unpack_from(data, pos)
-        if magic != MAGIC or length > DEFAULT_MAX_BODY:
+        if magic != MAGIC:
             raise DocumentedFramingError
+        if length > DEFAULT_MAX_BODY:
+            # Passed over unread as soon as the header is there; the example may end
+            # inside the body.
+            out.append(Parsed("Skipped", {"msgid": msgid, "length": length}, True))
+            pos += HEADER.size + length
+            continue
         body = data[pos + HEADER.size : pos + HEADER.size + length]
         assert len(body) == length, "an example ends inside a frame"
         out.append(_body(msgid, body))

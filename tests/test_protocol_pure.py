@@ -29,6 +29,7 @@ MODULES = sorted(f"bridge.protocol.{p.stem}" for p in PACKAGE.glob("*.py") if p.
 def test_the_package_holds_the_codec_the_runs_the_session_and_the_contract() -> None:
     assert MODULES == [
         "bridge.protocol.effects",
+        "bridge.protocol.names",
         "bridge.protocol.runs",
         "bridge.protocol.session",
         "bridge.protocol.wire",

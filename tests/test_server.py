@@ -19,7 +19,7 @@ from bridge.processors import ProcessorChain
 from bridge.processors.show import ShowProcessor
 from bridge.protocol import wire
 from bridge.protocol.effects import Close, Effect, Notice
-from bridge.protocol.session import SessionLimits
+from bridge.protocol.session import ITEM_COST, SessionLimits
 from bridge.server.admission import NOT_READY, BridgeFactory
 from bridge.server.connection import MAX_INFLIGHT, PROTOCOL_ERROR, RecSyncProtocol
 from bridge.testing.fakeioc import make_ioc, upload_bytes
@@ -125,11 +125,12 @@ class ServerTests(SynchronousTestCase):
         self.assertIn("127.0.0.1", lines[0])
         self.assertIn("bad magic", lines[0])
 
-    def test_oversize_length_closes_before_buffering(self) -> None:
+    def test_an_oversize_body_is_passed_over_without_buffering(self) -> None:
         protocol, transport = self.connect(self.factory(max_body_length=1024))
         protocol.dataReceived(wire.ClientGreet().encode() + bytes.fromhex("524300060000ffff"))
-        self.assertTrue(transport.disconnecting)
-        self.assertLessEqual(protocol.decoder.buffered, 8 + 1024)
+        protocol.dataReceived(b"x" * 0xFFFF)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(protocol.decoder.buffered, 0)
 
     def test_max_active_queues_greeted_uploads_and_releases_once(self) -> None:
         factory = self.factory(max_active=1)
@@ -257,22 +258,29 @@ class ServerTests(SynchronousTestCase):
         protocol.dataReceived(wire.ClientGreet().encode())
         self.assertEqual(dict(factory.counters), {PROTOCOL_ERROR: 1})
 
-    def test_a_framing_error_is_counted_by_its_limit_never_by_its_text(self) -> None:
+    def test_a_framing_error_is_a_protocol_error_whatever_its_text(self) -> None:
         factory = self.factory()
-        for error, counter in (
-            (wire.FramingError("the limit is in the text only", []), PROTOCOL_ERROR),
-            (wire.FramingError("no words about it", [], "maxBodyLength"), "maxBodyLength"),
-        ):
-            protocol, transport = self.connect(factory)
+        protocol, transport = self.connect(factory)
 
-            def broken(data: bytes, stop_after: type | None = None, error: Exception = error):
-                raise error
+        def broken(data: bytes, stop_after: type | None = None) -> list[wire.Decoded]:
+            raise wire.FramingError("maxBodyLength in the text only", [])
 
-            protocol.decoder.feed = broken  # type: ignore[method-assign]
-            factory.counters.clear()
-            protocol.dataReceived(b"x")
-            self.assertEqual(dict(factory.counters), {counter: 1})
-            self.assertTrue(transport.disconnecting)
+        protocol.decoder.feed = broken  # type: ignore[method-assign]
+        protocol.dataReceived(b"x")
+        self.assertEqual(dict(factory.counters), {PROTOCOL_ERROR: 1})
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_skipped_frame_is_counted_by_its_limit_never_by_its_text(self) -> None:
+        factory = self.factory()
+        protocol, transport = self.connect(factory)
+        skipped = [
+            wire.Skipped(0x77, 1, "maxBodyLength in the text only"),
+            wire.Skipped(0x78, 1 << 20, "no words about it", "maxBodyLength"),
+        ]
+        protocol.decoder.feed = lambda data, stop_after=None: skipped  # type: ignore[method-assign]
+        protocol.dataReceived(b"x")
+        self.assertEqual(dict(factory.counters), {"maxBodyLength": 1})
+        self.assertFalse(transport.disconnecting)
 
     def test_without_processors_connections_are_refused_counted_and_logged_once(self) -> None:
         factory = BridgeFactory(None, self.clock, SessionLimits())
@@ -288,13 +296,16 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual(transport.value(), wire.ServerGreet(0).encode())
         self.assertIs(protocol.processor, self.processor)
 
-    def test_bytes_held_counts_a_partial_frame(self) -> None:
-        protocol, _ = self.connect(self.factory())
+    def test_bytes_held_counts_a_partial_frame_then_what_the_session_keeps(self) -> None:
+        factory = self.factory()
+        protocol, _ = self.connect(factory)
         frame = wire.AddInfo(0, "IOCNAME", "x" * 100).encode()
         protocol.dataReceived(wire.ClientGreet().encode() + frame[:50])
         self.assertEqual(protocol.bytes_held, 50)
         protocol.dataReceived(frame[50:])
-        self.assertEqual(protocol.bytes_held, 0)
+        # The client-wide info, with what a dict entry and two str objects cost.
+        self.assertEqual(protocol.bytes_held, 7 + 100 + ITEM_COST)
+        self.assertEqual(factory.budget.total, protocol.bytes_held)
 
     def test_has_room_until_every_slot_is_taken(self) -> None:
         factory = self.factory(max_active=1)

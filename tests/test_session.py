@@ -10,8 +10,16 @@ import pytest
 from bridge.model import KeptRun, Peer, Transaction
 from bridge.protocol import wire
 from bridge.protocol.effects import Close, Commit, Effect, Notice, Send
+from bridge.protocol.names import NameLimits
 from bridge.protocol.runs import RunDecoded, RunEnd, UnchangedRun
-from bridge.protocol.session import DISPATCH, Session, SessionLimits, State
+from bridge.protocol.session import (
+    DISPATCH,
+    ITEM_COST,
+    RECORD_COST,
+    Session,
+    SessionLimits,
+    State,
+)
 
 PEER = Peer("10.0.0.5", 40000)
 
@@ -120,6 +128,50 @@ def test_pyreccaster_style_repeated_client_infos_last_value_wins() -> None:
     (txn,) = commits(effects)
     assert txn.client_infos == {"ENGINEER": "y"}
     assert txn.records[0].aliases == ["A:al"]
+
+
+def test_client_infos_sent_again_after_every_record_count_once() -> None:
+    """pyreccaster's pattern: every client-wide info again after each record. Only
+    growth counts towards maxRecordBytes, so a later change is still taken."""
+    session = greeted()
+    env = {
+        "EPICS_VERSION": "EPICS 7.0.8",
+        "IOCNAME": "PY-IOC",
+        "HOSTNAME": "pyhost",
+        "ENGINEER": "someone",
+        "LOCATION": "b1",
+    }
+    messages: list[wire.Decoded] = []
+    for rid in range(100, 20_100):  # 76 bytes of infos a record: 1.5 MB if summed
+        messages.append(wire.AddRecord(rid, 0, "ai", f"PY:{rid}"))
+        messages += [wire.AddInfo(0, key, value) for key, value in env.items()]
+    messages += [wire.AddInfo(0, "ENGINEER", "someone else"), wire.UploadDone()]
+    effects = session.receive(messages, 1.0)
+    assert [e for e in effects if isinstance(e, Notice)] == []
+    txns = commits(effects)
+    assert txns[-1].client_infos == {**env, "ENGINEER": "someone else"}
+    assert sum(len(t.records) for t in txns) == 20_000
+
+
+def test_a_value_sent_again_counts_only_its_growth_towards_max_record_bytes() -> None:
+    session = greeted(max_record_bytes=100)
+    effects = session.receive(
+        [
+            wire.AddInfo(0, "K", "x" * 90),  # 91 bytes held
+            wire.AddInfo(0, "K", "y" * 99),  # grows to 100: fits
+            wire.AddInfo(0, "K", "z" * 10),  # shrinks
+            wire.AddInfo(0, "L", "w" * 80),  # 11 + 81: fits
+            wire.AddRecord(1, 0, "ai", "A"),
+            *[wire.AddInfo(1, "k", "v" * 90) for _ in range(50)],
+            wire.AddInfo(1, "k", "v" * 99),  # "A" + "ai" + "k" + 99 > 100: skipped
+            wire.UploadDone(),
+        ],
+        1.0,
+    )
+    assert [e.limit for e in effects if isinstance(e, Notice)] == ["maxRecordBytes"]
+    (txn,) = commits(effects)
+    assert txn.client_infos == {"K": "z" * 10, "L": "w" * 80}
+    assert txn.records[0].infos == {"k": "v" * 90}
 
 
 def test_transactions_are_cut_at_record_boundaries_by_size() -> None:
@@ -278,7 +330,7 @@ def test_upload_deadline_closes_an_endless_upload() -> None:
 
 
 def test_paused_session_does_not_time_out_for_silence() -> None:
-    session = greeted(tcptimeout=15.0)
+    session = greeted(tcptimeout=15.0, min_upload_rate=0)
     session.pause(1.0)
     assert session.deadline == float("inf") or session.deadline is None
     assert session.tick(100.0) == []
@@ -324,7 +376,9 @@ def test_max_records_closes_naming_the_limit_with_no_separate_notice() -> None:
     ids=["greeting", "upload", "pong"],
 )
 def test_every_timer_closes_naming_its_limit(limits: dict[str, float], close: Close) -> None:
-    session = make_session(**{"greeting_timeout": 99.0, "tcptimeout": 99.0, **limits})
+    session = make_session(
+        **{"greeting_timeout": 99.0, "tcptimeout": 99.0, "min_upload_rate": 0, **limits}
+    )
     session.start(0.0)
     if "greeting_timeout" not in limits:
         session.receive([wire.ClientGreet()], 0.0)
@@ -448,3 +502,217 @@ def test_core_modules_do_not_import_twisted() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- name limits ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "setting"),
+    [
+        ("HOSTNAME", "h" * 254, "maxHostnameLength"),
+        ("HOSTNAME", "é" * 127, "maxHostnameLength"),  # 127 characters, 254 bytes
+        ("IOCNAME", "n" * 256, "maxIocNameLength"),
+        ("IOC", "n" * 60_000, "maxIocNameLength"),
+    ],
+    ids=["hostname", "hostname-utf8", "iocname", "ioc"],
+)
+def test_an_identity_over_its_limit_closes_naming_it(key: str, value: str, setting: str) -> None:
+    session = greeted()
+    effects = session.receive([wire.AddInfo(0, key, value), wire.AddRecord(1, 0, "ai", "A")], 1.0)
+    (close,) = [e for e in effects if isinstance(e, Close)]
+    assert close.limit == setting and f"{key} " in close.reason and setting in close.reason
+    assert len(close.reason) < 200  # the name is cut short in the line
+    assert session.state is State.CLOSED and key not in session.client_infos
+
+
+def test_identities_at_their_limits_are_taken() -> None:
+    session = greeted()
+    infos = {"HOSTNAME": "é" * 126 + "h", "IOCNAME": "n" * 255}  # 253 and 255 bytes
+    effects = session.receive(
+        [*(wire.AddInfo(0, k, v) for k, v in infos.items()), wire.UploadDone()], 1.0
+    )
+    assert closes(effects) == [] and commits(effects)[0].client_infos == infos
+
+
+def test_an_iocid_over_its_limit_closes_even_when_its_parts_fit() -> None:
+    session = greeted(names=NameLimits(iocid=20))
+    effects = session.receive(
+        [wire.AddInfo(0, "IOCNAME", "n" * 10), wire.AddInfo(0, "HOSTNAME", "h" * 10)], 1.0
+    )
+    assert [(e.limit, e.reason) for e in effects if isinstance(e, Close)] == [
+        ("maxIocidLength", f"iocid {'h' * 10 + ':' + 'n' * 10!r} exceeds maxIocidLength=20")
+    ]
+
+
+def test_a_record_with_a_name_or_type_over_its_limit_is_skipped_with_its_aliases_and_infos() -> (
+    None
+):
+    session = greeted(names=NameLimits(record_name=150, record_type=8))
+    effects = session.receive(
+        [
+            wire.AddRecord(1, 0, "ai", "L" * 151),
+            wire.AddRecord(1, 1, "", "L:alias"),
+            wire.AddInfo(1, "archive", "x"),
+            wire.AddRecord(2, 0, "ai", "°" * 75),  # 150 bytes: fits
+            wire.AddRecord(3, 0, "ai", "°" * 76),  # 152 bytes
+            wire.AddInfo(3, "archive", "x"),
+            wire.AddRecord(4, 0, "t" * 9, "T"),
+            wire.AddInfo(4, "archive", "x"),
+            wire.AddRecord(5, 0, "ai", "B"),
+            wire.AddRecord(5, 1, "", "B:" + "a" * 149),  # 151 bytes
+            wire.AddRecord(5, 1, "", "B:ok"),
+            wire.UploadDone(),
+        ],
+        1.0,
+    )
+    notices = [e for e in effects if isinstance(e, Notice)]
+    assert [n.limit for n in notices] == ["maxRecordNameLength", "maxRecordTypeLength"]
+    assert "maxRecordNameLength=150" in notices[0].text
+    (txn,) = commits(effects)
+    assert [(r.name, r.aliases, r.infos) for r in txn.records] == [
+        ("°" * 75, [], {}),
+        ("B", ["B:ok"], {}),
+    ]
+
+
+def test_an_info_key_over_its_limit_is_skipped() -> None:
+    session = greeted(names=NameLimits(info_key=10))
+    effects = session.receive(
+        [
+            wire.AddInfo(0, "K" * 11, "v"),
+            wire.AddInfo(0, "ENGINEER", "v"),
+            wire.AddRecord(1, 0, "ai", "A"),
+            wire.AddInfo(1, "k" * 11, "v"),
+            wire.AddInfo(1, "archive", "v"),
+            wire.UploadDone(),
+        ],
+        1.0,
+    )
+    assert [e.limit for e in effects if isinstance(e, Notice)] == ["maxInfoKeyLength"]
+    (txn,) = commits(effects)
+    assert txn.client_infos == {"ENGINEER": "v"}
+    assert txn.records[0].infos == {"archive": "v"}
+
+
+def test_the_name_limits_are_part_of_the_digest_seed() -> None:
+    seeds = {
+        make_session(names=names).digest_seed
+        for names in (
+            NameLimits(),
+            NameLimits(record_name=100),
+            NameLimits(record_type=10),
+            NameLimits(info_key=10),
+        )
+    }
+    assert len(seeds) == 4
+
+
+# -- minimum upload progress ------------------------------------------------------------
+
+
+def trickle(session: Session, until: float, size: int = 30) -> list[Effect]:
+    """One `size`-byte AddInfo a second, from t=1 until `until` or the close."""
+    effects: list[Effect] = []
+    t = 1.0
+    while t <= until and session.state is not State.CLOSED:
+        deadline = session.deadline
+        if deadline is not None and deadline <= t:
+            effects += session.tick(deadline)
+            continue
+        session.received(size)
+        effects += session.receive([wire.AddInfo(1, "k", "v" * (size - 17))], t)
+        t += 1.0
+    return effects
+
+
+def test_a_slot_holder_that_trickles_is_closed_after_one_window() -> None:
+    session = greeted(upload_rate_window=5.0, min_upload_rate=1000.0)
+    session.receive([wire.AddRecord(1, 0, "ai", "T")], 0.0)
+    assert session.deadline == 5.0
+    effects = trickle(session, 60.0)
+    assert [(e.limit, e.reason) for e in effects if isinstance(e, Close)] == [
+        ("minUploadRate", "upload too slow: 120 bytes in 5 s, minUploadRate=1000 bytes/s")
+    ]
+
+
+def test_an_upload_that_keeps_the_rate_goes_on_window_after_window() -> None:
+    session = greeted(upload_rate_window=5.0, min_upload_rate=20.0)
+    effects = trickle(session, 60.0)  # 30 bytes a second: 150 >= 100 in every window
+    assert closes(effects) == [] and session.state is State.UPLOADING
+    assert session.deadline is not None and 60.0 < session.deadline <= 65.0
+
+
+def test_time_paused_by_the_bridge_is_not_upload_time_for_the_rate() -> None:
+    session = greeted(upload_rate_window=5.0, min_upload_rate=10.0, tcptimeout=1e9)
+    session.received(40)
+    session.pause(2.0)  # two seconds into the window
+    assert session.deadline is None or session.deadline == float("inf")
+    assert session.tick(100.0) == []
+    session.resume(100.0)
+    assert session.deadline == 103.0  # the three seconds left of the window
+    session.received(10)
+    assert closes(session.tick(103.0)) == []  # 50 bytes in 5 s of upload time
+
+
+def test_the_rate_does_not_apply_before_client_greet_or_after_upload_done() -> None:
+    session = make_session(greeting_timeout=99.0, tcptimeout=99.0)
+    session.start(0.0)
+    assert session.deadline == 99.0
+    session.receive([wire.ClientGreet(), wire.UploadDone()], 1.0)
+    assert session.deadline == 1.0 + 99.0  # the Ping's Pong, nothing else
+    assert closes(session.tick(50.0)) == []
+
+
+def test_a_rate_of_0_turns_it_off() -> None:
+    session = greeted(min_upload_rate=0, upload_timeout=600.0, tcptimeout=1e9)
+    assert session.deadline == 600.0
+
+
+# -- what a session holds -------------------------------------------------------------
+
+
+def test_flush_commits_the_complete_records_and_keeps_the_one_in_progress() -> None:
+    session = greeted()
+    session.receive(
+        [
+            wire.AddInfo(0, "IOCNAME", "F"),
+            wire.AddRecord(1, 0, "ai", "A"),
+            wire.AddInfo(1, "archive", "x"),
+            wire.AddRecord(2, 0, "ai", "B"),
+            wire.AddInfo(2, "k", "1"),
+        ],
+        1.0,
+    )
+    held = session.bytes_held
+    (commit,) = [e for e in session.flush(2.0) if isinstance(e, Commit)]
+    assert [r.name for r in commit.transaction.records] == ["A"]
+    assert 0 < commit.size < held and session.bytes_held < held
+    assert session.flush(2.0) == []  # one record in progress: nothing to flush
+    effects = session.receive([wire.AddInfo(2, "k2", "2"), wire.UploadDone()], 3.0)
+    (last,) = commits(effects)
+    assert [(r.name, r.infos) for r in last.records] == [("B", {"k": "1", "k2": "2"})]
+    assert [t.seq for t in (commit.transaction, last)] == [0, 1]
+
+
+def test_bytes_held_grows_with_the_upload_and_a_cut_hands_it_to_the_commit() -> None:
+    session = greeted(batch_records=100)
+    empty = session.bytes_held
+    messages: list[wire.Decoded] = []
+    for rid in range(1, 101):
+        messages += [
+            wire.AddRecord(rid, 0, "ai", f"R:{rid:03d}"),
+            wire.AddInfo(rid, "k", "v" * 50),
+        ]
+    session.receive(messages, 1.0)
+    held = session.bytes_held
+    # At least the text, plus a record's and an info's worth of objects each.
+    assert held - empty >= 100 * (len("R:100ai") + 51 + RECORD_COST + ITEM_COST)
+    (commit,) = [
+        e
+        for e in session.receive([wire.AddRecord(101, 0, "ai", "C")], 1.0)
+        if isinstance(e, Commit)
+    ]
+    assert commit.size >= held - empty
+    # The new record, and the names committed (for DelRecord): 12 bytes and the name.
+    assert session.bytes_held == empty + 3 + RECORD_COST + ITEM_COST + 100 * (12 + 5)

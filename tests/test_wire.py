@@ -535,46 +535,72 @@ def test_text_between_frames_is_a_wrong_magic() -> None:
     assert_stream_raises(wire.UploadDone().encode() + b"GET / HTTP/1.1\r\n\r\n")
 
 
-def test_declared_length_above_the_default_limit_raises_before_the_body_arrives() -> None:
+def oversize(msgid: int, length: int, limit: int = wire.MAX_BODY_LENGTH) -> wire.Skipped:
+    """The `Skipped` a body of `length` over `limit` gives."""
+    return wire.Skipped(
+        msgid,
+        length,
+        f"message 0x{msgid:04x} declares a {length}-byte body, over maxBodyLength={limit}; "
+        "passed over unread",
+        "maxBodyLength",
+    )
+
+
+def test_declared_length_above_the_default_limit_is_skipped_before_the_body_arrives() -> None:
     decoder = wire.Decoder()
-    with pytest.raises(RemoteProtocolError):
-        decoder.feed(frame(wire.MSG_ADD_INFO, b"", length=wire.MAX_BODY_LENGTH + 1))
-    assert decoder.buffered <= BOUND + wire.MAX_BODY_LENGTH
+    length = wire.MAX_BODY_LENGTH + 1
+    assert decoder.feed(frame(wire.MSG_ADD_INFO, b"", length=length)) == [
+        oversize(wire.MSG_ADD_INFO, length)
+    ]
+    assert decoder.buffered == 0 and decoder.skipping == length
 
 
 @pytest.mark.parametrize("msgid", [wire.MSG_ADD_RECORD, wire.MSG_UPLOAD_DONE, 0x4242, 0x8001])
 @pytest.mark.parametrize("length", [0xFFFFFFFF, 0x80000000, 1 << 20])
-def test_huge_declared_length_raises_on_the_header_alone(msgid: int, length: int) -> None:
+def test_huge_declared_length_is_skipped_on_the_header_alone(msgid: int, length: int) -> None:
     decoder = wire.Decoder()
-    with pytest.raises(RemoteProtocolError):
-        decoder.feed(frame(msgid, b"", length=length))
-    assert decoder.buffered <= BOUND + decoder.max_body_length
+    assert decoder.feed(frame(msgid, b"", length=length)) == [oversize(msgid, length)]
+    assert decoder.buffered == 0
 
 
-def test_huge_declared_length_raises_when_the_header_arrives_byte_by_byte() -> None:
+def test_huge_declared_length_is_skipped_when_the_header_arrives_byte_by_byte() -> None:
     header = frame(wire.MSG_ADD_INFO, b"", length=0xFFFFFFFF)
     decoder = wire.Decoder()
     for byte in header[:-1]:
         assert decoder.feed(bytes([byte])) == []
         assert decoder.buffered <= BOUND
-    with pytest.raises(RemoteProtocolError):
-        decoder.feed(header[-1:])
+    assert decoder.feed(header[-1:]) == [oversize(wire.MSG_ADD_INFO, 0xFFFFFFFF)]
 
 
-def test_longest_legitimate_message_fits_the_default_limit() -> None:
-    message = wire.AddInfo(1, "k" * 255, "v" * 65535)
-    data = message.encode()
-    assert len(data) == BOUND + wire.MAX_BODY_LENGTH
-    assert decode_stream(data) == [message]
+def test_a_c_client_info_value_over_65535_bytes_is_passed_over_and_the_upload_goes_on() -> None:
+    """The C RecCaster writes a 70,000-byte value with a truncated length field but a
+    true frame length (docs/protocol.md, Limits): that message is lost, nothing after it."""
+    key, value = b"Q:group", b"v" * 70_000
+    body = struct.pack(">IBxH", 1, len(key), len(value) & 0xFFFF) + key + value
+    record = wire.AddRecord(1, 0, "ai", "IOC:PV")
+    after = [wire.AddInfo(1, "archive", "Monitor"), wire.UploadDone()]
+    stream = record.encode() + frame(wire.MSG_ADD_INFO, body) + b"".join(m.encode() for m in after)
+    assert len(body) > wire.MAX_BODY_LENGTH
+    assert decode_stream(stream) == [record, oversize(wire.MSG_ADD_INFO, len(body)), *after]
+    # In the 64 KiB reads of the server, the body is never buffered.
+    decoder = wire.Decoder()
+    for at in range(0, len(stream), 65536):
+        decoder.feed(stream[at : at + 65536])
+        assert decoder.buffered <= BOUND + 100
 
 
 @pytest.mark.parametrize("limit", [0, 4, 8, 100, 4096])
 def test_custom_max_body_length_is_honoured(limit: int) -> None:
     decoder = wire.Decoder(max_body_length=limit)
     assert decoder.max_body_length == limit
-    with pytest.raises(RemoteProtocolError):
-        decoder.feed(frame(0x4242, b"", length=limit + 1))
-    assert decoder.buffered <= BOUND + limit
+    body = b"\xaa" * (limit + 1)
+    assert decoder.feed(frame(0x4242, b"", length=limit + 1) + body[:1]) == [
+        oversize(0x4242, limit + 1, limit)
+    ]
+    assert decoder.buffered == 0
+    # The next frame (here an empty one, which fits any limit) is decoded.
+    assert decoder.feed(body[1:] + frame(0x7777, b"")) == [wire.Skipped(0x7777, 0, "empty body")]
+    assert decoder.buffered == 0 and decoder.skipping == 0
 
 
 @pytest.mark.parametrize("limit", [4, 8, 100, 4096])
@@ -587,12 +613,21 @@ def test_body_exactly_at_the_limit_is_accepted(limit: int) -> None:
     assert done == wire.UploadDone()
 
 
-def test_add_info_exactly_at_a_custom_limit_decodes_and_one_more_byte_raises() -> None:
+def test_add_info_exactly_at_a_custom_limit_decodes_and_one_more_byte_is_skipped() -> None:
     message = wire.AddInfo(1, "key", "x" * 89)
     data = message.encode()
     limit = len(data) - BOUND
     assert decode_stream(data, max_body_length=limit) == [message]
-    assert_stream_raises(wire.AddInfo(1, "key", "x" * 90).encode(), max_body_length=limit)
+    assert decode_stream(wire.AddInfo(1, "key", "x" * 90).encode(), max_body_length=limit) == [
+        oversize(wire.MSG_ADD_INFO, limit + 1, limit)
+    ]
+
+
+def test_longest_legitimate_message_fits_the_default_limit() -> None:
+    message = wire.AddInfo(1, "k" * 255, "v" * 65535)
+    data = message.encode()
+    assert len(data) == BOUND + wire.MAX_BODY_LENGTH
+    assert decode_stream(data) == [message]
 
 
 def test_buffered_never_exceeds_header_plus_limit_while_a_body_trickles_in() -> None:
@@ -621,16 +656,14 @@ def test_decoder_default_limit_is_the_longest_legitimate_body() -> None:
     assert wire.Decoder().max_body_length == wire.MAX_BODY_LENGTH == 8 + 255 + 65535
 
 
-def test_a_framing_error_names_the_limit_it_hit_or_none_for_a_protocol_error() -> None:
-    # The server counts a broken stream under this attribute, never by its message.
+def test_only_a_bad_magic_breaks_the_stream_and_an_oversize_body_names_its_limit() -> None:
+    # The server counts a skipped body under its limit, a broken stream as a protocol error.
     done = wire.UploadDone()
-    with pytest.raises(wire.FramingError) as oversize:
-        wire.Decoder(max_body_length=16).feed(done.encode() + frame(0x4242, b"", length=17))
-    assert oversize.value.limit == wire.MAX_BODY_LENGTH_LIMIT == "maxBodyLength"
-    assert oversize.value.decoded == [done]
+    out = wire.Decoder(max_body_length=16).feed(done.encode() + frame(0x4242, b"", length=17))
+    assert out == [done, oversize(0x4242, 17, 16)]
+    assert out[1].limit == wire.MAX_BODY_LENGTH_LIMIT == "maxBodyLength"
     with pytest.raises(wire.FramingError) as magic:
         wire.Decoder().feed(done.encode() + b"XXXXXXXX")
-    assert magic.value.limit is None
     assert magic.value.decoded == [done]
 
 

@@ -9,7 +9,8 @@ Two families:
   deleted, gets a huge declared length, a wrong magic or garbage between frames.
   Whatever happens, `Decoder.feed` returns decoded messages or raises
   `RemoteProtocolError` (nothing else), and `decoder.buffered` stays within
-  ``8 + max_body_length`` after every feed that returns.
+  ``8 + max_body_length`` after every feed that returns. A body over the limit is
+  passed over unbuffered, and the frames after it decode.
 
 The whole file is kept to a few seconds: every test sets `max_examples`.
 """
@@ -340,32 +341,37 @@ def test_inserted_and_deleted_bytes_only_ever_raise_remote_protocol_error(
 
 @FAST
 @given(valid_streams, limits, st.data())
-def test_huge_declared_length_raises_and_earlier_frames_still_decode(
+def test_a_body_over_the_limit_is_passed_over_unbuffered_and_the_rest_decodes(
     stream_messages: list[wire.Message], limit: int, data: st.DataObject
 ) -> None:
-    # Only streams whose frames fit the limit: the huge length must be the first error.
+    # Only streams whose frames fit the limit: the long body is the only one skipped.
     stream_messages = [m for m in stream_messages if len(m.encode()) - 8 <= limit]
-    offsets = frame_offsets(stream_messages)
-    stream = bytearray(b"".join(m.encode() for m in stream_messages))
     index = data.draw(st.integers(0, len(stream_messages)))
-    huge = data.draw(st.integers(limit + 1, 0xFFFFFFFF))
-    if index == len(stream_messages):
-        stream += struct.pack(">HHI", wire.PROTO_ID, data.draw(u16), huge)
-    else:
-        struct.pack_into(">I", stream, offsets[index] + 4, huge)
-    stream += data.draw(st.binary(max_size=64))
-    decoder = wire.Decoder(max_body_length=limit)
-    out, raised = feed_checked(decoder, [bytes(stream[i : i + 1]) for i in range(len(stream))])
-    assert raised
-    assert out == stream_messages[:index]
-    # The error comes with the header, before any body, and empties the buffer.
-    assert decoder.buffered == 0
-    # Any other chunking raises too, with the same messages before the error.
-    chunks = data.draw(chunkings(bytes(stream)))
-    assert feed_checked(wire.Decoder(max_body_length=limit), chunks) == (
-        stream_messages[:index],
-        True,
+    msgid = data.draw(u16)
+    length = data.draw(
+        st.one_of(st.integers(limit + 1, limit + 70_000), st.integers(limit + 1, 0xFFFFFFFF))
     )
+    whole = length <= limit + 70_000  # else the stream ends inside the body
+    body = data.draw(st.binary(min_size=length, max_size=length)) if whole else b"\xaa" * 300
+    before = b"".join(m.encode() for m in stream_messages[:index])
+    after = b"".join(m.encode() for m in stream_messages[index:]) if whole else b""
+    stream = before + struct.pack(">HHI", wire.PROTO_ID, msgid, length) + body + after
+    decoder = wire.Decoder(max_body_length=limit)
+    out, raised = feed_checked(decoder, data.draw(chunkings(stream)))  # checks the bound
+    assert not raised
+    skipped = wire.Skipped(
+        msgid,
+        length,
+        f"message 0x{msgid:04x} declares a {length}-byte body, over "
+        f"maxBodyLength={limit}; passed over unread",
+        wire.MAX_BODY_LENGTH_LIMIT,
+    )
+    if whole:
+        assert out == [*stream_messages[:index], skipped, *stream_messages[index:]]
+        assert decoder.buffered == decoder.skipping == 0
+    else:
+        assert out == [*stream_messages[:index], skipped]
+        assert decoder.buffered == 0 and decoder.skipping == length - len(body)
 
 
 @FAST

@@ -68,6 +68,20 @@ _KEYS: tuple[_Key, ...] = (
     _Key("recceiver", "greetingTimeout", _set("limits.greeting_timeout", _positive)),
     _Key("recceiver", "uploadTimeout", _set("limits.upload_timeout", _positive)),
     _Key("recceiver", "allow", _set("limits.allow", _allow)),
+    _Key("recceiver", "maxHostnameLength", _set("limits.max_hostname_length", _integer(1))),
+    _Key("recceiver", "maxIocNameLength", _set("limits.max_iocname_length", _integer(1))),
+    _Key("recceiver", "maxIocidLength", _set("limits.max_iocid_length", _integer(1))),
+    _Key("recceiver", "maxRecordNameLength", _set("limits.max_record_name_length", _integer(1))),
+    # The record type and info key fields hold at most 255 bytes.
+    _Key(
+        "recceiver", "maxRecordTypeLength", _set("limits.max_record_type_length", _integer(1, 255))
+    ),
+    _Key("recceiver", "maxInfoKeyLength", _set("limits.max_info_key_length", _integer(1, 255))),
+    _Key("recceiver", "maxActivePerHost", _set("limits.max_active_per_host", _integer(0))),
+    _Key("recceiver", "minUploadRate", _set("limits.min_upload_rate", _real(0.0))),
+    _Key("recceiver", "uploadRateWindow", _set("limits.upload_rate_window", _positive)),
+    # Below 1 MiB a single batch of 1,000 records would be over it.
+    _Key("recceiver", "maxHeldBytes", _set("limits.max_held_bytes", _integer(1 << 20))),
     _Key("etcd", "endpoints", _set("etcd.endpoints", _endpoints)),
     _Key("etcd", "prefix", _set("etcd.prefix", _prefix)),
     _Key("etcd", "lease_ttl", _set("etcd.lease_ttl", _real(MIN_LEASE_TTL))),

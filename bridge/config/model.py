@@ -12,6 +12,7 @@ from typing import Any
 from bridge.directory.channels import ChannelShape
 from bridge.documents import DEFAULT_PREFIX
 from bridge.protocol import wire
+from bridge.protocol.names import NameLimits
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -27,6 +28,8 @@ MIN_BODY_LENGTH = 1024
 MAX_BODY_LIMIT = 2**32 - 1
 #: etcd leases shorter than this expire between keep-alives on a loaded server.
 MIN_LEASE_TTL = 2.0
+#: The session's name limits, whose defaults are the configuration's.
+_NAMES = NameLimits()
 #: The processor that always runs: etcd is the store whatever ``procs`` says.
 ETCD_PROC = "etcd"
 DEFAULT_PROCS = (ETCD_PROC,)
@@ -74,6 +77,20 @@ class Limits:
         greeting_timeout: seconds a new connection may take to greet (``greetingTimeout``).
         upload_timeout: seconds an upload may take until UploadDone (``uploadTimeout``).
         allow: networks that may connect; empty allows everyone (``allow``).
+        max_hostname_length, max_iocname_length, max_iocid_length: UTF-8 bytes of
+            HOSTNAME, of IOCNAME and IOC, and of the iocid (``maxHostnameLength``,
+            ``maxIocNameLength``, ``maxIocidLength``); longer closes the connection.
+        max_record_name_length, max_record_type_length, max_info_key_length: UTF-8
+            bytes of record and alias names, record types and info keys
+            (``maxRecordNameLength``, ``maxRecordTypeLength``, ``maxInfoKeyLength``);
+            longer is skipped.
+        max_active_per_host: upload slots one source address may hold at once; 0 means
+            half of ``maxActive``, rounded up (``maxActivePerHost``).
+        min_upload_rate, upload_rate_window: bytes per second an upload must bring,
+            judged over every window of that many seconds of upload time
+            (``minUploadRate``, 0 turns it off; ``uploadRateWindow``).
+        max_held_bytes: what every IOC connection together may hold (read and not
+            yet stored) before the largest uploads stop reading (``maxHeldBytes``).
     """
 
     max_body_length: int = wire.MAX_BODY_LENGTH
@@ -86,6 +103,27 @@ class Limits:
     greeting_timeout: float = 20.0
     upload_timeout: float = 600.0
     allow: tuple[Network, ...] = ()
+    max_hostname_length: int = _NAMES.hostname
+    max_iocname_length: int = _NAMES.iocname
+    max_iocid_length: int = _NAMES.iocid
+    max_record_name_length: int = _NAMES.record_name
+    max_record_type_length: int = _NAMES.record_type
+    max_info_key_length: int = _NAMES.info_key
+    max_active_per_host: int = 0
+    min_upload_rate: float = 1000.0
+    upload_rate_window: float = 5.0
+    max_held_bytes: int = 64 << 20
+
+    def names(self) -> NameLimits:
+        """The name limits as the session takes them."""
+        return NameLimits(
+            hostname=self.max_hostname_length,
+            iocname=self.max_iocname_length,
+            iocid=self.max_iocid_length,
+            record_name=self.max_record_name_length,
+            record_type=self.max_record_type_length,
+            info_key=self.max_info_key_length,
+        )
 
 
 @dataclass(frozen=True)

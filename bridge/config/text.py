@@ -71,12 +71,32 @@ maxRecordBytes = {lim.max_record_bytes}
 # Open IOC connections, in total and from one address.
 maxConnections = {lim.max_connections}
 maxConnectionsPerHost = {lim.max_connections_per_host}
+# Upload slots (of maxActive) one address may hold at once; waiting IOCs are served
+# address by address in turn. 0: half of maxActive, rounded up.
+maxActivePerHost = {lim.max_active_per_host}
 # Seconds a new connection may take to greet, and an upload to finish.
 greetingTimeout = {lim.greeting_timeout}
 uploadTimeout = {lim.upload_timeout}
+# Minimum upload progress: an upload that brings fewer bytes a second over any
+# uploadRateWindow seconds (time the bridge paused reading not counted) is closed,
+# so that a slow connection cannot hold an upload slot. 0: no minimum.
+minUploadRate = {lim.min_upload_rate}
+uploadRateWindow = {lim.upload_rate_window}
+# Bytes every IOC connection together may hold (read, not yet stored in etcd); past
+# it the largest uploads stop reading and no new one starts until room comes back.
+maxHeldBytes = {lim.max_held_bytes}
 # Networks that may connect, e.g. 10.0.0.0/8, 2001:db8::/32 (IPv4 networks match IPv4
 # peers of a [::] listener too). Empty: everyone.
 allow =
+# Longest names, in UTF-8 bytes. A longer HOSTNAME, IOCNAME or IOC, or the iocid
+# made of them, closes the connection; a longer record or alias name, record type or
+# info key is skipped (a record with its aliases and infos).
+maxHostnameLength = {lim.max_hostname_length}
+maxIocNameLength = {lim.max_iocname_length}
+maxIocidLength = {lim.max_iocid_length}
+maxRecordNameLength = {lim.max_record_name_length}
+maxRecordTypeLength = {lim.max_record_type_length}
+maxInfoKeyLength = {lim.max_info_key_length}
 
 [etcd]
 # Comma list of host:port, http://host:port or https://host:port.

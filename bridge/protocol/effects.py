@@ -15,9 +15,10 @@ them out in order:
   one (something was skipped because of that limit). The session already gives
   each kind of notice at most once.
 
-The same convention holds for the decoder: `bridge.protocol.wire.FramingError`
-carries the limit a broken frame hit (``maxBodyLength``) or None for a broken
-protocol.
+The same convention holds for the decoder: a `bridge.protocol.wire.Skipped` frame
+carries the limit that made it skip the frame (``maxBodyLength``) or None, and the
+session's notice passes it on; a `bridge.protocol.wire.FramingError` (bad magic) is
+always a broken protocol.
 """
 
 from __future__ import annotations
@@ -36,9 +37,15 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Commit:
-    """Hand this transaction to the processors, after every earlier one of the session."""
+    """Hand this transaction to the processors, after every earlier one of the session.
+
+    ``size`` is an upper-bound estimate of the bytes the transaction holds
+    (`bridge.protocol.session.Session.bytes_held`), counted against the server's
+    memory budget until the commit completes.
+    """
 
     transaction: Transaction
+    size: int = 0
 
 
 @dataclass(frozen=True, slots=True)

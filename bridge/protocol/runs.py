@@ -41,6 +41,7 @@ from bridge.protocol.wire import (
     decode_at,
     decode_record,
     decode_text,
+    longer_than,
 )
 
 # The layouts, bound by assignment: CPython 3.11 compiles a method call on a name bound
@@ -58,6 +59,9 @@ RUN_RECORDS = 1000
 RUN_BYTES = 1 << 20
 #: A run holding more than this (huge info tags) is decoded as it arrives, uncompared.
 RUN_HOLD_LIMIT = 4 << 20
+#: Bytes a decoded name of a compared run costs beyond its frame (str header, list
+#: slots, the record id), for `RunDecoder.held`.
+NAME_COST = 120
 
 
 @dataclass(slots=True)
@@ -107,13 +111,22 @@ class RunDecoder:
 
     def __init__(self, max_body_length: int = MAX_BODY_LENGTH) -> None:
         self._plain = Decoder(max_body_length)
-        self.max_body_length = max_body_length
         #: The run in progress (None: runs are off), its position, what is expected.
         self._run: _Run | None = None
         self._run_index = 0
         self._expected: Sequence[str] | None | _Pending = None
         self._seed = b""
         self._max_aliases = 0
+        self._max_name = self._max_type = self._name_sure = self._type_sure = 0
+
+    @property
+    def max_body_length(self) -> int:
+        """The plain decoder's `Decoder.max_body_length`."""
+        return self._plain.max_body_length
+
+    def set_body_limit(self, max_body_length: int, name: str = wire.MAX_BODY_LENGTH_LIMIT) -> None:
+        """`Decoder.set_body_limit`."""
+        self._plain.set_body_limit(max_body_length, name)
 
     @property
     def buffered(self) -> int:
@@ -126,6 +139,15 @@ class RunDecoder:
         """Bytes of record frames held by the run in progress (≤ about `RUN_HOLD_LIMIT`)."""
         return len(self._run.data) if self._run is not None else 0
 
+    @property
+    def held_cost(self) -> int:
+        """An upper-bound estimate of what the run in progress holds: its frames
+        (`held`) and the names of a compared run, decoded for its `UnchangedRun`."""
+        run = self._run
+        if run is None:
+            return 0
+        return len(run.data) + NAME_COST * (len(run.names) + len(run.aliases))
+
     def hold(self, data: bytes) -> None:
         """Keep bytes undecoded until the next `feed` (`Decoder.hold`)."""
         self._plain.hold(data)
@@ -135,11 +157,15 @@ class RunDecoder:
         cut them as `start_runs` says (`stop_after` then does not apply)."""
         if self._run is None:
             return typing.cast("list[RunDecoded]", self._plain.feed(data, stop_after))
-        buf = self._plain._buffer
-        buf += data
-        return self._feed_runs(buf)
+        return self._feed_runs(self._plain._take(data))
 
-    def start_runs(self, seed: bytes, max_aliases: int = 1000) -> None:
+    def start_runs(
+        self,
+        seed: bytes,
+        max_aliases: int = 1000,
+        max_name_length: int = 0xFFFF,
+        max_type_length: int = 0xFF,
+    ) -> None:
         """Cut the record frames of the upload into runs and digest each, from now on.
 
         A run is `RUN_RECORDS` records (fewer once it holds `RUN_BYTES`), each record
@@ -163,12 +189,17 @@ class RunDecoder:
         frames come out at once, so a client-wide info or a Pong may overtake held
         record frames; DelRecord and UploadDone end the run first and switch runs off.
 
-        A record with more than `max_aliases` alias frames (the session's limit) makes
-        its run one that cannot be compared, so that the session applies the limit.
+        A record with more than `max_aliases` alias frames (the session's limit), or a
+        record or alias name over `max_name_length` or a type over `max_type_length`
+        UTF-8 bytes (the session's `NameLimits`), makes its run one that cannot be
+        compared, so that the session applies the limit.
         """
         self._expected = PENDING
         self._seed = seed
         self._max_aliases = max_aliases
+        self._max_name, self._max_type = max_name_length, max_type_length
+        # Up to this many characters a name fits whatever it holds (4 bytes a character).
+        self._name_sure, self._type_sure = max_name_length // 4, max_type_length // 4
         self._run_index = 0
         self._run = self._new_run()
 
@@ -213,11 +244,23 @@ class RunDecoder:
         unpack_header = _HEADER.unpack_from
         while end - offset >= HEADER_SIZE:
             magic, msgid, length = unpack_header(buf, offset)
-            if magic != PROTO_ID or length > self.max_body_length:
+            if magic != PROTO_ID:
                 run.current = current
                 run.add(buf, seg, offset)
-                self._plain._broken(out, magic, msgid, length)
+                self._plain._broken(out, magic)
             start = offset + HEADER_SIZE
+            if length > self.max_body_length:
+                # Passed over unread (`Decoder.oversize`); a run with a frame left out
+                # is not compared, so that what is stored never depends on the limit.
+                run.current = current
+                run.add(buf, seg, offset)
+                if regular:
+                    run.irregular(0)
+                    regular = False
+                skipped, offset = self._plain.oversize(msgid, length, start, end)
+                out.append(skipped)
+                seg = offset
+                continue
             frame_end = start + length
             if frame_end > end:
                 break
@@ -271,19 +314,28 @@ class RunDecoder:
                     run.records += 1
                     run.alias_frames = 0
                     current = bytes(buf[start : start + 4])
-                    if not through:
-                        run.begin_record(
-                            rid_n,
-                            decode_text(buf[name_at : name_at + rnlen]),
-                            sys.intern(decode_text(buf[start + 8 : name_at])),
-                        )
                     linked = True
+                    if not through:
+                        name = decode_text(buf[name_at : name_at + rnlen])
+                        rtype = sys.intern(decode_text(buf[start + 8 : name_at]))
+                        run.begin_record(rid_n, name, rtype)
+                        # A name the session skips: decode the run, so that it does.
+                        if len(name) > self._name_sure or len(rtype) > self._type_sure:
+                            linked = not (
+                                longer_than(name, self._max_name)
+                                or longer_than(rtype, self._max_type)
+                            )
                 elif atype == ATYPE_ALIAS and whole and buf[start : start + 4] == current:
                     # More aliases than the session takes: the run must be decoded.
                     run.alias_frames += 1
                     linked = run.alias_frames <= self._max_aliases
                     if linked and not through:
-                        run.add_alias(decode_text(buf[name_at : name_at + rnlen]))
+                        alias = decode_text(buf[name_at : name_at + rnlen])
+                        linked = len(alias) <= self._name_sure or not longer_than(
+                            alias, self._max_name
+                        )
+                        if linked:
+                            run.add_alias(alias)
                 else:
                     linked = False
             elif (msgid == MSG_DEL_RECORD or msgid == MSG_UPLOAD_DONE) and length:
@@ -507,3 +559,6 @@ class _Run:
         self.through = True
         self.regular = False
         self.data = bytearray()
+        # Only an `UnchangedRun` needs them, and this run can no longer be one.
+        self.rids, self.names, self.rtypes = [], [], []
+        self.aliases, self.alias_of, self.current_aliases = [], [], []

@@ -23,6 +23,12 @@ below the class); no handler looks at the state again:
   digest goes with the next transaction.
 * LIVE: after UploadDone only Pongs matter; further uploads are not part of the
   protocol and are skipped with one notice.
+* Minimum upload progress: while UPLOADING, every ``upload_rate_window`` seconds of
+  upload time the peer must have sent ``min_upload_rate`` bytes a second of whole
+  frames (`received`), or the session closes. An honest client sends its whole upload at
+  once (docs/protocol.md, A session), so only a peer that trickles to keep an upload
+  slot is closed; time the bridge paused reading (waiting for a slot, backpressure)
+  is not upload time, as for ``upload_timeout``.
 * Keepalive (docs/protocol.md, Keepalive and timeouts): after ``tcptimeout``
   seconds without any message a Ping is sent; if the next ``tcptimeout`` passes
   with that Ping unanswered, the session closes. A Ping also goes out right after
@@ -37,14 +43,14 @@ peer broke the protocol, so the server counts and logs each effect on its own.
 from __future__ import annotations
 
 import enum
-from array import array
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from bridge.model import DESC_INFO_KEY, KeptRun, Peer, Record, Transaction
-from bridge.protocol import runs, wire
+from bridge.protocol import names, runs, wire
 from bridge.protocol.effects import Close, Commit, Effect, Notice, Send
+from bridge.protocol.names import NameLimits
 
 
 class State(enum.Enum):
@@ -64,6 +70,16 @@ _CLOSED = State.CLOSED
 #: Records per transaction when ``commitSizeLimit`` is 0.
 DEFAULT_BATCH_RECORDS = 1000
 
+# What a session holds, estimated from above (`Session.bytes_held`): bytes per record
+# beyond its text (the Record, its list and dict, its str headers, the session's own
+# indexes of it), per alias or info (two str headers, a list or dict slot), and per
+# name of a kept run (str header, list slots, the record id). Measured with
+# tracemalloc on fakeioc uploads at about 410, 60-100 and 120 bytes; text counts one
+# byte a character, as for the ASCII and Latin-1 text IOCs send.
+RECORD_COST = 450
+ITEM_COST = 110
+KEPT_NAME_COST = 150
+
 
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
@@ -72,6 +88,11 @@ class SessionLimits:
     tcptimeout: float = 15.0
     greeting_timeout: float = 20.0
     upload_timeout: float = 600.0
+    #: Minimum upload progress (`Session.received`): bytes per second the peer must
+    #: send while uploading, judged over every `upload_rate_window` seconds of upload
+    #: time (time paused by the bridge not counted); 0 turns it off.
+    min_upload_rate: float = 1000.0
+    upload_rate_window: float = 5.0
     #: Records per transaction; bounds what one session holds before committing.
     batch_records: int = DEFAULT_BATCH_RECORDS
     #: Approximate text bytes per transaction (huge info tags cut batches early).
@@ -87,6 +108,8 @@ class SessionLimits:
     #: skipped. etcd could not store more anyway (etcdwriter.MAX_RECORD_BYTES), and it
     #: bounds what a peer can make a session hold between two record boundaries.
     max_record_bytes: int = 1 << 20
+    #: UTF-8 bytes of the names a peer sends (`NameLimits`).
+    names: NameLimits = field(default_factory=NameLimits)
 
 
 class Session:
@@ -114,12 +137,24 @@ class Session:
         self._seq = 0
         self._pending: list[Record] = []
         self._pending_bytes = 0
+        #: Aliases and infos of the pending records, and an estimate of what the kept
+        #: runs since the last cut hold (`bytes_held`).
+        self._pending_items = 0
+        self._kept_bytes = 0
         self._pending_since: float | None = None
         self._by_rid: dict[int, Record] = {}
         #: Text bytes held per record id in `_by_rid`, and for `client_infos`.
         self._record_bytes: dict[int, int] = {}
         self._client_bytes = 0
-        self._committed_names = _NameLog()
+        #: Id of the last record skipped (`NameLimits`): its aliases and infos follow it.
+        self._skipped_rid: int | None = None
+        # Names of at most this many characters fit their limit whatever they hold (UTF-8
+        # takes at most 4 bytes a character): the per-message path checks no further.
+        lengths = limits.names
+        self._name_sure = lengths.record_name // 4
+        self._type_sure = lengths.record_type // 4
+        self._key_sure = lengths.info_key // 4
+        self._committed_names = names.NameLog()
         self._removed: list[str] = []
         #: Runs (`runs.RunDecoder.start_runs`) ended since the last cut.
         self._kept: list[KeptRun] = []
@@ -128,6 +163,10 @@ class Session:
         self._ping_nonce: int | None = None
         self._paused_at: float | None = None
         self._paused_total = 0.0
+        #: Minimum upload progress: bytes received in the current window, and the
+        #: upload time (`_upload_time`) at which the window started.
+        self._window_bytes = 0
+        self._window_start = 0.0
         self._noticed: set[str] = set()
 
     # -- inputs ---------------------------------------------------------------
@@ -163,6 +202,10 @@ class Session:
                 f"upload not finished within {self.limits.upload_timeout:g} s",
                 limit="uploadTimeout",
             )
+        if self.state is State.UPLOADING and now >= self._window_deadline():
+            too_slow = self._judge_window(now)
+            if too_slow:
+                return too_slow
         if self._paused_at is not None or now < self._last_heard + self.limits.tcptimeout:
             return []
         if self._ping_nonce is not None:
@@ -181,6 +224,29 @@ class Session:
             return []
         return self._cut(now)
 
+    def flush(self, now: float) -> list[Effect]:
+        """Commit the records that are complete (all but the one in progress, which may
+        still get aliases and infos), so that what they hold goes to the processors.
+
+        The server calls this when it stops reading for the memory budget: the records
+        would otherwise stay here until reading goes on.
+        """
+        if self.state is not State.UPLOADING or len(self._pending) < 2:
+            return []
+        last = self._pending.pop()
+        # What the record in progress holds stays with it; the rest goes in the cut.
+        last_bytes = self._record_bytes.get(last.rid, 0)
+        last_items = 1 + len(last.aliases) + len(last.infos) + (last.desc is not None)
+        self._pending_bytes -= last_bytes
+        self._pending_items -= last_items
+        effects = self._cut(now)
+        self._pending = [last]
+        self._pending_bytes, self._pending_items = last_bytes, last_items
+        self._pending_since = now
+        self._by_rid = {last.rid: last}
+        self._record_bytes = {last.rid: last_bytes}
+        return effects
+
     @property
     def digest_seed(self) -> bytes:
         """Goes into every run digest: the limits that decide what a run's records hold.
@@ -188,11 +254,17 @@ class Session:
         Change the version whenever the records built from the same frames, or what a
         processor stores of them, would differ (so no old digest matches).
         """
-        limits = self.limits
+        limits, lengths = self.limits, self.limits.names
         return (
-            f"recsync-bridge runs 1 infos={limits.max_infos} "
-            f"aliases={limits.max_aliases} bytes={limits.max_record_bytes}"
+            f"recsync-bridge runs 2 infos={limits.max_infos} "
+            f"aliases={limits.max_aliases} bytes={limits.max_record_bytes} "
+            f"name={lengths.record_name} type={lengths.record_type} key={lengths.info_key}"
         ).encode()
+
+    def received(self, size: int) -> None:
+        """The server decoded `size` bytes of the peer's frames (minimum upload progress:
+        a frame counts once it is whole, so a partial frame held back is no progress)."""
+        self._window_bytes += size
 
     def pause(self, now: float) -> None:
         """The server stopped reading from the peer (backpressure): stop the silence timer."""
@@ -210,8 +282,10 @@ class Session:
         """The transport is gone. Returns the final `Commit` if anything was committed."""
         self._enter(State.CLOSED)
         self._pending = []
+        self._pending_bytes = self._pending_items = self._kept_bytes = 0
         self._by_rid = {}
         self._record_bytes = {}
+        self._committed_names.clear()
         return self._final(reason)
 
     # -- queries ----------------------------------------------------------------
@@ -227,10 +301,34 @@ class Session:
         if self.state is State.GREETING:
             bound = self.started_at + self.limits.greeting_timeout
         elif self.state is State.UPLOADING:
-            bound = self._upload_deadline()
+            bound = min(self._upload_deadline(), self._window_deadline())
         else:
             return silence
         return bound if silence is None else min(bound, silence)
+
+    @property
+    def bytes_held(self) -> int:
+        """An upper-bound estimate of the bytes this session holds: the records not yet
+        committed, the kept runs since the last commit, the names of the records
+        committed in this upload (for DelRecord) and the client-wide infos.
+
+        A transaction, once cut, is no longer counted here; `Commit.size` carries it.
+        """
+        return (
+            self._pending_cost()
+            + self._committed_names.nbytes
+            + self._client_bytes
+            + ITEM_COST * len(self.client_infos)
+        )
+
+    def _pending_cost(self) -> int:
+        """The estimate for what the next transaction will hold (`bytes_held`)."""
+        return (
+            self._pending_bytes
+            + RECORD_COST * len(self._pending)
+            + ITEM_COST * self._pending_items
+            + self._kept_bytes
+        )
 
     @property
     def uploading(self) -> bool:
@@ -242,6 +340,8 @@ class Session:
     def _greet(self, message: wire.ClientGreet, now: float) -> list[Effect]:
         self._enter(State.UPLOADING)
         self.upload_started_at = now
+        self._window_bytes = 0
+        self._window_start = 0.0
         return []
 
     def _greet_again(self, message: wire.ClientGreet, now: float) -> list[Effect]:
@@ -266,9 +366,15 @@ class Session:
                 f"upload exceeds maxRecords={self.limits.max_records}", limit="maxRecords"
             )
         rid, name, rtype = message.rid, message.name, message.rtype
+        if len(name) > self._name_sure or len(rtype) > self._type_sure:
+            problem = names.record_problem(self.limits.names, name, rtype)
+            if problem is not None:
+                self._skipped_rid = rid
+                return effects + self._skip(problem)
         record = Record(rid, name, rtype)
         self.records_total += 1
         self._pending.append(record)
+        self._pending_items += 1
         self._by_rid[rid] = record
         size = len(name) + len(rtype)
         self._record_bytes[rid] = size
@@ -280,11 +386,17 @@ class Session:
     def _add_alias(self, message: wire.AddRecord) -> list[Effect]:
         record = self._by_rid.get(message.rid)
         if record is None:
+            if message.rid == self._skipped_rid:
+                return []
             return self._notice_once("alias-rid", f"alias for unknown record id {message.rid}")
+        if len(message.name) > self._name_sure:
+            problem = names.alias_problem(self.limits.names, message.name)
+            if problem is not None:
+                return self._skip(problem)
         if len(record.aliases) >= self.limits.max_aliases:
             return self._notice_once(
                 "maxAliases",
-                f"record {_short(record.name)} exceeds maxAliases={self.limits.max_aliases}; "
+                f"record {names.short(record.name)} exceeds maxAliases={self.limits.max_aliases}; "
                 "further aliases skipped",
                 limit="maxAliases",
             )
@@ -292,44 +404,69 @@ class Session:
             return self._record_too_big(record)
         record.add_alias(message.name)
         self._pending_bytes += len(message.name)
+        self._pending_items += 1
         return []
 
     def _add_info(self, message: wire.AddInfo, now: float) -> list[Effect]:
         rid, key, value = message.rid, message.key, message.value
+        if len(key) > self._key_sure:
+            problem = names.info_key_problem(self.limits.names, key)
+            if problem is not None:
+                return self._skip(problem)
         if rid == 0:
             return self._client_info(message)
         record = self._by_rid.get(rid)
         if record is None:
+            if rid == self._skipped_rid:
+                return []
             return self._notice_once("info-rid", f"info for unknown record id {rid}")
         infos = record.infos
-        if key not in infos and len(infos) >= self.limits.max_infos:
+        limits = self.limits
+        if len(infos) >= limits.max_infos and key not in infos:
             return self._notice_once(
                 "maxInfos-record",
-                f"record {_short(record.name)} exceeds maxInfos={self.limits.max_infos}; "
+                f"record {names.short(record.name)} exceeds maxInfos={limits.max_infos}; "
                 "further infos skipped",
                 limit="maxInfos",
             )
-        size = len(key) + len(value)
-        held = self._record_bytes.get(rid, 0) + size
-        if held > self.limits.max_record_bytes:
+        # A key sent again replaces its value: only growth counts.
+        desc = key == DESC_INFO_KEY
+        old = record.desc if desc else infos.get(key)
+        size = len(key) + len(value) if old is None else len(value) - len(old)
+        held = self._record_bytes[rid] + size
+        if held > limits.max_record_bytes:
             return self._record_too_big(record)
         self._record_bytes[rid] = held
-        if key == DESC_INFO_KEY:
+        if desc:
             record.desc = value
         else:
             infos[key] = value
         self._pending_bytes += size
+        self._pending_items += 1
         return []
 
     def _client_info(self, message: wire.AddInfo) -> list[Effect]:
         infos = self.client_infos
+        if message.key in names.IDENTITY_KEYS:
+            problem = names.identity_problem(
+                self.limits.names, infos, self.peer, message.key, message.value
+            )
+            if problem is not None:
+                setting, reason = problem
+                return self._close(reason, limit=setting)
         if message.key not in infos and len(infos) >= self.limits.max_infos:
             return self._notice_once(
                 "maxInfos-client",
                 f"client-wide infos exceed maxInfos={self.limits.max_infos}; further ones skipped",
                 limit="maxInfos",
             )
-        size = len(message.key) + len(message.value)
+        # Only growth counts: pyreccaster sends every client-wide info again after each
+        # record (docs/protocol.md, pyreccaster), and a value sent again replaces the
+        # one held.
+        old = infos.get(message.key)
+        if old is not None and old == message.value:
+            return []
+        size = len(message.value) - (len(old) if old is not None else -len(message.key))
         if self._client_bytes + size > self.limits.max_record_bytes:
             return self._notice_once(
                 "maxRecordBytes-client",
@@ -341,6 +478,11 @@ class Session:
         infos[message.key] = message.value
         return []
 
+    def _skip(self, problem: names.Problem) -> list[Effect]:
+        """Something named too long is skipped: one notice per limit."""
+        setting, text = problem
+        return self._notice_once(setting, text, limit=setting)
+
     def _record_fits(self, record: Record, size: int) -> bool:
         held = self._record_bytes.get(record.rid, 0) + size
         if held > self.limits.max_record_bytes:
@@ -351,7 +493,7 @@ class Session:
     def _record_too_big(self, record: Record) -> list[Effect]:
         return self._notice_once(
             "maxRecordBytes",
-            f"record {_short(record.name)} exceeds {self.limits.max_record_bytes} bytes; "
+            f"record {names.short(record.name)} exceeds {self.limits.max_record_bytes} bytes; "
             "further aliases and infos skipped",
             limit="maxRecordBytes",
         )
@@ -387,6 +529,11 @@ class Session:
         self.records_total += len(message.names)
         for rid, name in zip(message.rids, message.names, strict=True):
             self._committed_names.add(rid, name)
+        self._kept_bytes += (
+            KEPT_NAME_COST * (len(message.names) + len(message.aliases))
+            + sum(map(len, message.names))
+            + sum(map(len, message.aliases))
+        )
         self._kept.append(
             KeptRun(
                 message.index,
@@ -405,7 +552,11 @@ class Session:
         return []
 
     def _skipped(self, message: wire.Skipped, now: float) -> list[Effect]:
-        return self._notice_once(f"skip-{message.msgid}", f"skipped message: {message.reason}")
+        return self._notice_once(
+            f"skip-{message.msgid}-{message.limit}",
+            f"skipped message: {message.reason}",
+            limit=message.limit,
+        )
 
     def _server_message(self, message: wire.ServerGreet | wire.Ping, now: float) -> list[Effect]:
         return self._close(f"peer sent a server-to-client message 0x{message.msgid:04x}")
@@ -437,6 +588,7 @@ class Session:
         return now - self._pending_since >= limits.commit_interval
 
     def _cut(self, now: float, upload_done: bool = False) -> list[Effect]:
+        size = self._pending_cost() + ITEM_COST * len(self.client_infos)
         records = self._pending
         for record in records:
             self._committed_names.add(record.rid, record.name)
@@ -454,13 +606,15 @@ class Session:
         self._seq += 1
         self._pending = []
         self._pending_bytes = 0
+        self._pending_items = 0
+        self._kept_bytes = 0
         self._pending_since = None
         self._by_rid = {}
         self._record_bytes = {}
         self._removed = []
         self._kept = []
         self._digests = []
-        return [Commit(txn)]
+        return [Commit(txn, size)]
 
     def _final(self, reason: str) -> list[Effect]:
         if self._seq <= 0:
@@ -492,52 +646,41 @@ class Session:
         self._ping_nonce = self._nonce() & 0xFFFFFFFF
         return Send(wire.Ping(self._ping_nonce).encode())
 
+    def _upload_time(self, now: float) -> float:
+        """Seconds since ClientGreet that the bridge was reading (not paused)."""
+        assert self.upload_started_at is not None
+        return now - self.upload_started_at - self._paused_total
+
+    def _window_deadline(self) -> float:
+        """When the current minimum-progress window ends (inf while paused, or off)."""
+        limits = self.limits
+        if self._paused_at is not None or limits.min_upload_rate <= 0:
+            return float("inf")
+        assert self.upload_started_at is not None
+        end = self._window_start + limits.upload_rate_window
+        return self.upload_started_at + self._paused_total + end
+
+    def _judge_window(self, now: float) -> list[Effect]:
+        """A window ended: close if the peer sent too little in it, else start the next."""
+        limits = self.limits
+        needed = limits.min_upload_rate * limits.upload_rate_window
+        if self._window_bytes < needed:
+            return self._close(
+                f"upload too slow: {self._window_bytes} bytes in "
+                f"{limits.upload_rate_window:g} s, minUploadRate={limits.min_upload_rate:g} "
+                "bytes/s",
+                limit="minUploadRate",
+            )
+        self._window_bytes = 0
+        self._window_start = self._upload_time(now)
+        return []
+
     def _upload_deadline(self) -> float:
         assert self.upload_started_at is not None
         paused = self._paused_total
         if self._paused_at is not None:
             return float("inf")
         return self.upload_started_at + self.limits.upload_timeout + paused
-
-
-class _NameLog:
-    """Record id -> name of each record committed so far in the upload, for DelRecord.
-
-    Flat arrays, about 12 bytes plus the UTF-8 name per record, instead of a dict of
-    objects (about 130 bytes per record): the log grows with the upload, and no known
-    client sends DelRecord. The dict its lookups need is built at the first one.
-    A record id sent again stands for the later record, as in a dict.
-    """
-
-    __slots__ = ("_ends", "_index", "_names", "_rids")
-
-    def __init__(self) -> None:
-        self._rids = array("I")
-        self._ends = array("Q")
-        self._names = bytearray()
-        self._index: dict[int, int] | None = None
-
-    def clear(self) -> None:
-        self._rids, self._ends = array("I"), array("Q")
-        self._names, self._index = bytearray(), None
-
-    def add(self, rid: int, name: str) -> None:
-        if self._index is not None:
-            self._index[rid] = len(self._rids)
-        self._rids.append(rid)
-        # Any str round-trips (the decoder never makes lone surrogates; callers might).
-        self._names += name.encode("utf-8", "surrogatepass")
-        self._ends.append(len(self._names))
-
-    def pop(self, rid: int) -> str | None:
-        """The name of record `rid`, which is then forgotten; None if there is none."""
-        if self._index is None:
-            self._index = {r: i for i, r in enumerate(self._rids)}
-        position = self._index.pop(rid, None)
-        if position is None:
-            return None
-        start = self._ends[position - 1] if position else 0
-        return self._names[start : self._ends[position]].decode("utf-8", "surrogatepass")
 
 
 def _upload_message(message: runs.RunDecoded) -> str:
@@ -578,9 +721,3 @@ DISPATCH: Final[dict[State, dict[type, Handler]]] = {
     },
     State.CLOSED: dict.fromkeys(_GRID, Session._ignore),
 }
-
-
-def _short(name: str, limit: int = 80) -> str:
-    """A record name for a log line: repr (control characters escaped), cut to `limit`."""
-    text = repr(name)
-    return text if len(text) <= limit else f"{text[: limit - 4]}...{text[-1]} ({len(name)} chars)"

@@ -8,7 +8,9 @@ text that is not valid UTF-8 is decoded as Latin-1 instead of failing.
 
 The `Decoder` takes bytes in any chunking and returns whole messages. It checks
 each declared body length against a limit *before* buffering the body, so a peer
-can never make it hold more than ``8 + max_body_length`` bytes of a partial frame.
+can never make it hold more than ``8 + max_body_length`` bytes of a partial frame:
+a longer body is passed over by counting its bytes, never buffered, and reported
+as one `Skipped` (docs/protocol.md, Framing).
 
 Finding the runs of records an IOC sent exactly as last time, without decoding
 them, is a layer of its own on top of this decoder: `bridge.protocol.runs`.
@@ -71,6 +73,20 @@ def decode_text(raw: bytes | bytearray) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+def longer_than(text: str, limit: int) -> bool:
+    """True if `text` takes more than `limit` bytes in UTF-8 (as the bridge stores it).
+
+    Cheap for the usual short ASCII name: the UTF-8 length is between ``len(text)``
+    and four times that.
+    """
+    length = len(text)
+    if length > limit:
+        return True
+    if length * 4 <= limit or text.isascii():
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
 
 
 def _frame(msgid: int, body: bytes) -> bytes:
@@ -209,12 +225,16 @@ class AddInfo:
 class Skipped:
     """A frame the decoder passed over: unknown id, or a body the protocol says to skip.
 
-    Not a wire message of its own; it lets the caller log what was ignored.
+    Not a wire message of its own; it lets the caller log what was ignored. ``limit``
+    names the configured limit that made the decoder skip it (`MAX_BODY_LENGTH_LIMIT`
+    for a body longer than ``max_body_length``, which is passed over unread), or is
+    None when the protocol itself says to skip it.
     """
 
     msgid: int
     length: int
     reason: str
+    limit: str | None = None
 
 
 # Messages are plain (not frozen) slotted dataclasses: one is built for every message
@@ -316,23 +336,20 @@ def decode_at(msgid: int, buf: bytes | bytearray, start: int, end: int) -> Decod
 
 
 class FramingError(RemoteProtocolError):
-    """The stream is broken (bad magic or oversize length); nothing after it is usable.
+    """The stream is broken (a bad magic); nothing after it is usable.
 
-    ``limit`` names the configured limit the frame broke (``"maxBodyLength"``), or is
-    None when the peer broke the protocol itself (a bad magic). ``decoded`` holds what
-    the decoder that raised it completed in the same ``feed`` call before the broken
-    frame (a list of what its ``feed`` returns), so the outcome does not depend on how
-    TCP split the data.
+    ``decoded`` holds what the decoder that raised it completed in the same ``feed``
+    call before the broken frame (a list of what its ``feed`` returns), so the outcome
+    does not depend on how TCP split the data.
     """
 
-    def __init__(self, reason: str, decoded: list[Any], limit: str | None = None) -> None:
+    def __init__(self, reason: str, decoded: list[Any]) -> None:
         super().__init__(reason)
         self.decoded = decoded
-        self.limit = limit
 
 
-#: `FramingError.limit` of a declared body longer than the decoder's limit: the name of
-#: the configuration key that sets it.
+#: `Skipped.limit` of a body longer than the decoder's limit: the name of the
+#: configuration key that sets it.
 MAX_BODY_LENGTH_LIMIT = "maxBodyLength"
 
 
@@ -340,17 +357,25 @@ class Decoder:
     """Incremental frame decoder for one byte stream.
 
     ``feed(data)`` accepts any chunking and returns the messages completed by it,
-    in order. A wrong magic or a declared body longer than `max_body_length`
-    raises `FramingError` (a `RemoteProtocolError`) carrying the messages completed
-    before it; the buffer is emptied and the decoder must not be fed again.
+    in order. A declared body longer than `max_body_length` gives a `Skipped` (with
+    ``limit`` set) as soon as its header is complete, and its bytes are then counted
+    off as they arrive without being buffered: the C RecCaster sends an info value
+    over 65,535 bytes with a true frame length, and the message is lost, as the
+    reference loses it, while the upload goes on. A wrong magic raises
+    `FramingError` (a `RemoteProtocolError`) carrying the messages completed before
+    it; the buffer is emptied and the decoder must not be fed again.
 
     `bridge.protocol.runs.RunDecoder` wraps one and reads frames from its buffer in
-    place (``_buffer``, ``_broken``); nothing else touches them.
+    place (``_buffer``, ``_take``, ``_broken``, `oversize`); nothing else touches them.
     """
 
     def __init__(self, max_body_length: int = MAX_BODY_LENGTH) -> None:
         self.max_body_length = max_body_length
+        #: The limit named in the `Skipped` of a longer body (`set_body_limit`).
+        self.limit_name = MAX_BODY_LENGTH_LIMIT
         self._buffer = bytearray()
+        #: Bytes of an oversize body still to pass over (`oversize`).
+        self._skip = 0
 
     @property
     def buffered(self) -> int:
@@ -359,37 +384,73 @@ class Decoder:
         more meanwhile."""
         return len(self._buffer)
 
+    @property
+    def skipping(self) -> int:
+        """Bytes of an oversize body still to be passed over (never buffered)."""
+        return self._skip
+
     def hold(self, data: bytes) -> None:
         """Keep bytes undecoded until the next `feed` (a connection waiting for a slot)."""
         self._buffer += data
 
-    def _broken(self, decoded: list[Any], magic: int, msgid: int, length: int) -> typing.NoReturn:
-        """Raise the `FramingError` for a header with a bad magic or an oversize length."""
+    def set_body_limit(self, max_body_length: int, name: str = MAX_BODY_LENGTH_LIMIT) -> None:
+        """Pass over bodies longer than `max_body_length` from now on, naming `name` as
+        the limit (a caller that allows less at times, under a name of its own)."""
+        self.max_body_length = max_body_length
+        self.limit_name = name
+
+    def _take(self, data: bytes) -> bytearray:
+        """Append `data` to the buffer, less what is left of an oversize body."""
+        buf = self._buffer
+        buf += data
+        if self._skip:
+            passed = min(self._skip, len(buf))
+            del buf[:passed]
+            self._skip -= passed
+        return buf
+
+    def _broken(self, decoded: list[Any], magic: int) -> typing.NoReturn:
+        """Raise the `FramingError` for a header with a bad magic."""
         # Drop everything: the stream cannot be resynchronised, and holding the
         # failing read would break the buffer bound.
         self._buffer.clear()
-        if magic != PROTO_ID:
-            raise FramingError(f"bad magic 0x{magic:04x}, expected 0x{PROTO_ID:04x}", decoded)
-        raise FramingError(
-            f"message 0x{msgid:04x} declares a {length}-byte body, "
-            f"the limit is {self.max_body_length}",
-            decoded,
-            MAX_BODY_LENGTH_LIMIT,
+        raise FramingError(f"bad magic 0x{magic:04x}, expected 0x{PROTO_ID:04x}", decoded)
+
+    def oversize(self, msgid: int, length: int, start: int, end: int) -> tuple[Skipped, int]:
+        """A header at ``start - 8`` declares a body longer than `max_body_length`.
+
+        Returns its `Skipped` and where decoding goes on in the buffer: after the body,
+        if it is all there (``end`` is the buffer's end), else at ``end``, with the rest
+        of the body to be passed over as it arrives.
+        """
+        skipped = Skipped(
+            msgid,
+            length,
+            f"message 0x{msgid:04x} declares a {length}-byte body, over "
+            f"{self.limit_name}={self.max_body_length}; passed over unread",
+            self.limit_name,
         )
+        if end - start >= length:
+            return skipped, start + length
+        self._skip = length - (end - start)
+        return skipped, end
 
     def feed(self, data: bytes, stop_after: type | None = None) -> list[Decoded]:
         """Decode what `data` completes; with `stop_after`, stop after the first message
         of that type and leave the rest undecoded in the buffer."""
-        buf = self._buffer
-        buf += data
+        buf = self._take(data)
         out: list[Decoded] = []
         offset = 0
         end = len(buf)
         while end - offset >= HEADER_SIZE:
             magic, msgid, length = HEADER.unpack_from(buf, offset)
-            if magic != PROTO_ID or length > self.max_body_length:
-                self._broken(out, magic, msgid, length)
+            if magic != PROTO_ID:
+                self._broken(out, magic)
             start = offset + HEADER_SIZE
+            if length > self.max_body_length:
+                skipped, offset = self.oversize(msgid, length, start, end)
+                out.append(skipped)
+                continue
             if end - start < length:
                 break
             offset = start + length

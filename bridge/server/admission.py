@@ -10,18 +10,24 @@ subclass can override:
   An IPv4 peer of a dual-stack (``[::]``) socket is handled as its IPv4 address.
 * Upload slots (``maxActive``): every accepted connection is greeted at once; it
   takes a slot only when its ClientGreet arrives (`acquire`, `may_start`). A
-  connection that greets while every slot is busy waits, unread, in a FIFO queue
-  until `release_slot` hands it one (`next_waiting`). So connections that never say
+  connection that greets while no slot is free for it waits, unread, until
+  `release_slot` hands it one (`next_waiting`). So connections that never say
   anything cannot keep honest IOCs from uploading: they hold no slot and are closed
   by ``greetingTimeout``. (The reference RecCeiver took the slot at accept and left
   queued connections ungreeted; a few hundred idle connections then starved every
-  IOC.)
+  IOC.) One source address holds at most ``maxActivePerHost`` slots, and waiting
+  connections are served address by address in turn (`bridge.server.slots`), so
+  connections from one address cannot keep those from others waiting; a slot-holder
+  that does not upload is closed by the session's minimum upload progress.
 * Counters (`counters`, shown by `status`): one per limit that refused or ended a
   connection, or skipped something (`count`, `notice`), and ``protocolError``.
 
+* Memory (``maxHeldBytes``): what every connection holds counts against one
+  budget (`bridge.server.budget`, `account`), which pauses the largest uploads past
+  it and resumes them as room comes back.
+
 It sees every connection (`connections`) with what each has read and holds
-(`RecSyncProtocol.bytes_received`, `RecSyncProtocol.bytes_held`), and can pause and
-resume their reading, which is what a memory budget across connections needs.
+(`RecSyncProtocol.bytes_received`, `RecSyncProtocol.bytes_held`).
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ from bridge.protocol import wire
 from bridge.protocol.effects import Notice
 from bridge.protocol.runs import RunDecoded
 from bridge.protocol.session import Session, SessionLimits, State
+from bridge.server.budget import MemoryBudget
 from bridge.server.connection import RecSyncProtocol
+from bridge.server.slots import Slots
 
 #: Counter of connections refused because the processors are not running yet.
 NOT_READY = "notReady"
@@ -55,6 +63,9 @@ ETCD_REFUSES = "etcdRefusesWrites"
 REFUSAL_LOG_INTERVAL = 60.0
 #: Hosts remembered for that purpose; beyond this the memory is simply cleared.
 REFUSAL_LOG_HOSTS = 10_000
+#: ``maxHeldBytes`` (`bridge.config.Limits`): what every connection together may hold
+#: before reading pauses.
+DEFAULT_MAX_HELD_BYTES = 64 << 20
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -69,6 +80,18 @@ class RunsCommitter(Committer, typing.Protocol):
     """Processors that take unchanged runs (`bridge.interfaces.IUnchangedRuns`)."""
 
     def known_runs(self, session_id: int) -> Sequence[str] | None: ...
+
+
+def default_share(max_active: int) -> int:
+    """Upload slots one source address may hold when ``maxActivePerHost`` is 0: half of
+    ``maxActive``, rounded up. One busy address leaves the other half to everyone else,
+    and a host that runs many IOCs still uploads after a restart about as fast as with
+    every slot (bench/scale.py from one address: a quarter cost a fifth of the rate)."""
+    return max(1, -(-max_active // 2))
+
+
+def _peer_host(protocol: RecSyncProtocol) -> str:
+    return protocol.peer.host
 
 
 class BridgeFactory(ServerFactory):
@@ -88,10 +111,12 @@ class BridgeFactory(ServerFactory):
         limits: SessionLimits,
         *,
         max_active: int = 20,
+        max_active_per_host: int = 0,
         max_body_length: int = wire.MAX_BODY_LENGTH,
         max_connections: int = 5000,
         max_connections_per_host: int = 100,
         allow: Sequence[Network] = (),
+        max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
         nonce: Callable[[], int] | None = None,
         store_refusal: Callable[[], str | None] | None = None,
     ) -> None:
@@ -99,6 +124,7 @@ class BridgeFactory(ServerFactory):
         self.reactor = reactor
         self.limits = limits
         self.max_active = max_active
+        self.max_active_per_host = max_active_per_host or default_share(max_active)
         self.max_body_length = max_body_length
         self.max_connections = max_connections
         self.max_connections_per_host = max_connections_per_host
@@ -114,14 +140,21 @@ class BridgeFactory(ServerFactory):
         self._ids = itertools.count(1)
         self.connections: set[RecSyncProtocol] = set()
         self.per_host: collections.Counter[str] = collections.Counter()
-        #: Upload slots taken, and the connections waiting for one, in order.
-        self.active = 0
-        self.queue: collections.deque[RecSyncProtocol] = collections.deque()
+        #: Upload slots: who holds them, and the connections waiting for one.
+        self.queue: Slots[RecSyncProtocol] = Slots(
+            max_active, self.max_active_per_host, _peer_host
+        )
         self.counters: collections.Counter[str] = collections.Counter()
         #: Transactions handed to the processors and not completed yet.
         self.pending_commits = 0
         #: Times a session stopped reading because its commits were behind (metrics).
         self.backpressure_pauses = 0
+        self.budget: MemoryBudget[RecSyncProtocol] = MemoryBudget(
+            max_held_bytes,
+            RecSyncProtocol.budget_pause,
+            RecSyncProtocol.budget_resume,
+            self.grant_waiting,
+        )
         self._granting = False
         #: (host, counter) -> [time of the last logged refusal, refusals not logged since].
         self._refusals: dict[tuple[str, str], list[float]] = {}
@@ -199,66 +232,81 @@ class BridgeFactory(ServerFactory):
 
     # -- upload slots ----------------------------------------------------------------------
 
+    @property
+    def active(self) -> int:
+        """Upload slots taken."""
+        return self.queue.active
+
     def acquire(self, protocol: RecSyncProtocol, held: list[RunDecoded]) -> bool:
         """An upload slot for a connection that just greeted: True if it has one now.
 
-        Otherwise it waits, unread, in the FIFO queue with `held` (the messages that
-        came in the same read after its ClientGreet) until `release_slot` activates it.
+        Otherwise it waits, unread, with `held` (the messages that came in the same
+        read after its ClientGreet) until `release_slot` activates it.
         """
         if self.may_start(protocol):
-            self.active += 1
+            self.queue.take(protocol)
             protocol.activate()
             return True
         protocol.wait_for_slot(held)
-        self.queue.append(protocol)
+        self.queue.wait(protocol)
         return False
 
     def may_start(self, protocol: RecSyncProtocol) -> bool:
-        """Whether `protocol`, which just greeted, gets a slot at once (else it queues)."""
-        return self.has_room
+        """Whether `protocol`, which just greeted, gets a slot at once (else it waits):
+        a slot is free, its address holds less than its share, and the memory budget
+        lets a new upload start."""
+        return self.queue.free_for(protocol.peer.host) and self.budget.allows_upload()
 
-    def release_slot(self) -> None:
-        """A slot came free: hand it on to the connections waiting, in order."""
-        self.active -= 1
-        assert self.active >= 0, "upload slot released twice"
+    def release_slot(self, protocol: RecSyncProtocol) -> None:
+        """`protocol`'s slot came free: hand slots on to the connections waiting."""
+        self.queue.release(protocol)
+        self.grant_waiting()
+
+    def grant_waiting(self) -> None:
+        """Hand every slot that is free now to the connections waiting (`next_waiting`)."""
         if self._granting:
             return  # the loop below, further up the stack, hands the slot on
         self._granting = True
         try:
-            while self.active < self.max_active:
-                protocol = self.next_waiting()
-                if protocol is None:
-                    break
-                self.active += 1
-                protocol.activate()
+            while (waiting := self.next_waiting()) is not None:
+                self.queue.take(waiting)
+                waiting.activate()
         finally:
             self._granting = False
 
     def next_waiting(self) -> RecSyncProtocol | None:
-        """The waiting connection that gets the next free slot (removed from the queue)."""
-        while self.queue:
-            protocol = self.queue.popleft()
+        """The waiting connection that gets a slot free now (removed from the queue):
+        the next source address in turn that is under its share gives its oldest, if
+        the memory budget lets a new upload start."""
+        if not self.queue or not self.budget.allows_upload():
+            return None
+        while (protocol := self.queue.next()) is not None:
             if protocol in self.connections:
                 return protocol
         return None
 
     @property
     def has_room(self) -> bool:
-        """True if an IOC connecting now would get an upload slot at once."""
-        return self.active < self.max_active and not self.queue
+        """True if an IOC connecting now from an address holding no slot would get one
+        at once."""
+        return self.queue.active < self.max_active
 
     # -- connections ending, counters, status -------------------------------------------------
 
+    def account(self, protocol: RecSyncProtocol) -> None:
+        """`protocol` may hold another amount now (`MemoryBudget.update`)."""
+        self.budget.update(protocol, protocol.bytes_held, protocol.reading_upload)
+
     def forget(self, protocol: RecSyncProtocol) -> None:
         """`protocol`'s connection is gone."""
+        self.budget.forget(protocol)
         if protocol in self.connections:
             self.connections.discard(protocol)
             host = protocol.peer.host
             self.per_host[host] -= 1
             if self.per_host[host] <= 0:
                 del self.per_host[host]
-        if protocol in self.queue:
-            self.queue.remove(protocol)
+        self.queue.remove(protocol)
 
     def connections_or_commits(self) -> bool:
         """True while any connection is open or any transaction awaits the processors."""
@@ -289,6 +337,12 @@ class BridgeFactory(ServerFactory):
             "uploading": self.active,
             "max_uploading": self.max_active,
             "queued": len(self.queue),
+            "queued_hosts": self.queue.waiting_hosts,
+            "max_uploading_per_host": self.max_active_per_host,
+            "held_bytes": self.budget.total,
+            "max_held_bytes": self.budget.limit,
+            "paused_by_budget": self.budget.paused,
+            "budget_pauses": self.budget.pauses,
             **{f"limit_{k}": v for k, v in sorted(self.counters.items())},
         }
 

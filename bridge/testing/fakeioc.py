@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -130,7 +131,9 @@ class FakeIOC:
 
     `connect` greets, uploads and returns once everything is sent; a daemon
     thread then answers Pings until `close` (or until `answer_pings` is cleared,
-    which simulates an IOC that vanished without a FIN).
+    which simulates an IOC that vanished without a FIN). The bridge pings at once
+    when it has read the UploadDone, so `pinged_at` - `connected_at` is how long the
+    IOC waited for its upload slot and the upload took (``time.monotonic`` seconds).
     """
 
     def __init__(self, spec: IOCSpec, first_rid: int = 1) -> None:
@@ -140,11 +143,19 @@ class FakeIOC:
         self.pings = 0
         self.server_greeted = threading.Event()
         self.closed_by_server = threading.Event()
+        self.connected_at: float | None = None
+        self.pinged_at: float | None = None
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
-    def connect(self, host: str, port: int, key: int = 0, timeout: float = 20.0) -> None:
-        sock = socket.create_connection((host, port), timeout=timeout)
+    def connect(
+        self, host: str, port: int, key: int = 0, timeout: float = 20.0, source: str = ""
+    ) -> None:
+        """Connect (from the loopback address `source`, if given) and upload."""
+        sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
+        self.connected_at = time.monotonic()
         self._sock = sock
         sock.sendall(upload_bytes(self.spec, self.first_rid, key))
         self._thread = threading.Thread(target=self._reader, daemon=True, name="fake-ioc")
@@ -163,6 +174,8 @@ class FakeIOC:
                     if isinstance(message, wire.ServerGreet):
                         self.server_greeted.set()
                     elif isinstance(message, wire.Ping):
+                        if self.pinged_at is None:
+                            self.pinged_at = time.monotonic()
                         self.pings += 1
                         if self.answer_pings:
                             self._sock.sendall(wire.Pong(message.nonce).encode())
