@@ -1,9 +1,11 @@
 """The directory read model at facility scale: load time, memory, query latency.
 
-Builds the documents the bridge writes for IOCS IOCs x RECORDS records (an alias on
-every 10th record, three info tags and a DESC each, as `bridge.testing.fakeioc.make_ioc`), loads
-them into a `Directory` the way the feed does after its range read, then times the
-queries of issue 13 (JSON encoding included) and prints each figure beside its target:
+Builds the documents a bridge writes for IOCS IOCs x RECORDS records in data model v2
+(lean record documents, no name index; an alias on every 10th record, three info tags
+and a DESC each, as `bridge.testing.fakeioc.make_ioc`), loads them into a `Directory` the
+way the feed does after its range read (names, claims and owners derived from the
+records), then times the queries of issue 13 (JSON encoding included) and prints each
+figure beside its target:
 
     .venv/bin/python bench/directory.py               # 1,000 x 1,000
     .venv/bin/python bench/directory.py --iocs 100    # quicker
@@ -50,8 +52,24 @@ def record(i: int, j: int) -> Record:
     return Record(0, name, ("ai", "ao", "bi", "longin")[j % 4], aliases, infos, f"Fake PV {j}")
 
 
-def documents(iocs: int, records: int, prefix: str = "/recsync") -> Iterator[tuple[str, bytes]]:
-    """Every key and value the bridge stores for the fleet, in etcd's key order."""
+def record_value(rec: Record) -> bytes:
+    """The record document of data model v2: name and IOC are in the key; DESC,
+    aliases and info tags left out when empty."""
+    doc: dict[str, object] = {"type": rec.rtype}
+    if rec.desc is not None:
+        doc["desc"] = rec.desc
+    if rec.aliases:
+        doc["aliases"] = rec.aliases
+    if rec.infos:
+        doc["infos"] = rec.infos
+    return docs.dumps(doc)
+
+
+def documents(
+    iocs: int, records: int, prefix: str = "/recsync"
+) -> Iterator[tuple[str, bytes, int]]:
+    """Every key, value and mod_revision a bridge stores for the fleet, in etcd's key
+    order (revisions as if each IOC's records were written in one transaction)."""
     k = docs.Keys(prefix)
     for i in range(iocs):
         doc = docs.ioc_document(
@@ -69,17 +87,11 @@ def documents(iocs: int, records: int, prefix: str = "/recsync") -> Iterator[tup
             records=records,
             aliases=records // 10,
         )
-        yield k.ioc(iocid(i)), docs.dumps(doc)
+        yield k.ioc(iocid(i)), docs.dumps(doc), 2 + iocs + i
     for i in range(iocs):
         for j in range(records):
             rec = record(i, j)
-            for name, alias in docs.pv_names(rec):
-                doc = docs.pv_document(iocid(i), rec.name, rec.rtype, alias, [iocid(i)])
-                yield k.pv(name), docs.dumps(doc)
-    for i in range(iocs):
-        for j in range(records):
-            rec = record(i, j)
-            yield k.record(iocid(i), rec.name), docs.record_value(rec, iocid(i))
+            yield k.record(iocid(i), rec.name), record_value(rec), 2 + i
 
 
 def p95(samples: list[float]) -> float:
@@ -151,7 +163,7 @@ def through_etcd(args: argparse.Namespace) -> State:
     ):
         store = open_store(cluster.endpoints, timeout=10.0, deadline_s=60.0)
         start = time.perf_counter()
-        ops = ((k.encode(), v) for k, v in documents(args.iocs, args.records))
+        ops = ((k.encode(), v) for k, v, _ in documents(args.iocs, args.records))
         for chunk in chunk_ops(ops):
             store.write(chunk)
         write_s = time.perf_counter() - start
@@ -186,9 +198,9 @@ def through_etcd(args: argparse.Namespace) -> State:
         lags = []
         for i in range(50):
             name = f"MARK{i:03d}"
-            doc = docs.pv_document("fakehost:IOC0000", name, "ai", False, ["fakehost:IOC0000"])
+            value = record_value(Record(0, name, "ai", [], {}, "a mark"))
             start = time.perf_counter()
-            store.put(k.pv(name), docs.dumps(doc))
+            store.put(k.record("fakehost:IOC0000", name), value)
             while state.slot(name) is None or state.owner[state.slot(name)] < 0:
                 time.sleep(0.001)
             lags.append(time.perf_counter() - start)

@@ -22,7 +22,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from bridge.directory.model import Directory, build_state
+from bridge.directory.model import Directory, Item, build_state
 from bridge.etcd.ops import Event
 from bridge.etcd.store import Store
 from bridge.etcd.watch import PROBE_INTERVAL_S, Watch
@@ -137,14 +137,14 @@ class DirectoryFeed:
         return revision
 
     @staticmethod
-    def _items(first: Any, pages: Iterator[Any]) -> Iterator[tuple[str, bytes]]:
+    def _items(first: Any, pages: Iterator[Any]) -> Iterator[Item]:
         if first is None:
             return
         for entry in first.entries:
-            yield entry.key, entry.value
+            yield entry.key, entry.value, entry.mod_revision
         for page in pages:
             for entry in page.entries:
-                yield entry.key, entry.value
+                yield entry.key, entry.value, entry.mod_revision
 
     def _wait_for_room(self) -> None:
         while not self._pending.acquire(timeout=0.5):

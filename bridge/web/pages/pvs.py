@@ -139,18 +139,19 @@ def pv_page(pages: Pages, name: str) -> Work:
 
 
 def _records(pages: Pages, found: views.PVView) -> dict[str, Mapping[str, Any]]:
-    """The claimants' record documents, read from etcd (the view keeps only the
-    configured info tags); empty without etcd or when it does not answer."""
+    """The record documents through which the claimants claim the name, read from etcd
+    (the view keeps only the configured info tags), by IOC id; empty without etcd or
+    when it does not answer."""
     if pages.fetch is None:
         return {}
     layout = pages.directory.keys
-    claimants = [c.iocid for c in found.claimants[:MAX_FETCHED]]
+    claimants = found.claimants[:MAX_FETCHED]
     try:
-        values = pages.fetch([layout.record(i, found.record) for i in claimants])
+        values = pages.fetch([layout.record(c.iocid, c.record) for c in claimants])
     except Exception:
         return {}
     out = {}
-    for iocid, value in zip(claimants, values, strict=False):
+    for iocid, value in zip((c.iocid for c in claimants), values, strict=False):
         try:
             doc = docs.loads(value) if value is not None else None
         except ValueError:
@@ -180,14 +181,15 @@ def _pv(
         ]
     )
     claimants = html.table(
-        ("IOC", "Status", "Host", "Owns the name", "Type", "DESC", "Info tags"),
+        ("IOC", "Status", "Host", "Owns the name", "Its record", "Type", "DESC", "Info tags"),
         (
             (
                 html.link(html.ioc_href(c.iocid), c.iocid),
                 html.status_badge(c.up, c.status),
                 html.shown(c.host),
                 "yes" if c.owner else "no",
-                html.shown(views.text(records.get(c.iocid, {}).get("type"))),
+                "this name" if c.record == found.name else html.shown(f"{c.record} (alias)"),
+                html.shown(views.text(records.get(c.iocid, {}).get("type", c.rtype))),
                 html.shown(views.text(records.get(c.iocid, {}).get("desc", c.desc))),
                 html.shown(infos_text(records.get(c.iocid, {}).get("infos"))),
             )
@@ -215,6 +217,12 @@ def _pv(
         if alias_names
         else tags.p("No aliases.", class_="empty"),
         tags.h2("IOCs that claim this name"),
+        tags.p(
+            "The owner is the live IOC that last uploaded the name new or changed (or, "
+            "when none is live, the IOC that did); the others follow in the order they "
+            "would own it.",
+            class_="count",
+        ),
         claimants,
         tags.h2("Where it lived before"),
         tags.p(
