@@ -192,6 +192,8 @@ class State:
             chunk.text(names)
 
     def _reserve(self, size: int) -> None:
+        if size <= len(self.rec_alias):  # every column has the same length
+            return
         self.owner = _grow(self.owner, size, -1)
         self.target = _grow(self.target, size, -1)
         self.flags = _grow(self.flags, size, 0)
