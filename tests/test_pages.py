@@ -134,6 +134,25 @@ class PagesTests(TestCase):
         status, _ = await self.get("/pvs/NOPE")
         self.assertEqual(status, 404)
 
+    async def test_pv_json_answers_as_recsync_pv_prints(self) -> None:
+        status, body = await self.get("/pv.json?name=SR:C01:BPM2&name=SR:C01:BPM1:X&name=NOPE")
+        self.assertEqual(status, 200)
+        data = json.loads(body)
+        self.assertEqual((data["prefix"], data["revision"]), ("/recsync", 100))
+        owned = {"owner": IOC_A, "record": "SR:C01:BPM2", "type": "ao", "alias": False}
+        self.assertEqual(
+            data["pvs"],
+            [
+                {"pv": "SR:C01:BPM2", **owned, "status": "active", "claims": [IOC_A, IOC_B]},
+                {"pv": "SR:C01:BPM1:X", "owner": IOC_A, "record": "SR:C01:BPM1", "type": "ai",
+                 "alias": True, "status": "active", "claims": [IOC_A]},
+                {"pv": "NOPE", "status": "unknown"},
+            ],
+        )  # fmt: skip
+        self.assertEqual((await self.get("/pv.json"))[0], 400)
+        self.directory.state.revision = 0  # as before the first load
+        self.assertEqual((await self.get("/pv.json?name=X"))[0], 503)
+
     async def test_duplicates_and_bridges(self) -> None:
         _, page = await self.get("/duplicates")
         self.assertIn("1 names are claimed", page)

@@ -9,11 +9,13 @@ from urllib.parse import quote
 from twisted.web.template import Tag, tags
 
 from bridge import documents as docs
-from bridge.directory import search, views
+from bridge.directory import lookup, search, views
+from bridge.directory.channels import dumps
 from bridge.directory.model import State
 from bridge.directory.query import QueryError, parse_query
 from bridge.web import html
 from bridge.web.pages.common import (
+    JSON,
     PAGE_SIZE,
     Args,
     PageError,
@@ -120,6 +122,29 @@ def pvs_page(pages: Pages, args: Args) -> Work:
             tags.p(html.link(api, "These results as JSON (ChannelFinder API)"), class_="api"),
         )
         return Reply(200, html.render(body))
+
+    return work
+
+
+def pv_json(pages: Pages, args: Args) -> Work:
+    """``/pv.json?name=NAME`` (``name`` repeated for more): each name as ``recsync pv``
+    shows it (`bridge.directory.lookup`), with the view's key prefix and etcd revision:
+    ``{"prefix": P, "revision": R, "pvs": [...]}``. 503 while the view is not loaded
+    (revision 0), so that nobody takes an empty view's "unknown" for an answer."""
+    names = list(args.get("name", ()))
+    if not names:
+        raise PageError(400, "name the PVs: /pv.json?name=NAME (repeat name for more)")
+    if len(names) > lookup.MAX_NAMES:
+        raise PageError(400, f"at most {lookup.MAX_NAMES} names per request")
+    directory = pages.directory
+    state = directory.state
+    if state.revision == 0:
+        raise PageError(503, "the directory is still loading from etcd")
+
+    def work() -> Reply:
+        found = [lookup.from_state(state, name) for name in names]
+        answer = {"prefix": directory.keys.prefix, "revision": state.revision, "pvs": found}
+        return Reply(200, dumps(answer), JSON)
 
     return work
 
