@@ -209,6 +209,17 @@ def through_etcd(args: argparse.Namespace) -> State:
         lags.sort()
         line("change in etcd visible while writes run, p99", f"{lags[-1] * 1000:.0f} ms", "< 1 s")
         feed.stop()
+        from bridge.cli import scan_pvs
+
+        wanted = f"IOC{args.iocs // 2:04d}:PV000000:ALIAS"
+        start = time.perf_counter()
+        found = scan_pvs(store, k, [wanted])
+        assert found[0].get("owner") == iocid(args.iocs // 2), found
+        line(
+            "recsync pv NAME with no directory to ask (a scan)",
+            f"{time.perf_counter() - start:.1f} s",
+            "(info)",
+        )
         store.close()
         return state
 

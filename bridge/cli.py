@@ -47,6 +47,7 @@ from bridge.etcd.backend import open_store
 from bridge.etcd.client import parse_endpoint
 from bridge.etcd.diagnose import explain
 from bridge.etcd.ops import Entry
+from bridge.etcd.store import SCAN_PAGE as STORE_PAGE
 from bridge.etcd.store import Store
 from bridge.etcd.watch import Watch
 
@@ -58,6 +59,8 @@ FIRST_ANSWER_S = 2.5
 FIRST_RETRIES_S = 0.5
 #: How long `recsync pv` waits for a directory's answer before scanning etcd instead.
 DIRECTORY_TIMEOUT_S = 3.0
+#: Keys per range read of `recsync pv`'s scan: see bridge/directory/feed.py, `PAGE`.
+SCAN_PAGE = 16_000
 #: Data model v1's shared marks (``P/shared/``), hidden by `recsync watch` unless
 #: ``--all``: a v2 bridge deletes them when it migrates a v1 store.
 SHARED = "shared"
@@ -154,9 +157,9 @@ def _json_line(value: object, out: TextIO) -> None:
     out.write(json.dumps(value) + "\n")
 
 
-def _entries(store: Store, prefix: str) -> Iterable[Entry]:
-    for page in store.scan(prefix):
-        yield from page.entries
+def _entries(store: Store, prefix: str, page: int = STORE_PAGE) -> Iterable[Entry]:
+    for found in store.scan(prefix, page=page):
+        yield from found.entries
 
 
 def cmd_iocs(store: Store, k: docs.Keys, args: argparse.Namespace, out: TextIO) -> int:
@@ -184,7 +187,7 @@ def scan_pvs(store: Store, k: docs.Keys, names: Sequence[str]) -> list[dict[str,
     """The names as the record documents in etcd say (`bridge.directory.lookup`): one
     paged read of every record document, then the claimants' IOC documents."""
     scan = lookup.Scan(names)
-    for entry in _entries(store, k.everything() + docs.RECORDS + "/"):
+    for entry in _entries(store, k.everything() + docs.RECORDS + "/", page=SCAN_PAGE):
         parts = k.split(entry.key)
         if len(parts) == 3:
             scan.record(parts[1], parts[2], entry.value, entry.mod_revision)

@@ -235,6 +235,10 @@ class IOCProperties:
     tail: tuple[bytes, ...]
 
 
+#: The properties of a channel whose IOC has no document.
+NO_IOC = IOCProperties("", {}, (), ())
+
+
 def _text(value: Any) -> str | None:
     if value is None:
         return None

@@ -42,23 +42,18 @@ import numpy as np
 import numpy.typing as npt
 
 from bridge import documents
-from bridge.directory import owners
+from bridge.directory import encoding, owners
 from bridge.directory.channels import (
-    ALIAS,
-    DUPLICATE_COUNT,
-    RECORD_DESC,
-    RECORD_TYPE,
+    NO_IOC,
     ChannelShape,
     IOCProperties,
     PropertyEncoder,
-    channel_json,
     ioc_properties,
 )
 from bridge.directory.names import BulkIndex, SortedNames
 from bridge.directory.records import record_fields, text
 from bridge.rules import ownership
 
-NO_IOC = IOCProperties("", {}, (), ())
 FLAG_ALIAS = owners.FLAG_ALIAS
 _REVISION_LIMIT = np.iinfo(np.uint32).max
 #: `State.rec_alias` of a record with more than one alias.
@@ -190,6 +185,7 @@ class State:
         self.order.build(ordered)
         for chunk in self.order.chunks:
             chunk.text(names)
+        owners.settle_all(self)
 
     def _reserve(self, size: int) -> None:
         if size <= len(self.rec_alias):  # every column has the same length
@@ -237,7 +233,8 @@ class State:
                 int(self.rec_rev[slot]),
                 self._aliases(slot),
             )
-        return self.extra.get(slot, {}).get(ioc)
+        waiting = self.extra.get(slot)
+        return waiting.get(ioc) if waiting else None
 
     def visible(self) -> npt.NDArray[np.bool_]:
         """Slots that are channels: a claim, and aliases only if shaped so."""
@@ -300,13 +297,16 @@ class State:
         old = self.facts(record, ioc)
         self._put_facts(record, ioc, facts)
         claim = (ioc, record)
+        settle = self._bulk is None  # a bulk load settles every slot at its end
         for slot in old.aliases if old is not None else ():
             if slot not in aliases:
                 owners.drop(self, slot, claim)
-                owners.settle(self, slot)
+                if settle:
+                    owners.settle(self, slot)
         for slot in (record, *aliases):
             owners.add(self, slot, claim)
-            owners.settle(self, slot)
+            if settle:
+                owners.settle(self, slot)
 
     def drop_record(self, iocid: str, name: str) -> None:
         record = self.slot(name)
@@ -319,7 +319,8 @@ class State:
         self._drop_facts(record, ioc)
         for slot in (record, *old.aliases):
             owners.drop(self, slot, (ioc, record))
-            owners.settle(self, slot)
+            if self._bulk is None:
+                owners.settle(self, slot)
 
     # -- records ------------------------------------------------------------------------
 
@@ -383,58 +384,9 @@ class State:
 
     # -- channels -----------------------------------------------------------------------
 
-    def record_values(self, slot: int) -> list[tuple[str, str, bool]]:
-        """The record-level properties of channel `slot` (``recordType`` .. info tags):
-        (name, value, whether the value repeats across channels)."""
-        shape = self.shape
-        out: list[tuple[str, str, bool]] = []
-        owner = int(self.owner[slot])
-        facts = self.facts(int(self.target[slot]), owner) if owner >= 0 else None
-        if facts is None:
-            return out
-        if shape.record_type and facts.rtype >= 0:
-            out.append((RECORD_TYPE, self.types[facts.rtype], True))
-        if shape.record_desc and facts.desc is not None:
-            out.append((RECORD_DESC, facts.desc, False))
-        for tag, value in zip(shape.infotags, facts.infos, strict=False):
-            if value is not None and not (tag == RECORD_DESC and shape.record_desc):
-                out.append((tag, value, True))
-        return out
-
-    def property_value(self, slot: int, name: str) -> str | None:
-        """The value of property `name` on channel `slot` (None when absent)."""
-        if name == ALIAS:
-            alias = self.shape.alias and self.flags[slot] & FLAG_ALIAS
-            return self.names[int(self.target[slot])] if alias else None
-        if name == DUPLICATE_COUNT:
-            count = self.claim_count(slot)
-            return str(count) if count > 1 else None
-        owner = int(self.owner[slot])
-        if owner >= 0:
-            value = self.iocs[owner].props.values.get(name)
-            if value is not None:
-                return value
-        return {k: v for k, v, _ in self.record_values(slot)}.get(name)
-
     def encode(self, slot: int) -> bytes:
-        """Channel `slot` as a ChannelFinder sends it."""
-        encoder = self.encoder
-        owner = int(self.owner[slot])
-        props = self.iocs[owner].props if owner >= 0 else NO_IOC
-        encoded: list[bytes] = []
-        if self.shape.alias and self.flags[slot] & FLAG_ALIAS:
-            encoded.append(encoder.encode(ALIAS, self.names[self.target[slot]]))
-        encoded += props.head
-        for name, value, repeats in self.record_values(slot):
-            if repeats:
-                encoded.append(encoder.encode_repeated(name, value))
-            else:
-                encoded.append(encoder.encode(name, value))
-        encoded += props.tail
-        claims = self.claim_count(slot)
-        if claims > 1:
-            encoded.append(encoder.encode_repeated(DUPLICATE_COUNT, str(claims)))
-        return channel_json(self.names[slot], props.owner or self.shape.username, encoded)
+        """Channel `slot` as a ChannelFinder sends it (`bridge.directory.encoding`)."""
+        return encoding.encode(self, slot)
 
     def count(self) -> int:
         return int(np.count_nonzero(self.visible()))
@@ -483,10 +435,14 @@ IOCS, RECORDS, BRIDGES, ALIVE = "iocs", "records", "bridges", "alive"
 def _apply(
     state: State, layout: documents.Keys, key: str, value: bytes | None, revision: int
 ) -> None:
-    try:
-        parts = layout.split(key)
-    except ValueError:
+    head = layout.prefix + "/"
+    if not key.startswith(head):
         return
+    # What `documents.Keys.split` does, without a generator per key (a load splits
+    # a million keys).
+    parts = key[len(head) :].split("/")
+    if "%" in key:
+        parts = [documents.decode_component(part) for part in parts]
     doc = _decode(value) if value is not None else None
     if value is not None and doc is None:
         return

@@ -126,6 +126,17 @@ def settle(state: State, slot: int) -> None:
     state.flags[slot] = FLAG_ALIAS if alias else 0
 
 
+def settle_all(state: State) -> None:
+    """`settle` every slot (after a bulk load): the names with one claim at once, with
+    whole columns, then each name with more."""
+    claimed = state.owner >= 0
+    state.claims[:] = claimed
+    alias = claimed & (state.target != np.arange(len(state.target)))
+    state.flags[:] = np.where(alias, FLAG_ALIAS, 0)
+    for slot in list(state.multi):
+        settle(state, slot)
+
+
 def count(state: State, slot: int) -> int:
     """How many IOCs claim the name at `slot`, counted."""
     found = state.multi.get(slot)

@@ -18,20 +18,19 @@ not strings are dropped, info values that are not strings are shown as text.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from bridge import documents
 
 _NO_INFOS: Mapping[str, Any] = {}
 
 
-@dataclass(frozen=True, slots=True)
-class RecordFields:
+class RecordFields(NamedTuple):
     """What a record document says about its record, whichever form it has.
 
     `infos` is the stored object itself (not copied: one is read per record loaded);
-    read its values with `text`.
+    read its values with `text`. (A tuple: one is made per record loaded, and a frozen
+    dataclass takes twice as long to make.)
     """
 
     rtype: str | None
@@ -48,15 +47,16 @@ def text(value: Any) -> str | None:
 
 
 def record_fields(doc: Mapping[str, Any]) -> RecordFields:
-    """The fields of a decoded record document (v1 or v2; see the module docstring)."""
+    """The fields of a record document decoded from JSON (v1 or v2; see the module
+    docstring): only JSON's own str, list and dict count as such."""
     rtype, desc = doc.get("type"), doc.get("desc")
     aliases = doc.get("aliases")
     infos = doc.get("infos")
     return RecordFields(
-        rtype if isinstance(rtype, str) else None,
-        desc if isinstance(desc, str) else None,
-        tuple(a for a in aliases if isinstance(a, str)) if isinstance(aliases, list) else (),
-        infos if isinstance(infos, Mapping) else _NO_INFOS,
+        rtype if type(rtype) is str else None,
+        desc if type(desc) is str else None,
+        tuple(a for a in aliases if type(a) is str) if type(aliases) is list and aliases else (),
+        infos if type(infos) is dict else _NO_INFOS,
     )
 
 
