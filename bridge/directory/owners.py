@@ -29,6 +29,8 @@ Claim = tuple[int, int]
 #: The largest count `State.claims` holds; more is counted from `State.multi`.
 MAX_COUNT = int(np.iinfo(np.int16).max)
 FLAG_ALIAS = 1
+#: Slots `settle_all` handles at a time.
+BLOCK = 1 << 16
 
 
 class Claimant(NamedTuple):
@@ -129,10 +131,13 @@ def settle(state: State, slot: int) -> None:
 def settle_all(state: State) -> None:
     """`settle` every slot (after a bulk load): the names with one claim at once, with
     whole columns, then each name with more."""
-    claimed = state.owner >= 0
-    state.claims[:] = claimed
-    alias = claimed & (state.target != np.arange(len(state.target)))
-    state.flags[:] = np.where(alias, FLAG_ALIAS, 0)
+    # In blocks: temporaries as long as the columns would stay with the process.
+    for first in range(0, len(state.owner), BLOCK):
+        end = min(first + BLOCK, len(state.owner))
+        claimed = state.owner[first:end] >= 0
+        state.claims[first:end] = claimed
+        slots = np.arange(first, end, dtype=np.int32)
+        state.flags[first:end] = claimed & (state.target[first:end] != slots)  # FLAG_ALIAS
     for slot in list(state.multi):
         settle(state, slot)
 
