@@ -9,6 +9,10 @@ figure beside its target:
 
     .venv/bin/python bench/directory.py               # 1,000 x 1,000
     .venv/bin/python bench/directory.py --iocs 100    # quicker
+    .venv/bin/python bench/directory.py --shared-every 100   # and about 2 % duplicate names
+
+It also times an IOC's status change, which decides again the owners of its names that
+other IOCs claim too (none without ``--shared-every``).
 
 With ``--etcd`` the documents are first written to a real etcd (started here, on
 loopback) and loaded through `bridge.directory.feed`, as a directory process would.
@@ -65,33 +69,42 @@ def record_value(rec: Record) -> bytes:
     return docs.dumps(doc)
 
 
+def ioc_value(iocs: int, records: int, i: int, status: str | None = None) -> bytes:
+    """IOC `i`'s document: active, but every tenth IOC inactive."""
+    doc = docs.ioc_document(
+        iocid=iocid(i),
+        status=status or ("active" if i % 10 else "inactive"),
+        hostname="fakehost",
+        iocname=f"IOC{i:04d}",
+        ip="127.0.0.1",
+        port=40000 + i,
+        env={"ENGINEER": "fake", "RSRV_SERVER_PORT": "5064", "IOCNAME": f"IOC{i:04d}"},
+        bridge_id="bridge-a",
+        connected="2026-11-23T21:00:00.123Z",
+        uploaded="2026-11-23T21:00:01.456Z",
+        disconnected=None,
+        records=records,
+        aliases=records // 10,
+    )
+    return docs.dumps(doc)
+
+
 def documents(
-    iocs: int, records: int, prefix: str = "/recsync"
+    iocs: int, records: int, prefix: str = "/recsync", shared_every: int = 0
 ) -> Iterator[tuple[str, bytes, int]]:
     """Every key, value and mod_revision a bridge stores for the fleet, in etcd's key
-    order (revisions as if each IOC's records were written in one transaction)."""
+    order (revisions as if each IOC's records were written in one transaction). With
+    `shared_every` N, IOC i also has every Nth record of IOC i - 1 (duplicates)."""
     k = docs.Keys(prefix)
     for i in range(iocs):
-        doc = docs.ioc_document(
-            iocid=iocid(i),
-            status="active" if i % 10 else "inactive",
-            hostname="fakehost",
-            iocname=f"IOC{i:04d}",
-            ip="127.0.0.1",
-            port=40000 + i,
-            env={"ENGINEER": "fake", "RSRV_SERVER_PORT": "5064", "IOCNAME": f"IOC{i:04d}"},
-            bridge_id="bridge-a",
-            connected="2026-11-23T21:00:00.123Z",
-            uploaded="2026-11-23T21:00:01.456Z",
-            disconnected=None,
-            records=records,
-            aliases=records // 10,
-        )
-        yield k.ioc(iocid(i)), docs.dumps(doc), 2 + iocs + i
+        yield k.ioc(iocid(i)), ioc_value(iocs, records, i), 2 + iocs + i
     for i in range(iocs):
-        for j in range(records):
-            rec = record(i, j)
-            yield k.record(iocid(i), rec.name), record_value(rec), 2 + i
+        own = [(record(i, j), 2 + i) for j in range(records)]
+        if shared_every:
+            other = (i + iocs - 1) % iocs
+            own += [(record(other, j), 2 + i) for j in range(0, records, shared_every)]
+        for rec, revision in sorted(own, key=lambda r: r[0].name):
+            yield k.record(iocid(i), rec.name), record_value(rec), revision
 
 
 def p95(samples: list[float]) -> float:
@@ -124,6 +137,13 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--etcd", action="store_true", help="load through etcd and the feed")
+    parser.add_argument(
+        "--shared-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="IOC i also has every Nth record of IOC i-1 (duplicate names); 0: none",
+    )
     args = parser.parse_args()
     rng = random.Random(13)
     if args.etcd:
@@ -133,7 +153,7 @@ def main() -> None:
         before = rss()
         directory = Directory(SHAPE)
         start = time.perf_counter()
-        directory.load(documents(args.iocs, args.records), revision=1)
+        directory.load(documents(args.iocs, args.records, shared_every=args.shared_every), 1)
         load_s = time.perf_counter() - start
         gc.collect()
         state = directory.state
@@ -141,7 +161,24 @@ def main() -> None:
         print(f"{args.iocs} IOCs x {args.records} records: {state.count()} channels")
         line("load from documents (decode + build)", f"{load_s:.1f} s", "(see --etcd)")
         line("memory per channel on top of the process", f"{per_channel:.0f} B", "<= 300 B")
+        status_changes(directory, args)
     queries(state, args, rng)
+
+
+def status_changes(directory: Directory, args: argparse.Namespace) -> None:
+    """Time an IOC's status change: it decides again the owners of its shared names."""
+    k = docs.Keys()
+    state = directory.state
+    chosen = args.iocs // 2 + 1
+    shared = len(state.ioc_multi.get(state.ioc_index[iocid(chosen)], ()))
+    samples = []
+    for n in range(args.runs):
+        value = ioc_value(args.iocs, args.records, chosen, ("inactive", "active")[n % 2])
+        start = time.perf_counter()
+        directory.apply(k.ioc(iocid(chosen)), value, state.revision + 1)
+        samples.append(time.perf_counter() - start)
+    figure = f"{p95(samples) * 1000:.2f} ms"
+    line(f"an IOC's status changes ({shared} shared names decided again), p95", figure, "(info)")
 
 
 def through_etcd(args: argparse.Namespace) -> State:
