@@ -202,6 +202,10 @@ def scan_pvs(store: Store, k: docs.Keys, names: Sequence[str]) -> list[dict[str,
     return [scan.result(name, statuses) for name in names]
 
 
+#: Asks the directory itself: never through a proxy named in the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 class DirectoryUnavailable(Exception):
     """The directory's HTTP API gave no usable answer; the message says why."""
 
@@ -236,9 +240,7 @@ def ask_directory(url: str, names: Sequence[str], prefix: str) -> list[dict[str,
         part = names[first : first + lookup.MAX_NAMES]
         query = urllib.parse.urlencode([("name", name) for name in part])
         try:
-            with urllib.request.urlopen(
-                f"{url}/pv.json?{query}", timeout=DIRECTORY_TIMEOUT_S
-            ) as response:
+            with _DIRECT.open(f"{url}/pv.json?{query}", timeout=DIRECTORY_TIMEOUT_S) as response:
                 answer = json.loads(response.read())
         except urllib.error.HTTPError as exc:
             reason = "is still loading" if exc.code == 503 else f"answered HTTP {exc.code}"
@@ -247,7 +249,9 @@ def ask_directory(url: str, names: Sequence[str], prefix: str) -> list[dict[str,
             cause = getattr(exc, "reason", None) or exc
             raise DirectoryUnavailable(f"did not answer ({cause})") from None
         pvs = answer.get("pvs") if isinstance(answer, dict) else None
-        if not isinstance(pvs, list) or [p.get("pv") for p in pvs] != list(part):
+        if not isinstance(pvs, list) or not all(isinstance(p, dict) for p in pvs):
+            raise DirectoryUnavailable("answered something else than /pv.json")
+        if [p.get("pv") for p in pvs] != list(part):
             raise DirectoryUnavailable("answered something else than /pv.json")
         if answer.get("prefix") != prefix.rstrip("/"):
             raise DirectoryUnavailable(f"serves the prefix {answer.get('prefix')!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import io
 import json
 import socket
@@ -134,6 +135,56 @@ def test_pv_scans_etcd_in_one_line_when_the_directory_does_not_answer(
         "): scanning every record in etcd instead (slow with many records)\n"
     )
     assert err.getvalue().count("\n") == 1
+
+
+@contextlib.contextmanager
+def answering(body: bytes) -> Iterator[int]:
+    """An HTTP server on a loopback port answering every GET with `body` (JSON)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"prefix": "/elsewhere", "pvs": [{"pv": "SHARED"}]}', "serves the prefix '/elsewhere'"),
+        (b'{"prefix": "/x", "pvs": [1]}', "answered something else than /pv.json"),
+        (b"[]", "answered something else than /pv.json"),
+        (b"not json", "did not answer ("),
+    ],
+)
+def test_pv_trusts_no_answer_but_the_directory_of_its_own_prefix(
+    filled: EtcdWriter, etcd_server: EtcdCluster, prefix: str, tmp_path: Any, body: bytes,
+    reason: str,
+) -> None:  # fmt: skip
+    with answering(body) as port:
+        conf = tmp_path / "b.conf"
+        endpoint = etcd_server.endpoints[0]
+        conf.write_text(f"[etcd]\nendpoints = {endpoint}\nprefix = {prefix}\n"
+                        f"[http]\nbind = 127.0.0.1:{port}\n")  # fmt: skip
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = cli.main(["-f", str(conf), "pv", "SHARED", "--json"], out=out, environ={})
+    assert code == 0 and json.loads(out.getvalue())["owner"] == "h:IOC-A"
+    assert err.getvalue().startswith(f"recsync: the directory at http://127.0.0.1:{port} {reason}")
 
 
 def test_records_lists_one_iocs_records(
