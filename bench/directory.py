@@ -1,12 +1,18 @@
 """The directory read model at facility scale: load time, memory, query latency.
 
-Builds the documents the bridge writes for IOCS IOCs x RECORDS records (an alias on
-every 10th record, three info tags and a DESC each, as `bridge.testing.fakeioc.make_ioc`), loads
-them into a `Directory` the way the feed does after its range read, then times the
-queries of issue 13 (JSON encoding included) and prints each figure beside its target:
+Builds the documents a bridge writes for IOCS IOCs x RECORDS records in data model v2
+(lean record documents, no name index; an alias on every 10th record, three info tags
+and a DESC each, as `bridge.testing.fakeioc.make_ioc`), loads them into a `Directory` the
+way the feed does after its range read (names, claims and owners derived from the
+records), then times the queries of issue 13 (JSON encoding included) and prints each
+figure beside its target:
 
     .venv/bin/python bench/directory.py               # 1,000 x 1,000
     .venv/bin/python bench/directory.py --iocs 100    # quicker
+    .venv/bin/python bench/directory.py --shared-every 100   # and about 2 % duplicate names
+
+It also times an IOC's status change, which decides again the owners of its names that
+other IOCs claim too (none without ``--shared-every``).
 
 With ``--etcd`` the documents are first written to a real etcd (started here, on
 loopback) and loaded through `bridge.directory.feed`, as a directory process would.
@@ -50,36 +56,55 @@ def record(i: int, j: int) -> Record:
     return Record(0, name, ("ai", "ao", "bi", "longin")[j % 4], aliases, infos, f"Fake PV {j}")
 
 
-def documents(iocs: int, records: int, prefix: str = "/recsync") -> Iterator[tuple[str, bytes]]:
-    """Every key and value the bridge stores for the fleet, in etcd's key order."""
+def record_value(rec: Record) -> bytes:
+    """The record document of data model v2: name and IOC are in the key; DESC,
+    aliases and info tags left out when empty."""
+    doc: dict[str, object] = {"type": rec.rtype}
+    if rec.desc is not None:
+        doc["desc"] = rec.desc
+    if rec.aliases:
+        doc["aliases"] = rec.aliases
+    if rec.infos:
+        doc["infos"] = rec.infos
+    return docs.dumps(doc)
+
+
+def ioc_value(iocs: int, records: int, i: int, status: str | None = None) -> bytes:
+    """IOC `i`'s document: active, but every tenth IOC inactive."""
+    doc = docs.ioc_document(
+        iocid=iocid(i),
+        status=status or ("active" if i % 10 else "inactive"),
+        hostname="fakehost",
+        iocname=f"IOC{i:04d}",
+        ip="127.0.0.1",
+        port=40000 + i,
+        env={"ENGINEER": "fake", "RSRV_SERVER_PORT": "5064", "IOCNAME": f"IOC{i:04d}"},
+        bridge_id="bridge-a",
+        connected="2026-11-23T21:00:00.123Z",
+        uploaded="2026-11-23T21:00:01.456Z",
+        disconnected=None,
+        records=records,
+        aliases=records // 10,
+    )
+    return docs.dumps(doc)
+
+
+def documents(
+    iocs: int, records: int, prefix: str = "/recsync", shared_every: int = 0
+) -> Iterator[tuple[str, bytes, int]]:
+    """Every key, value and mod_revision a bridge stores for the fleet, in etcd's key
+    order (revisions as if each IOC's records were written in one transaction). With
+    `shared_every` N, IOC i also has every Nth record of IOC i - 1 (duplicates)."""
     k = docs.Keys(prefix)
     for i in range(iocs):
-        doc = docs.ioc_document(
-            iocid=iocid(i),
-            status="active" if i % 10 else "inactive",
-            hostname="fakehost",
-            iocname=f"IOC{i:04d}",
-            ip="127.0.0.1",
-            port=40000 + i,
-            env={"ENGINEER": "fake", "RSRV_SERVER_PORT": "5064", "IOCNAME": f"IOC{i:04d}"},
-            bridge_id="bridge-a",
-            connected="2026-11-23T21:00:00.123Z",
-            uploaded="2026-11-23T21:00:01.456Z",
-            disconnected=None,
-            records=records,
-            aliases=records // 10,
-        )
-        yield k.ioc(iocid(i)), docs.dumps(doc)
+        yield k.ioc(iocid(i)), ioc_value(iocs, records, i), 2 + iocs + i
     for i in range(iocs):
-        for j in range(records):
-            rec = record(i, j)
-            for name, alias in docs.pv_names(rec):
-                doc = docs.pv_document(iocid(i), rec.name, rec.rtype, alias, [iocid(i)])
-                yield k.pv(name), docs.dumps(doc)
-    for i in range(iocs):
-        for j in range(records):
-            rec = record(i, j)
-            yield k.record(iocid(i), rec.name), docs.record_value(rec, iocid(i))
+        own = [(record(i, j), 2 + i) for j in range(records)]
+        if shared_every:
+            other = (i + iocs - 1) % iocs
+            own += [(record(other, j), 2 + i) for j in range(0, records, shared_every)]
+        for rec, revision in sorted(own, key=lambda r: r[0].name):
+            yield k.record(iocid(i), rec.name), record_value(rec), revision
 
 
 def p95(samples: list[float]) -> float:
@@ -112,6 +137,13 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--etcd", action="store_true", help="load through etcd and the feed")
+    parser.add_argument(
+        "--shared-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="IOC i also has every Nth record of IOC i-1 (duplicate names); 0: none",
+    )
     args = parser.parse_args()
     rng = random.Random(13)
     if args.etcd:
@@ -121,7 +153,7 @@ def main() -> None:
         before = rss()
         directory = Directory(SHAPE)
         start = time.perf_counter()
-        directory.load(documents(args.iocs, args.records), revision=1)
+        directory.load(documents(args.iocs, args.records, shared_every=args.shared_every), 1)
         load_s = time.perf_counter() - start
         gc.collect()
         state = directory.state
@@ -129,7 +161,24 @@ def main() -> None:
         print(f"{args.iocs} IOCs x {args.records} records: {state.count()} channels")
         line("load from documents (decode + build)", f"{load_s:.1f} s", "(see --etcd)")
         line("memory per channel on top of the process", f"{per_channel:.0f} B", "<= 300 B")
+        status_changes(directory, args)
     queries(state, args, rng)
+
+
+def status_changes(directory: Directory, args: argparse.Namespace) -> None:
+    """Time an IOC's status change: it decides again the owners of its shared names."""
+    k = docs.Keys()
+    state = directory.state
+    chosen = args.iocs // 2 + 1
+    shared = len(state.ioc_multi.get(state.ioc_index[iocid(chosen)], ()))
+    samples = []
+    for n in range(args.runs):
+        value = ioc_value(args.iocs, args.records, chosen, ("inactive", "active")[n % 2])
+        start = time.perf_counter()
+        directory.apply(k.ioc(iocid(chosen)), value, state.revision + 1)
+        samples.append(time.perf_counter() - start)
+    figure = f"{p95(samples) * 1000:.2f} ms"
+    line(f"an IOC's status changes ({shared} shared names decided again), p95", figure, "(info)")
 
 
 def through_etcd(args: argparse.Namespace) -> State:
@@ -151,7 +200,7 @@ def through_etcd(args: argparse.Namespace) -> State:
     ):
         store = open_store(cluster.endpoints, timeout=10.0, deadline_s=60.0)
         start = time.perf_counter()
-        ops = ((k.encode(), v) for k, v in documents(args.iocs, args.records))
+        ops = ((k.encode(), v) for k, v, _ in documents(args.iocs, args.records))
         for chunk in chunk_ops(ops):
             store.write(chunk)
         write_s = time.perf_counter() - start
@@ -186,9 +235,9 @@ def through_etcd(args: argparse.Namespace) -> State:
         lags = []
         for i in range(50):
             name = f"MARK{i:03d}"
-            doc = docs.pv_document("fakehost:IOC0000", name, "ai", False, ["fakehost:IOC0000"])
+            value = record_value(Record(0, name, "ai", [], {}, "a mark"))
             start = time.perf_counter()
-            store.put(k.pv(name), docs.dumps(doc))
+            store.put(k.record("fakehost:IOC0000", name), value)
             while state.slot(name) is None or state.owner[state.slot(name)] < 0:
                 time.sleep(0.001)
             lags.append(time.perf_counter() - start)
@@ -197,6 +246,17 @@ def through_etcd(args: argparse.Namespace) -> State:
         lags.sort()
         line("change in etcd visible while writes run, p99", f"{lags[-1] * 1000:.0f} ms", "< 1 s")
         feed.stop()
+        from bridge.cli import scan_pvs
+
+        wanted = f"IOC{args.iocs // 2:04d}:PV000000:ALIAS"
+        start = time.perf_counter()
+        found = scan_pvs(store, k, [wanted])
+        assert found[0].get("owner") == iocid(args.iocs // 2), found
+        line(
+            "recsync pv NAME with no directory to ask (a scan)",
+            f"{time.perf_counter() - start:.1f} s",
+            "(info)",
+        )
         store.close()
         return state
 

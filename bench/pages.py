@@ -2,11 +2,12 @@
 
 Two measurements, each printed beside its target:
 
-1. Pages (default): the documents the bridge writes for IOCS x RECORDS (bench/directory.py's
-   fleet: an alias on every 10th record, a DESC and three info tags each) are loaded into a
-   `Directory`, the pages and the ChannelFinder API are served by a real twisted.web site
-   on loopback (query threads and all), and each page is fetched over HTTP, one request
-   at a time; p95 of the full round trip, against < 200 ms.
+1. Pages (default): the documents a bridge writes for IOCS x RECORDS in data model v2
+   (bench/directory.py's fleet: lean record documents, no name index, an alias on every
+   10th record, a DESC and three info tags each) are loaded into a `Directory`, the
+   pages and the ChannelFinder API are served by a real twisted.web site on loopback
+   (query threads and all), and each page is fetched over HTTP, one request at a time;
+   p95 of the full round trip, against < 200 ms.
 
        .venv/bin/python bench/pages.py                 # 1,000 x 1,000
        .venv/bin/python bench/pages.py --iocs 100      # quicker
@@ -180,7 +181,7 @@ def bench_pings(args: argparse.Namespace) -> None:
     ):
         store = open_store(etcd.endpoints, timeout=10.0, deadline_s=60.0)
         started = time.perf_counter()
-        ops = ((k.encode(), v) for k, v in FLEET.documents(args.iocs, args.records))
+        ops = ((k.encode(), v) for k, v, _ in FLEET.documents(args.iocs, args.records))
         for chunk in chunk_ops(ops):
             store.write(chunk)
         store.close()

@@ -6,12 +6,19 @@
     recsync watch [--all]        the current state, then every change as it happens
 
 Every command takes ``--json``: one JSON object per line instead of a table. It reads
-the same configuration as the bridge (``-f FILE`` and the ``RECCEIVER_ETCD_*``
-environment variables), so it finds the same etcd, including the bridge's embedded one
-(while that bridge runs). An etcd that does not answer is named within about 3 s.
-Reads are paged (`bridge.etcd.store.Store.scan`), so any number of IOCs or records
-works; strings from IOCs are shown with control characters escaped, and an unknown IOC
-id gets the closest known ones suggested.
+the same configuration as the bridge (``-f FILE`` and the ``RECCEIVER_*`` environment
+variables), so it finds the same etcd, including the bridge's embedded one (while that
+bridge runs). An etcd that does not answer is named within about 3 s. Reads are paged
+(`bridge.etcd.store.Store.scan`), so any number of IOCs or records works; strings from
+IOCs are shown with control characters escaped, and an unknown IOC id gets the closest
+known ones suggested.
+
+Data model v2 stores no name index: who owns a PV is derived from every record that
+has the name (bridge/rules/ownership.py). So ``recsync pv`` asks the directory's HTTP
+API (``/pv.json``) of the bridge or ``recsync-directory`` this configuration serves
+(``[http] bind``, or where the quick start's bridge recorded it in its data directory),
+and only when there is none, or it does not answer, scans every record document in etcd,
+saying so in one line: slow with many records.
 """
 
 from __future__ import annotations
@@ -23,18 +30,24 @@ import os
 import socket
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 from bridge import __version__
 from bridge import documents as docs
-from bridge.config import EtcdConfig, load_config
+from bridge.config import BridgeConfig, EtcdConfig, load_config
+from bridge.directory import lookup
+from bridge.directory import records as record_docs
 from bridge.errors import BridgeError, Compacted, StoreError
 from bridge.etcd import datadir
 from bridge.etcd.backend import open_store
 from bridge.etcd.client import parse_endpoint
 from bridge.etcd.diagnose import explain
 from bridge.etcd.ops import Entry
+from bridge.etcd.store import SCAN_PAGE as STORE_PAGE
 from bridge.etcd.store import Store
 from bridge.etcd.watch import Watch
 
@@ -44,6 +57,13 @@ DEADLINE_S = 10.0
 FIRST_ANSWER_S = 2.5
 #: Of that, how long a refused or failing first request is retried.
 FIRST_RETRIES_S = 0.5
+#: How long `recsync pv` waits for a directory's answer before scanning etcd instead.
+DIRECTORY_TIMEOUT_S = 3.0
+#: Keys per range read of `recsync pv`'s scan: see bridge/directory/feed.py, `PAGE`.
+SCAN_PAGE = 16_000
+#: Data model v1's shared marks (``P/shared/``), hidden by `recsync watch` unless
+#: ``--all``: a v2 bridge deletes them when it migrates a v1 store.
+SHARED = "shared"
 
 
 def connect(etcd: EtcdConfig, err: TextIO | None = None) -> Store:
@@ -137,9 +157,9 @@ def _json_line(value: object, out: TextIO) -> None:
     out.write(json.dumps(value) + "\n")
 
 
-def _entries(store: Store, prefix: str) -> Iterable[Entry]:
-    for page in store.scan(prefix):
-        yield from page.entries
+def _entries(store: Store, prefix: str, page: int = STORE_PAGE) -> Iterable[Entry]:
+    for found in store.scan(prefix, page=page):
+        yield from found.entries
 
 
 def cmd_iocs(store: Store, k: docs.Keys, args: argparse.Namespace, out: TextIO) -> int:
@@ -159,60 +179,140 @@ def cmd_iocs(store: Store, k: docs.Keys, args: argparse.Namespace, out: TextIO) 
 
 
 def cmd_pv(store: Store, k: docs.Keys, args: argparse.Namespace, out: TextIO) -> int:
+    """(no directory to ask) Scan every record document for the names."""
+    return _print_pvs(scan_pvs(store, k, args.names), args, out)
+
+
+def scan_pvs(store: Store, k: docs.Keys, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The names as the record documents in etcd say (`bridge.directory.lookup`): one
+    paged read of every record document, then the claimants' IOC documents."""
+    scan = lookup.Scan(names)
+    for entry in _entries(store, k.everything() + docs.RECORDS + "/", page=SCAN_PAGE):
+        parts = k.split(entry.key)
+        if len(parts) == 3:
+            scan.record(parts[1], parts[2], entry.value, entry.mod_revision)
+    claimants = sorted(scan.claimants())
+    found = store.get_many(k.ioc(iocid) for iocid in claimants)
+    statuses = {}
+    for iocid in claimants:
+        raw = found.get(k.ioc(iocid))
+        doc = docs.load_object(raw.value) if raw is not None else None
+        status = doc.get("status") if doc is not None else None
+        statuses[iocid] = status if isinstance(status, str) else None
+    return [scan.result(name, statuses) for name in names]
+
+
+#: Asks the directory itself: never through a proxy named in the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class DirectoryUnavailable(Exception):
+    """The directory's HTTP API gave no usable answer; the message says why."""
+
+
+def directory_url(config: BridgeConfig, endpoints_given: bool) -> tuple[str | None, str]:
+    """The directory serving this configuration's etcd, as ``http://host:port``, or
+    None and why there is none: ``[http] bind`` (a fixed port), else the address a
+    running quick-start bridge recorded in its data directory. Not when ``--endpoints``
+    names another etcd than the configuration's."""
+    if endpoints_given:
+        return None, "no directory to ask about the etcd --endpoints names"
+    http = config.http
+    if http.enabled and http.bind_port:
+        return http.local_url(), ""
+    data_dir = config.etcd.data_dir
+    if config.etcd.embedded and datadir.holder(data_dir) is not None:
+        found = datadir.read_directory_url(data_dir)
+        if found is not None:
+            return found, ""
+        return None, f"the bridge running on {data_dir} serves no directory ([http] bind = off)"
+    return None, "no directory to ask ([http] bind is not set)"
+
+
+def ask_directory(url: str, names: Sequence[str], prefix: str) -> list[dict[str, Any]]:
+    """The names as the directory at `url` says (``/pv.json``), in order.
+
+    Raises:
+        DirectoryUnavailable: no answer, an error, or an answer about another prefix.
+    """
+    found: list[dict[str, Any]] = []
+    for first in range(0, len(names), lookup.MAX_NAMES):
+        part = names[first : first + lookup.MAX_NAMES]
+        query = urllib.parse.urlencode([("name", name) for name in part])
+        try:
+            with _DIRECT.open(f"{url}/pv.json?{query}", timeout=DIRECTORY_TIMEOUT_S) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            reason = "is still loading" if exc.code == 503 else f"answered HTTP {exc.code}"
+            raise DirectoryUnavailable(reason) from None
+        except (OSError, ValueError) as exc:
+            cause = getattr(exc, "reason", None) or exc
+            raise DirectoryUnavailable(f"did not answer ({cause})") from None
+        pvs = answer.get("pvs") if isinstance(answer, dict) else None
+        if not isinstance(pvs, list) or not all(isinstance(p, dict) for p in pvs):
+            raise DirectoryUnavailable("answered something else than /pv.json")
+        if [p.get("pv") for p in pvs] != list(part):
+            raise DirectoryUnavailable("answered something else than /pv.json")
+        if answer.get("prefix") != prefix.rstrip("/"):
+            raise DirectoryUnavailable(f"serves the prefix {answer.get('prefix')!r}")
+        found += pvs
+    return found
+
+
+def _print_pvs(found: Sequence[Mapping[str, Any]], args: argparse.Namespace, out: TextIO) -> int:
+    """The table (or JSON lines) of `recsync pv`; 1 when some name is unknown."""
     rows: list[Sequence[object]] = [("PV", "OWNER", "RECORD", "TYPE", "STATUS", "CLAIMS")]
-    found = store.get_many(k.pv(name) for name in args.names)
-    entries = {
-        name: docs.parse_pv(raw.value) if (raw := found.get(k.pv(name))) else None
-        for name in args.names
-    }
-    owners = store.get_many(k.ioc(e.owner) for e in entries.values() if e is not None)
     missing = 0
-    for name, entry in entries.items():
-        if entry is None:
-            missing += 1
-            if args.json:
-                _json_line({"pv": name, "status": "unknown"}, out)
-            else:
-                rows.append((name, None, None, None, "unknown", None))
-            continue
-        raw = owners.get(k.ioc(entry.owner))
-        ioc = docs.parse_ioc(raw.value) if raw is not None else None
-        status = ioc.status if ioc is not None else None
+    for pv in found:
+        missing += "owner" not in pv
         if args.json:
-            _json_line(
-                {
-                    "pv": name,
-                    "owner": entry.owner,
-                    "record": entry.record,
-                    "type": entry.rtype,
-                    "alias": entry.alias,
-                    "status": status,
-                    "claims": entry.claims,
-                },
-                out,
-            )
+            _json_line(pv, out)
+        elif "owner" not in pv:
+            rows.append((pv.get("pv"), None, None, None, pv.get("status"), None))
         else:
-            row = (name, entry.owner, entry.record, entry.rtype, status, ",".join(entry.claims))
-            rows.append(row)
+            claims = ",".join(str(c) for c in pv.get("claims") or ())
+            row = (pv["pv"], pv["owner"], pv.get("record"), pv.get("type"), pv.get("status"))
+            rows.append((*row, claims))
     if not args.json:
         _table(rows, out)
     return 1 if missing else 0
+
+
+def run_pv(config: BridgeConfig, args: argparse.Namespace, out: TextIO) -> int:
+    """`recsync pv`: the directory's answer, else a scan of etcd (module docstring)."""
+    url, why = directory_url(config, args.endpoints is not None)
+    if url is not None:
+        try:
+            return _print_pvs(ask_directory(url, args.names, config.etcd.prefix), args, out)
+        except DirectoryUnavailable as exc:
+            why = f"the directory at {url} {exc}"
+    store = connect(config.etcd, sys.stderr)
+    try:
+        sys.stderr.write(
+            f"recsync: {terminal_safe(why)}: scanning every record in etcd instead "
+            "(slow with many records)\n"
+        )
+        return cmd_pv(store, docs.Keys(config.etcd.prefix), args, out)
+    finally:
+        store.close()
 
 
 def cmd_records(store: Store, k: docs.Keys, args: argparse.Namespace, out: TextIO) -> int:
     rows: list[Sequence[object]] = [("RECORD", "TYPE", "ALIASES", "DESC", "INFOS")]
     count = 0
     for entry in _entries(store, k.records_prefix(args.iocid)):
-        doc = docs.parse_record(entry.value)
+        doc = record_docs.parse_record(entry.value)  # v1 or v2; the name is the key's
         if doc is None:
             continue
         count += 1
+        name = k.split(entry.key)[-1]
+        infos = {str(key): record_docs.text(value) for key, value in doc.infos.items()}
         if args.json:
-            record = {"name": doc.name, "type": doc.rtype, "iocid": doc.iocid, "desc": doc.desc}
-            _json_line({**record, "aliases": doc.aliases, "infos": doc.infos}, out)
+            record = {"name": name, "type": doc.rtype, "iocid": args.iocid, "desc": doc.desc}
+            _json_line({**record, "aliases": list(doc.aliases), "infos": infos}, out)
             continue
-        infos = ",".join(f"{key}={value}" for key, value in sorted(doc.infos.items()))
-        rows.append((doc.name, doc.rtype, ",".join(doc.aliases), doc.desc, infos))
+        shown = ",".join(f"{key}={value}" for key, value in sorted(infos.items()))
+        rows.append((name, doc.rtype, ",".join(doc.aliases), doc.desc, shown))
     if not count:
         message = f"no records for IOC {terminal_safe(repr(args.iocid))}"
         similar = _similar_iocids(store, k, args.iocid)
@@ -295,7 +395,7 @@ class _Shown:
             parts = self.keys.split(key)
         except ValueError:
             return
-        if parts[0] == docs.SHARED and not self.everything:
+        if parts[0] == SHARED and not self.everything:
             return
         value = _value(raw) if kind == "put" else None
         if self.as_json:
@@ -322,8 +422,8 @@ def _describe(kind: str, parts: Sequence[str], value: Any) -> str:
         return f"{_stamp()} - {where}"
     if parts[0] == docs.IOCS and isinstance(value, dict):
         return f"{_stamp()} ioc {parts[1]} {value.get('status')} ({value.get('records')} records)"
-    if parts[0] == docs.RECORDS and isinstance(value, dict):
-        return f"{_stamp()} record {parts[1]} {value.get('name')} ({value.get('type')})"
+    if parts[0] == docs.RECORDS and isinstance(value, dict) and len(parts) == 3:
+        return f"{_stamp()} record {parts[1]} {parts[2]} ({value.get('type')})"
     return f"{_stamp()} + {where} {json.dumps(value, ensure_ascii=False)}"
 
 
@@ -368,11 +468,14 @@ def main(
     args = parser().parse_args(argv)
     try:
         overrides = {("etcd", "endpoints"): args.endpoints, ("etcd", "prefix"): args.prefix}
-        etcd = load_config(
+        config = load_config(
             args.config,
             os.environ if environ is None else environ,
             overrides={k: v for k, v in overrides.items() if v is not None},
-        ).etcd
+        )
+        if args.command == "pv":
+            return run_pv(config, args, out)
+        etcd = config.etcd
         store = connect(etcd, sys.stderr)
         try:
             return COMMANDS[args.command](store, docs.Keys(etcd.prefix), args, out)

@@ -46,6 +46,7 @@ from bridge import supervisor
 from bridge.config import BridgeConfig
 from bridge.documents import Keys
 from bridge.errors import ConfigError, StartupError, StoreError
+from bridge.etcd import datadir
 from bridge.interfaces import IUnchangedRuns
 from bridge.logs import STARTUP_NAMESPACE, apply_log_level
 from bridge.processors import BUILTIN, ProcessorChain
@@ -294,6 +295,8 @@ class BridgeService(MultiService):
         the etcd is embedded (`HttpConfig.serves`); it starts after the bridge announces
         and its failures never stop the bridge."""
         http = self.config.http.serves(self.config.etcd.embedded)
+        if self.embedded is not None:  # an address a killed bridge left is no answer
+            datadir.remove_directory_url(self.config.etcd.data_dir)
         if http is None:
             return
         from bridge.web.service import DirectoryService
@@ -305,6 +308,7 @@ class BridgeService(MultiService):
             http=http,
             registry=self.registry,
             health=self.health,
+            record_in=self.config.etcd.data_dir if self.embedded is not None else None,
         )
         self.directory.startService()
 

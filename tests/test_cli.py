@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import io
 import json
 import socket
@@ -85,6 +86,105 @@ def test_pv_shows_owner_status_and_claims(
     assert table[2][:5] == ["SHARED", "h:IOC-A", "SHARED", "bo", "active"]
     assert sorted(table[2][5].split(",")) == ["h:IOC-A", "h:IOC-B"]
     assert table[3] == ["NOPE", "-", "-", "-", "unknown", "-"]
+
+
+def test_pv_and_records_read_v2_documents(
+    etcd_server: EtcdCluster, etcd_store: Store, prefix: str
+) -> None:
+    """Lean record documents (data model v2): the name is the key's; the later of two
+    live claimants owns a name; an alias names its record."""
+    keys = Keys(prefix)
+    for iocid in ("h:A", "h:B"):
+        etcd_store.put(keys.ioc(iocid), docs.dumps({"iocid": iocid, "status": "active"}))
+    etcd_store.put(keys.record("h:A", "X"), b'{"type":"ai","desc":"on A","aliases":["X:AL"]}')
+    etcd_store.put(keys.record("h:B", "X"), b'{"type":"bo"}')
+    code, text = run(etcd_server, prefix, "pv", "X", "X:AL")
+    assert code == 0
+    assert rows(text)[1:] == [
+        ["X", "h:B", "X", "bo", "active", "h:B,h:A"],
+        ["X:AL", "h:A", "X", "ai", "active", "h:A"],
+    ]
+    code, text = run(etcd_server, prefix, "records", "h:A", "--json")
+    assert code == 0
+    assert json.loads(text) == {
+        "name": "X",
+        "type": "ai",
+        "iocid": "h:A",
+        "desc": "on A",
+        "aliases": ["X:AL"],
+        "infos": {},
+    }
+
+
+def test_pv_scans_etcd_in_one_line_when_the_directory_does_not_answer(
+    filled: EtcdWriter, etcd_server: EtcdCluster, prefix: str, tmp_path: Any
+) -> None:
+    port = free_port()
+    conf = tmp_path / "b.conf"
+    endpoint = etcd_server.endpoints[0]
+    conf.write_text(f"[etcd]\nendpoints = {endpoint}\nprefix = {prefix}\n"
+                    f"[http]\nbind = 0.0.0.0:{port}\n")  # fmt: skip
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["-f", str(conf), "pv", "SHARED", "--json"], out=out, environ={})
+    assert code == 0 and json.loads(out.getvalue())["owner"] == "h:IOC-A"
+    assert err.getvalue().startswith(
+        f"recsync: the directory at http://127.0.0.1:{port} did not answer ("
+    )
+    assert err.getvalue().endswith(
+        "): scanning every record in etcd instead (slow with many records)\n"
+    )
+    assert err.getvalue().count("\n") == 1
+
+
+@contextlib.contextmanager
+def answering(body: bytes) -> Iterator[int]:
+    """An HTTP server on a loopback port answering every GET with `body` (JSON)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"prefix": "/elsewhere", "pvs": [{"pv": "SHARED"}]}', "serves the prefix '/elsewhere'"),
+        (b'{"prefix": "/x", "pvs": [1]}', "answered something else than /pv.json"),
+        (b"[]", "answered something else than /pv.json"),
+        (b"not json", "did not answer ("),
+    ],
+)
+def test_pv_trusts_no_answer_but_the_directory_of_its_own_prefix(
+    filled: EtcdWriter, etcd_server: EtcdCluster, prefix: str, tmp_path: Any, body: bytes,
+    reason: str,
+) -> None:  # fmt: skip
+    with answering(body) as port:
+        conf = tmp_path / "b.conf"
+        endpoint = etcd_server.endpoints[0]
+        conf.write_text(f"[etcd]\nendpoints = {endpoint}\nprefix = {prefix}\n"
+                        f"[http]\nbind = 127.0.0.1:{port}\n")  # fmt: skip
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = cli.main(["-f", str(conf), "pv", "SHARED", "--json"], out=out, environ={})
+    assert code == 0 and json.loads(out.getvalue())["owner"] == "h:IOC-A"
+    assert err.getvalue().startswith(f"recsync: the directory at http://127.0.0.1:{port} {reason}")
 
 
 def test_records_lists_one_iocs_records(
@@ -302,8 +402,8 @@ def test_peer_supplied_strings_are_escaped_in_iocs_and_pv_tables(
     evil = "h\x1b[2J:IOC\nFAKE ROW\x00"
     doc = {"iocid": evil, "status": "active\r", "hostname": "h\x07", "records": 1}
     etcd_store.put(keys.ioc(evil), docs.dumps(doc))
-    entry = {"iocid": evil, "record": "PV\x1b]0;t\x07", "type": "ai", "alias": 0, "claims": [evil]}
-    etcd_store.put(keys.pv("PV"), docs.dumps(entry))
+    # PV is an alias of a record named with an escape sequence.
+    etcd_store.put(keys.record(evil, "PV\x1b]0;t\x07"), b'{"type":"ai","aliases":["PV"]}')
     for args in (("iocs",), ("pv", "PV")):
         code, text = run(etcd_server, prefix, *args)
         assert code == 0, args

@@ -23,11 +23,9 @@ from tests.helpers import poll
 pytestmark = pytest.mark.etcd
 
 
-def index_entry(prefix: str, name: str) -> tuple[str, bytes]:
-    k = documents.Keys(prefix)
-    return k.pv(name), documents.dumps(
-        documents.pv_document("h:IOC", name, "ai", False, ["h:IOC"])
-    )
+def record(prefix: str, name: str, iocid: str = "h:IOC") -> tuple[str, bytes]:
+    """A v2 record document of `iocid` named `name`."""
+    return documents.Keys(prefix).record(iocid, name), b'{"type":"ai"}'
 
 
 def names(directory: Directory) -> list[str]:
@@ -43,16 +41,16 @@ def synchronous(fn: Callable[..., Any], *args: Any) -> None:
 
 def test_loads_in_pages_then_watches(etcd_client: Any, etcd_store: Store, prefix: str) -> None:
     for i in range(25):
-        etcd_client.put(*index_entry(prefix, f"PV{i:02d}"))
-    etcd_client.put("/other/pvs/X", b"{}")
+        etcd_client.put(*record(prefix, f"PV{i:02d}"))
+    etcd_client.put("/other/records/h:IOC/X", b"{}")
     directory = Directory(SHAPE, prefix)
     feed = DirectoryFeed(directory, etcd_store, synchronous, page=7)
     feed.start()
     try:
         poll(lambda: feed.loads == 1, what="the first load")
         assert names(directory) == [f"PV{i:02d}" for i in range(25)]
-        etcd_client.put(*index_entry(prefix, "NEW"))
-        etcd_client.delete(documents.Keys(prefix).pv("PV00"))
+        etcd_client.put(*record(prefix, "NEW"))
+        etcd_client.delete(documents.Keys(prefix).record("h:IOC", "PV00"))
         poll(lambda: names(directory)[:2] == ["NEW", "PV01"], what="the watched changes")
         assert len(names(directory)) == 25
     finally:
@@ -62,10 +60,10 @@ def test_loads_in_pages_then_watches(etcd_client: Any, etcd_store: Store, prefix
 def test_reloads_after_compaction(etcd_client: Any, etcd_store: Store, prefix: str) -> None:
     """A feed resuming from a revision since compacted (it lost etcd for a while) reads
     everything again, at a new revision."""
-    etcd_client.put(*index_entry(prefix, "A"))
+    etcd_client.put(*record(prefix, "A"))
     old = int(etcd_client.get_response(prefix + "/").header.revision)
-    etcd_client.put(*index_entry(prefix, "B"))
-    etcd_client.delete(documents.Keys(prefix).pv("A"))
+    etcd_client.put(*record(prefix, "B"))
+    etcd_client.delete(documents.Keys(prefix).record("h:IOC", "A"))
     latest = int(etcd_client.get_response(prefix + "/").header.revision)
     etcd_client.compact(latest)
     directory = Directory(SHAPE, prefix)
@@ -75,6 +73,38 @@ def test_reloads_after_compaction(etcd_client: Any, etcd_store: Store, prefix: s
         poll(lambda: feed.loads == 1, what="a reload")
         assert names(directory) == ["B"]
         assert directory.state.revision >= latest
+    finally:
+        feed.stop()
+
+
+def owner(directory: Directory, name: str) -> str | None:
+    state = directory.state
+    slot = state.slot(name)
+    if slot is None or state.owner[slot] < 0:
+        return None
+    return state.iocs[int(state.owner[slot])].iocid
+
+
+def test_owners_come_from_etcds_revisions(
+    etcd_client: Any, etcd_store: Store, prefix: str
+) -> None:
+    """The later of two live IOCs' records owns the name, whether the view learns the
+    records from a load (their mod_revisions) or from the watch (the events')."""
+    k = documents.Keys(prefix)
+    for iocid in ("h:A", "h:B"):
+        etcd_client.put(k.ioc(iocid), b'{"status":"active"}')
+    etcd_client.put(*record(prefix, "DUP", "h:B"))
+    etcd_client.put(*record(prefix, "DUP", "h:A"))  # later: A owns it
+    directory = Directory(SHAPE, prefix)
+    feed = DirectoryFeed(directory, etcd_store, synchronous)
+    feed.start()
+    try:
+        poll(lambda: feed.loads == 1, what="the first load")
+        assert owner(directory, "DUP") == "h:A"
+        etcd_client.put(*record(prefix, "DUP", "h:B"))  # B's record changed: B owns it
+        poll(lambda: owner(directory, "DUP") == "h:B", what="B owning DUP")
+        etcd_client.put(k.ioc("h:B"), b'{"status":"inactive"}')
+        poll(lambda: owner(directory, "DUP") == "h:A", what="A owning DUP again")
     finally:
         feed.stop()
 
@@ -92,7 +122,7 @@ def test_follows_the_client_when_members_die(tmp_path: Path, etcd_cluster: EtcdC
         for round_, member in enumerate(etcd_cluster.members):
             member.kill()
             name = f"AFTER-{round_}"
-            writer.put(*index_entry("/f", name))
+            writer.put(*record("/f", name))
             poll(lambda n=name: n in names(directory), 30, f"{name} after a member died")
             member.restart()
         assert feed.loads == 1

@@ -4,6 +4,8 @@ pyCFClient, Phoebus and pvinfo ask (request shapes from their sources)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bridge import cli
 from bridge.etcd.process import free_port
 from bridge.testing.cluster import EtcdCluster
 from bridge.testing.fakeioc import FakeIOC, IOCSpec, RecordSpec, find_bridge
@@ -282,3 +285,40 @@ def test_bridge_serves_the_api_itself_when_http_bind_is_set(
     finally:
         ioc.close()
         bridge.stop()
+
+
+def recsync(*argv: str) -> tuple[int, str, str]:
+    """`recsync ARGV` in this process: exit status, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(list(argv), out=out, environ={})
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_recsync_pv_asks_the_directory_and_a_scan_agrees(
+    fleet: tuple[str, FakeIOC], tmp_path: Path, etcd_server: EtcdCluster
+) -> None:
+    """With the directory's configuration (``[http] bind``) `recsync pv` asks its
+    ``/pv.json``; with ``--endpoints`` it scans etcd; both print the same."""
+    base, _ = fleet
+    poll(lambda: len(pycfclient_find(base, name="*") or []) == 5, what="all channels")
+    conf = str(tmp_path / "directory.conf")
+    names = ["SR:C01:BPM1:ALIAS", "BR:Q1", HOSTILE, "NOPE"]
+    for form in ((), ("--json",)):
+        code, asked, said = recsync("-f", conf, "pv", *names, *form)
+        assert (code, said) == (1, "")  # NOPE is unknown; nothing said about a scan
+        endpoint = etcd_server.endpoints[0]
+        code, scanned, said = recsync("-f", conf, "--endpoints", endpoint, "pv", *names, *form)
+        assert code == 1 and said.count("\n") == 1 and "scanning every record in etcd" in said
+        assert asked == scanned
+    first, *_, last = [json.loads(line) for line in asked.splitlines()]
+    assert first == {
+        "pv": "SR:C01:BPM1:ALIAS",
+        "owner": "vm:IOC1",
+        "record": "SR:C01:BPM1",
+        "type": "ai",
+        "alias": True,
+        "status": "active",
+        "claims": ["vm:IOC1"],
+    }
+    assert last == {"pv": "NOPE", "status": "unknown"}

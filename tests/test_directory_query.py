@@ -23,12 +23,16 @@ from bridge.directory.query import (
 from tests.directory_data import ALL, directory
 
 Params = list[tuple[str, str]]
+#: IOC A's channels: A is live, so it owns SR:C01:BPM2, which the inactive B claims too.
+ACTIVE = ["SR:C01:BPM1", "SR:C01:BPM1:X", "SR:C01:BPM2", "sr:c02:bpm3"]
 
 
-@pytest.fixture(scope="module", params=["watch", "bulk"])
+@pytest.fixture(scope="module", params=["watch", "bulk", "v1-watch", "v1-bulk"])
 def cf(request: pytest.FixtureRequest) -> Directory:
-    """The fleet applied document by document, and loaded at once: same answers."""
-    return directory(bulk=request.param == "bulk")
+    """The fleet applied document by document, and loaded at once, from v2 documents
+    and from what a v1 bridge stored: same answers."""
+    form = "v1" if request.param.startswith("v1") else "v2"
+    return directory(bulk=request.param.endswith("bulk"), form=form)
 
 
 def names(cf: Directory, params: Params) -> list[str]:
@@ -60,7 +64,10 @@ ALTERNATIVES = [
     ([("~name", "BR:Q1;sr:c02:bpm3")], ["BR:Q1", "sr:c02:bpm3"]),
     ([("~name", " BR:Q1 | sr:c02:bpm3 ")], ["BR:Q1", "sr:c02:bpm3"]),
     ([("~name", "BR:Q1|")], ["BR:Q1"]),
-    ([("iocName", "IOCA|nothing")], ["SR:C01:BPM1", "SR:C01:BPM1:X", "sr:c02:bpm3"]),
+    (
+        [("iocName", "IOCA|nothing")],
+        ["SR:C01:BPM1", "SR:C01:BPM1:X", "SR:C01:BPM2", "sr:c02:bpm3"],
+    ),
 ]
 
 REPEATED_NAME_ANDED = [
@@ -70,24 +77,24 @@ REPEATED_NAME_ANDED = [
 ]
 
 PROPERTIES = [
-    ([("pvStatus", "Active")], ["SR:C01:BPM1", "SR:C01:BPM1:X", "sr:c02:bpm3"]),
-    ([("pvstatus", "ACTIVE")], ["SR:C01:BPM1", "SR:C01:BPM1:X", "sr:c02:bpm3"]),
+    ([("pvStatus", "Active")], ACTIVE),
+    ([("pvstatus", "ACTIVE")], ACTIVE),
     ([("iocName", "IOCA"), ("iocName", "IOCB")], ALL),
     ([("pvStatus", "Inactive"), ("recordType", "ai")], ["BR:Q1"]),
-    ([("host*", "hostB")], ["BR:Q*2", "BR:Q1", "SR:C01:BPM2"]),
-    ([("recordType", "a?")], ["BR:Q1", "SR:C01:BPM1", "SR:C01:BPM1:X"]),
+    ([("host*", "hostB")], ["BR:Q*2", "BR:Q1"]),
+    ([("recordType", "a?")], ["BR:Q1", "SR:C01:BPM1", "SR:C01:BPM1:X", "SR:C01:BPM2"]),
     ([("recordDesc", "beam*")], ["SR:C01:BPM1", "SR:C01:BPM1:X", "SR:C01:BPM2"]),
     ([("recordDesc", "Quad, one")], []),
     ([("archive", "*")], ["SR:C01:BPM1", "SR:C01:BPM1:X", "sr:c02:bpm3"]),
     ([("alias", "SR:C01:BPM1")], ["SR:C01:BPM1:X"]),
     ([("duplicateCount", "2")], ["SR:C01:BPM2"]),
-    ([("pvaPort", "5075")], ["SR:C01:BPM1", "SR:C01:BPM1:X", "sr:c02:bpm3"]),
+    ([("pvaPort", "5075")], ACTIVE),
     ([("~foo", "*")], []),
     ([("noSuchProperty", "*")], []),
 ]
 
 NEGATION = [
-    ([("pvStatus!", "Active")], ["BR:Q*2", "BR:Q1", "SR:C01:BPM2"]),
+    ([("pvStatus!", "Active")], ["BR:Q*2", "BR:Q1"]),
     ([("alias!", "*")], [n for n in ALL if n != "SR:C01:BPM1:X"]),
     ([("recordDesc!", "*")], ["BR:Q*2", "sr:c02:bpm3"]),
     ([("archive!", "Monitor")], ["sr:c02:bpm3"]),

@@ -20,7 +20,7 @@ from bridge.directory.model import Directory
 from bridge.model import Record
 from bridge.web.cf import ChannelFinderAPI, QueryRunner
 from bridge.web.pages import Pages
-from tests.directory_data import IOC_A, IOC_B, K, directory
+from tests.directory_data import IOC_A, IOC_B, K, directory, v2_record
 
 SCRIPT = '<script>alert("x")</script>'
 
@@ -28,8 +28,7 @@ SCRIPT = '<script>alert("x")</script>'
 def add_hostile(cf: Directory) -> None:
     """A record named like a script, with a DESC that closes attributes."""
     record = Record(0, SCRIPT, "ai", [], {"archive": "<b>bold</b>"}, '" onmouseover="x')
-    cf.apply(K.record(IOC_A, SCRIPT), docs.record_value(record, IOC_A))
-    cf.apply(K.pv(SCRIPT), docs.dumps(docs.pv_document(IOC_A, SCRIPT, "ai", False, [IOC_A])))
+    cf.apply(K.record(IOC_A, SCRIPT), v2_record(record), 100)
 
 
 class PagesTests(TestCase):
@@ -86,9 +85,13 @@ class PagesTests(TestCase):
         self.assertEqual(status, 200)
         for shown in ("10.0.0.1:40000", "alice", "RSRV_SERVER_PORT", "Beam x", 'id="history"'):
             self.assertIn(shown, page)
-        # SR:C01:BPM2 is a record of A whose name B owns: a duplicate, linked.
+        # SR:C01:BPM2 is a record of B (inactive) whose name the live A owns: a
+        # duplicate, linked to its owner, with B's own type and DESC.
+        _, page = await self.get("/iocs/" + quote(IOC_B))
         self.assertRegex(
-            page, r"SR:C01:BPM2</a></td><td></td><td>Beam y</td><td><a href=\"/iocs/hostB:IOCB\""
+            page,
+            r"SR:C01:BPM2</a></td><td>longin</td><td>Beam y on B</td>"
+            r"<td><a href=\"/iocs/hostA:IOCA\"",
         )
         _, page = await self.get("/iocs/" + quote(IOC_A) + "?size=1")
         self.assertIn('rel="next"', page)
@@ -107,11 +110,11 @@ class PagesTests(TestCase):
         self.assertEqual(names, ["SR:C01:BPM2", "sr:c02:bpm3"])
         self.assertNotIn('rel="next"', page)
         _, page = await self.get("/pvs?q=bpm&active=1")
-        self.assertIn("3 PVs match", page)  # SR:C01:BPM2 is owned by the inactive IOC B
+        self.assertIn("4 PVs match", page)  # the live A owns SR:C01:BPM2
         _, page = await self.get("/pvs?q=BR:Q*+recordType=calc")
         self.assertIn("1 PVs match", page)
         _, page = await self.get("/pvs?iocid=" + quote(IOC_B))
-        self.assertIn("3 PVs match", page)
+        self.assertIn("2 PVs match", page)
         status, _ = await self.get("/pvs?q=pvStatus%3D%7C")  # only separators
         self.assertEqual(status, 400)
 
@@ -130,6 +133,25 @@ class PagesTests(TestCase):
         self.assertIn("Alias of", page)
         status, _ = await self.get("/pvs/NOPE")
         self.assertEqual(status, 404)
+
+    async def test_pv_json_answers_as_recsync_pv_prints(self) -> None:
+        status, body = await self.get("/pv.json?name=SR:C01:BPM2&name=SR:C01:BPM1:X&name=NOPE")
+        self.assertEqual(status, 200)
+        data = json.loads(body)
+        self.assertEqual((data["prefix"], data["revision"]), ("/recsync", 100))
+        owned = {"owner": IOC_A, "record": "SR:C01:BPM2", "type": "ao", "alias": False}
+        self.assertEqual(
+            data["pvs"],
+            [
+                {"pv": "SR:C01:BPM2", **owned, "status": "active", "claims": [IOC_A, IOC_B]},
+                {"pv": "SR:C01:BPM1:X", "owner": IOC_A, "record": "SR:C01:BPM1", "type": "ai",
+                 "alias": True, "status": "active", "claims": [IOC_A]},
+                {"pv": "NOPE", "status": "unknown"},
+            ],
+        )  # fmt: skip
+        self.assertEqual((await self.get("/pv.json"))[0], 400)
+        self.directory.state.revision = 0  # as before the first load
+        self.assertEqual((await self.get("/pv.json?name=X"))[0], 503)
 
     async def test_duplicates_and_bridges(self) -> None:
         _, page = await self.get("/duplicates")
@@ -179,5 +201,5 @@ def test_control_characters_show_escaped() -> None:
 
 def test_ioc_rows_count_owned_and_shared() -> None:
     rows = {r.iocid: r for r in views.ioc_rows(directory().state)}
-    assert (rows[IOC_A].pvs, rows[IOC_A].shared, rows[IOC_A].up) == (3, 0, True)
-    assert (rows[IOC_B].pvs, rows[IOC_B].shared, rows[IOC_B].up) == (3, 1, False)
+    assert (rows[IOC_A].pvs, rows[IOC_A].shared, rows[IOC_A].up) == (4, 1, True)
+    assert (rows[IOC_B].pvs, rows[IOC_B].shared, rows[IOC_B].up) == (2, 0, False)

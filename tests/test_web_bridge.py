@@ -4,6 +4,9 @@ parser), and the read-only directory's readiness."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import re
 import subprocess
 import sys
@@ -13,7 +16,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge import cli
 from bridge.config import HttpConfig, load_config
+from bridge.documents import Keys
+from bridge.etcd import datadir
+from bridge.etcd.backend import open_store
 from bridge.etcd.process import find_etcd_binary, free_port
 from bridge.testing.cluster import EtcdCluster
 from bridge.testing.harness import BridgeProcess, child_env
@@ -177,8 +184,10 @@ def test_directory_process_not_ready_without_etcd(tmp_path: Path) -> None:
 
 def test_quick_start_serves_the_directory_on_loopback(tmp_path: Path) -> None:
     """No [http] section and no etcd endpoints (the embedded etcd): the bridge serves
-    pages, API and metrics on 127.0.0.1 at a free port, and logs the address."""
+    pages, API and metrics on 127.0.0.1 at a free port, logs the address and records it
+    in the data directory, where `recsync pv` finds it while the bridge runs."""
     bridge = BridgeProcess(tmp_path, endpoints=None)
+    data_dir = str(tmp_path / "etcd")
     try:
         bridge.start().wait_ready(60)
         match = poll(
@@ -191,8 +200,27 @@ def test_quick_start_serves_the_directory_on_loopback(tmp_path: Path) -> None:
         status, body = http_get(base + "/ChannelFinder")
         assert status == 200 and "ChannelFinder Service" in body
         assert value(scrape(base + "/metrics"), "recsync_can_store") == 1
+
+        assert datadir.read_directory_url(data_dir) == base
+        endpoint = datadir.read_endpoint(data_dir)
+        assert endpoint is not None
+        store = open_store([endpoint], timeout=5.0, deadline_s=10.0)
+        try:
+            keys = Keys()
+            store.put(keys.ioc("h:QS"), b'{"iocid":"h:QS","status":"active"}')
+            store.put(keys.record("h:QS", "QS:PV"), b'{"type":"ai","aliases":["QS:AL"]}')
+        finally:
+            store.close()
+        poll(lambda: '"owner":"h:QS"' in http_get(base + "/pv.json?name=QS:AL")[1])
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err):
+            argv = ["-f", str(bridge.config), "pv", "QS:AL", "--json"]
+            code = cli.main(argv, out=out, environ={})
+        assert (code, err.getvalue()) == (0, "")  # asked the directory: no scan
+        assert json.loads(out.getvalue())["record"] == "QS:PV"
     finally:
         bridge.stop()
+    assert datadir.read_directory_url(data_dir) is None
 
 
 def test_http_serves_only_where_configured() -> None:
@@ -201,6 +229,10 @@ def test_http_serves_only_where_configured() -> None:
     assert HttpConfig(off=True).serves(embedded_etcd=True) is None
     bound = HttpConfig("0.0.0.0", 8080)
     assert bound.serves(embedded_etcd=False) is bound
+    # Where recsync asks it from the same host: a wildcard bind on loopback.
+    assert bound.local_url() == "http://127.0.0.1:8080"
+    assert HttpConfig("::", 8080).local_url() == "http://[::1]:8080"
+    assert HttpConfig("10.1.2.3", 0).local_url(4321) == "http://10.1.2.3:4321"
     config = load_config(
         None, {"RECCEIVER_HTTP_BIND": "off", "RECCEIVER_RECCEIVER_METRICSPORT": "9102"}
     )

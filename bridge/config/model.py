@@ -183,6 +183,16 @@ class HttpConfig:
     def enabled(self) -> bool:
         return self.bind_port is not None
 
+    def local_url(self, port: int | None = None) -> str:
+        """``http://host:port`` that reaches this server from its own host: a wildcard
+        bind (``0.0.0.0``, ``::``) on loopback; `port` the bound one when `bind_port`
+        is 0 (any free port)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
+            self.bind_host, self.bind_host
+        )
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port or self.bind_port}"
+
     def serves(self, embedded_etcd: bool) -> HttpConfig | None:
         """Where a bridge serves the directory: `bind` when set; with the embedded etcd
         (the quick start) and no ``bind``, 127.0.0.1 on a free port; else nowhere."""

@@ -29,6 +29,8 @@ from typing import Any
 
 import orjson
 
+from bridge.rules import ownership
+
 HOST_NAME = "hostName"
 IOC_NAME = "iocName"
 IOC_ID = "iocid"
@@ -45,8 +47,9 @@ DUPLICATE_COUNT = "duplicateCount"
 
 ACTIVE = "Active"
 INACTIVE = "Inactive"
-#: IOC document statuses shown as ``pvStatus=Active`` (an uploading IOC is connected).
-LIVE_STATUSES = frozenset({"active", "uploading"})
+#: IOC document statuses shown as ``pvStatus=Active``: those of a live IOC, whose
+#: claims win ownership (an uploading IOC is connected).
+LIVE_STATUSES = ownership.LIVE_STATUSES
 
 #: The IOC-level properties every channel has, in the reference's order.
 HEAD_PROPERTIES = (HOST_NAME, IOC_NAME, IOC_ID, IOC_IP, PV_STATUS, TIME, RECCEIVER_ID)
@@ -230,6 +233,10 @@ class IOCProperties:
     values: Mapping[str, str]
     head: tuple[bytes, ...]
     tail: tuple[bytes, ...]
+
+
+#: The properties of a channel whose IOC has no document.
+NO_IOC = IOCProperties("", {}, (), ())
 
 
 def _text(value: Any) -> str | None:

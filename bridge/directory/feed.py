@@ -22,13 +22,16 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from bridge.directory.model import Directory, build_state
+from bridge.directory.model import Directory, Item, build_state
 from bridge.etcd.ops import Event
 from bridge.etcd.store import Store
 from bridge.etcd.watch import PROBE_INTERVAL_S, Watch
 
-#: Keys per range read while loading.
-PAGE = 2000
+#: Keys per range read while loading. Large, because etcd (3.4) counts every key left
+#: in the range to answer each page, so a load's cost grows with the square of the keys
+#: over the page size (300,000 keys: 10 s in pages of 1,000, 1.7 s in pages of 16,000);
+#: a page that would pass gRPC's 4 MiB is cut by the store.
+PAGE = 16_000
 #: Watch responses waiting for the reactor before the watch thread waits.
 MAX_PENDING = 64
 
@@ -137,14 +140,14 @@ class DirectoryFeed:
         return revision
 
     @staticmethod
-    def _items(first: Any, pages: Iterator[Any]) -> Iterator[tuple[str, bytes]]:
+    def _items(first: Any, pages: Iterator[Any]) -> Iterator[Item]:
         if first is None:
             return
         for entry in first.entries:
-            yield entry.key, entry.value
+            yield entry.key, entry.value, entry.mod_revision
         for page in pages:
             for entry in page.entries:
-                yield entry.key, entry.value
+                yield entry.key, entry.value, entry.mod_revision
 
     def _wait_for_room(self) -> None:
         while not self._pending.acquire(timeout=0.5):

@@ -3,64 +3,88 @@
 Fed one document at a time as a watch delivers them (`Directory.apply`), or all at once
 at one revision (`Directory.load`), it holds what channels are made of:
 
-- IOCs (`IOCEntry`), from ``P/iocs/<iocid>``: the document and its channel properties;
-- one *slot* per name ever seen in ``P/pvs/`` or ``P/records/``, for the life of the
-  view: its name (`State.names`), its place in name order (`State.order`), and columns
-  (numpy arrays, a few bytes each) for the name-index entry (owner IOC, the record an
-  alias points at, alias flag, record type, number of claimants);
-- the record at each name: DESC and the configured info tags, of the IOC whose record
-  it is (`State.rec_ioc`); when several IOCs have a record by that name, the others wait
-  in `State.extra` and are swapped in when one of them owns the name.
+- IOCs (`IOCEntry`), from ``P/iocs/<iocid>``: the document, its channel properties,
+  whether the IOC is live (`bridge.rules.ownership.LIVE_STATUSES`);
+- one *slot* per name ever seen as a record or an alias in ``P/records/``, for the life
+  of the view: its name (`State.names`), its place in name order (`State.order`);
+- *records* (one IOC's record at a slot's name): type, DESC, the configured info tags,
+  its aliases and its key's mod_revision. One record per slot lives in columns (numpy
+  arrays, a few bytes each: `rec_ioc`, `rec_type`, `rec_rev`, and the `desc`/`infos`
+  lists); when several IOCs have a record by that name, the others wait in
+  `State.extra`;
+- *claims* (data model v2: no stored name index). An IOC claims a name through each of
+  its records named so or listing it as an alias; the owner is chosen by the rule of
+  `bridge.rules.ownership`. The owner's claim is in columns (`owner`, `target`: the
+  slot of the record the channel is, `flags`, `claims`: how many IOCs claim); a name
+  with more than one claim keeps them all in `State.multi`, and `State.ioc_multi`
+  lists, per IOC, its names there, so that a change of an IOC's status re-decides the
+  owners of only its shared names.
 
-A channel is a slot with a name-index entry: name, owner IOC and the owner's record.
-Memory is what makes this shape: a million Python objects per kind would not fit the
-budget of bench/directory.py, a few arrays and one string per name do.
+``P/pvs/``, ``P/shared/`` (v1's stored name index, ignored) and keys outside the data
+model are not read. A channel is a slot with a claim: name, owner IOC and the owner's
+record. Memory is what makes this shape: a million Python objects per kind would not fit
+the budget of bench/directory.py, a few arrays and one string per name do.
 
 All changes happen on one thread (the reactor's). Queries may run on other threads over
 `Directory.state`: columns are written element by element and replaced, never resized
-in place, and a reload swaps in a whole new `State`, so a query sees a consistent-enough
-view (at worst one document newer in one column than in another).
+in place, claim sets are replaced rather than changed, and a reload swaps in a whole new
+`State`, so a query sees a consistent-enough view (at worst one document newer in one
+column than in another).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from bridge import documents
+from bridge.directory import encoding, owners
 from bridge.directory.channels import (
-    ALIAS,
-    DUPLICATE_COUNT,
-    RECORD_DESC,
-    RECORD_TYPE,
+    NO_IOC,
     ChannelShape,
     IOCProperties,
     PropertyEncoder,
-    channel_json,
     ioc_properties,
 )
-from bridge.directory.names import SortedNames
+from bridge.directory.names import BulkIndex, SortedNames
+from bridge.directory.records import record_fields, text
+from bridge.rules import ownership
 
-NO_IOC = IOCProperties("", {}, (), ())
-FLAG_ALIAS = 1
+FLAG_ALIAS = owners.FLAG_ALIAS
+_REVISION_LIMIT = np.iinfo(np.uint32).max
+#: `State.rec_alias` of a record with more than one alias.
+SEVERAL = -2
 
 
 @dataclass(slots=True)
 class IOCEntry:
-    """One IOC known to the view: its document (None if none was seen) and properties."""
+    """One IOC known to the view: its document (None if none was seen), properties,
+    and whether it is live."""
 
     iocid: str
     index: int
     doc: Mapping[str, Any] | None = None
     props: IOCProperties = NO_IOC
+    live: bool = False
 
 
-#: The record-level facts of one (IOC, name): DESC, then the configured info tags.
-Facts = tuple[str | None, tuple[str | None, ...]]
+class Facts(NamedTuple):
+    """One IOC's record at one slot's name.
+
+    `rtype` is a code of `State.types` (-1: none), `infos` the configured info tags'
+    values (`ChannelShape.infotags`), `revision` its key's mod_revision, `aliases` the
+    slots of its alias names.
+    """
+
+    rtype: int
+    desc: str | None
+    infos: tuple[str | None, ...]
+    revision: int
+    aliases: tuple[int, ...]
 
 
 def _grow(array: npt.NDArray[Any], size: int, fill: int) -> npt.NDArray[Any]:
@@ -71,23 +95,39 @@ def _grow(array: npt.NDArray[Any], size: int, fill: int) -> npt.NDArray[Any]:
     return bigger
 
 
+def _column(fill: int, dtype: Any) -> Any:
+    return field(default_factory=lambda: np.full(0, fill, dtype))
+
+
 @dataclass
 class State:
     """Everything one load (plus the changes after it) built; see the module docstring."""
 
     shape: ChannelShape
     names: list[str] = field(default_factory=list)
-    owner: npt.NDArray[np.int32] = field(default_factory=lambda: np.full(0, -1, np.int32))
-    target: npt.NDArray[np.int32] = field(default_factory=lambda: np.full(0, -1, np.int32))
-    flags: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros(0, np.uint8))
-    rtype: npt.NDArray[np.int32] = field(default_factory=lambda: np.full(0, -1, np.int32))
-    claims: npt.NDArray[np.int16] = field(default_factory=lambda: np.zeros(0, np.int16))
-    rec_ioc: npt.NDArray[np.int32] = field(default_factory=lambda: np.full(0, -1, np.int32))
+    # The owner's claim on each slot's name (owner -1: nobody claims it).
+    owner: npt.NDArray[np.int32] = _column(-1, np.int32)
+    target: npt.NDArray[np.int32] = _column(-1, np.int32)
+    flags: npt.NDArray[np.uint8] = _column(0, np.uint8)
+    claims: npt.NDArray[np.int16] = _column(0, np.int16)
+    # The record in columns at each slot (rec_ioc -1: none).
+    rec_ioc: npt.NDArray[np.int32] = _column(-1, np.int32)
+    rec_type: npt.NDArray[np.int32] = _column(-1, np.int32)
+    #: mod_revisions; becomes int64 once one passes 2**32 - 1 (`_set_revision`).
+    rec_rev: npt.NDArray[Any] = _column(0, np.uint32)
     desc: list[str | None] = field(default_factory=list)
     #: One list per configured info tag (`ChannelShape.infotags`), values interned.
     infos: list[list[str | None]] = field(default_factory=list)
+    #: The alias slot of the record in columns: -1 none, `SEVERAL`: see `rec_aliases`.
+    rec_alias: npt.NDArray[np.int32] = _column(-1, np.int32)
+    #: Alias slots of the records in columns that have more than one alias.
+    rec_aliases: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    #: slot -> IOC -> its record there, for records not in the columns.
     extra: dict[int, dict[int, Facts]] = field(default_factory=dict)
-    claim_lists: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: slot -> every claim on its name, for names with more than one claim.
+    multi: dict[int, frozenset[owners.Claim]] = field(default_factory=dict)
+    #: IOC -> the slots in `multi` it has a claim on.
+    ioc_multi: dict[int, set[int]] = field(default_factory=dict)
     types: list[str] = field(default_factory=list)
     type_index: dict[str, int] = field(default_factory=dict)
     iocs: list[IOCEntry] = field(default_factory=list)
@@ -102,13 +142,13 @@ class State:
         self.infos = [[] for _ in self.shape.infotags]
         self.encoder = PropertyEncoder(self.shape.username)
         #: During a bulk load: name -> slot, and the order is built once at the end.
-        self._bulk: dict[str, int] | None = None
+        self._bulk: BulkIndex | None = None
 
     # -- slots and lookups ------------------------------------------------------------
 
     def slot(self, name: str) -> int | None:
         if self._bulk is not None:
-            return self._bulk.get(name)
+            return self._bulk.find(name)
         return self.order.find(name)
 
     def new_slot(self, name: str) -> int:
@@ -123,35 +163,41 @@ class State:
         for column in self.infos:
             column.append(None)
         if self._bulk is not None:
-            self._bulk[name] = slot
+            self._bulk.add(slot)
         else:
             self.order.insert(slot)
         return slot
 
     def begin_bulk(self) -> None:
         """Start a bulk load: slots are created unordered until `end_bulk`."""
-        self._bulk = {}
+        self._bulk = BulkIndex(self.names)
 
     def end_bulk(self) -> None:
         """Sort every slot by name once, and leave bulk mode."""
         names = self.names
-        ordered = sorted(range(len(names)), key=names.__getitem__)
-        self._bulk = None
         count = len(names)
+        ordered = np.array(sorted(range(count), key=names.__getitem__), dtype=np.int32)
+        self._bulk = None
         self.owner, self.target = self.owner[:count].copy(), self.target[:count].copy()
-        self.flags, self.rtype = self.flags[:count].copy(), self.rtype[:count].copy()
-        self.claims, self.rec_ioc = self.claims[:count].copy(), self.rec_ioc[:count].copy()
-        self.order.build(np.array(ordered, dtype=np.int32))
+        self.flags, self.claims = self.flags[:count].copy(), self.claims[:count].copy()
+        self.rec_ioc, self.rec_type = self.rec_ioc[:count].copy(), self.rec_type[:count].copy()
+        self.rec_rev, self.rec_alias = self.rec_rev[:count].copy(), self.rec_alias[:count].copy()
+        self.order.build(ordered)
         for chunk in self.order.chunks:
             chunk.text(names)
+        owners.settle_all(self)
 
     def _reserve(self, size: int) -> None:
+        if size <= len(self.rec_alias):  # every column has the same length
+            return
         self.owner = _grow(self.owner, size, -1)
         self.target = _grow(self.target, size, -1)
         self.flags = _grow(self.flags, size, 0)
-        self.rtype = _grow(self.rtype, size, -1)
         self.claims = _grow(self.claims, size, 0)
         self.rec_ioc = _grow(self.rec_ioc, size, -1)
+        self.rec_type = _grow(self.rec_type, size, -1)
+        self.rec_rev = _grow(self.rec_rev, size, 0)
+        self.rec_alias = _grow(self.rec_alias, size, -1)
 
     def ioc(self, iocid: str) -> IOCEntry:
         index = self.ioc_index.get(iocid)
@@ -168,6 +214,9 @@ class State:
             self.types.append(rtype)
         return code
 
+    def type_name(self, code: int) -> str | None:
+        return self.types[code] if code >= 0 else None
+
     def intern(self, value: str | None) -> str | None:
         """One object per distinct info value (``Monitor 1`` is on most records)."""
         if value is None:
@@ -175,13 +224,20 @@ class State:
         return self._values.setdefault(value, value)
 
     def facts(self, slot: int, ioc: int) -> Facts | None:
-        """The record-level facts of IOC `ioc`'s record named `names[slot]`."""
+        """IOC `ioc`'s record named `names[slot]`, None when it has none."""
         if self.rec_ioc[slot] == ioc:
-            return self.desc[slot], tuple(column[slot] for column in self.infos)
-        return self.extra.get(slot, {}).get(ioc)
+            return Facts(
+                int(self.rec_type[slot]),
+                self.desc[slot],
+                tuple(column[slot] for column in self.infos),
+                int(self.rec_rev[slot]),
+                self._aliases(slot),
+            )
+        waiting = self.extra.get(slot)
+        return waiting.get(ioc) if waiting else None
 
     def visible(self) -> npt.NDArray[np.bool_]:
-        """Slots that are channels: a name-index entry, and aliases only if shaped so."""
+        """Slots that are channels: a claim, and aliases only if shaped so."""
         owner, flags = self.owner, self.flags
         count = min(len(owner), len(flags))
         mask = owner[:count] >= 0
@@ -189,173 +245,155 @@ class State:
             mask &= (flags[:count] & FLAG_ALIAS) == 0
         return mask
 
+    def channel_type(self, slot: int) -> int:
+        """The type code of channel `slot` (its owner's record's), -1 when unknown."""
+        owner = int(self.owner[slot])
+        facts = self.facts(int(self.target[slot]), owner) if owner >= 0 else None
+        return facts.rtype if facts is not None else -1
+
+    def channel_types(self, slots: npt.NDArray[np.intp]) -> npt.NDArray[np.int32]:
+        """`channel_type` of every slot in `slots` (channels, owner >= 0), gathered."""
+        targets, owners = self.target[slots], self.owner[slots]
+        codes = self.rec_type[targets]
+        for k in np.flatnonzero(self.rec_ioc[targets] != owners).tolist():
+            facts = self.extra.get(int(targets[k]), {}).get(int(owners[k]))
+            codes[k] = facts.rtype if facts is not None else -1
+        return codes
+
+    def claim_count(self, slot: int) -> int:
+        """How many IOCs claim the name at `slot`."""
+        count = int(self.claims[slot])
+        return owners.count(self, slot) if count >= owners.MAX_COUNT else count
+
+    def claimants(self, slot: int) -> list[owners.Claimant]:
+        """Every IOC claiming the name at `slot`, ranked by the rule (the owner first)."""
+        return owners.claimants(self, slot)
+
     # -- documents ----------------------------------------------------------------------
 
     def put_ioc(self, iocid: str, doc: Mapping[str, Any] | None) -> None:
         entry = self.ioc(iocid)
         entry.doc = doc
         entry.props = NO_IOC if doc is None else ioc_properties(self.shape, doc)
+        live = doc is not None and ownership.is_live(doc.get("status"))
+        if live != entry.live:
+            entry.live = live
+            for slot in list(self.ioc_multi.get(entry.index, ())):
+                owners.settle(self, slot)
 
-    def put_index(self, name: str, doc: Mapping[str, Any]) -> None:
-        slot = self.new_slot(name)
-        owner = self.ioc(str(doc.get("iocid"))).index
-        is_alias = bool(doc.get("alias"))
-        record = doc.get("record")
-        target = self.new_slot(record) if is_alias and isinstance(record, str) else slot
-        claims = doc.get("claims")
-        claim_list = tuple(str(c) for c in claims) if isinstance(claims, list) else ()
-        self.owner[slot] = owner
-        self.target[slot] = target
-        self.flags[slot] = FLAG_ALIAS if is_alias else 0
-        rtype = doc.get("type")
-        self.rtype[slot] = self.type_code(rtype) if isinstance(rtype, str) else -1
-        self.claims[slot] = min(len(claim_list), 32767)
-        if len(claim_list) > 1:
-            self.claim_lists[slot] = claim_list
-        else:
-            self.claim_lists.pop(slot, None)
-        self._prefer(target, owner)
-
-    def drop_index(self, name: str) -> None:
-        slot = self.slot(name)
-        if slot is not None:
-            self.owner[slot] = -1
-            self.claims[slot] = 0
-            self.claim_lists.pop(slot, None)
-
-    def put_record(self, iocid: str, name: str, doc: Mapping[str, Any]) -> None:
-        slot = self.new_slot(name)
+    def put_record(self, iocid: str, name: str, doc: Mapping[str, Any], revision: int) -> None:
+        """IOC `iocid`'s record `name` is `doc` (v1 or v2), written at `revision`."""
+        fields = record_fields(doc)
+        record = self.new_slot(name)
         ioc = self.ioc(iocid).index
-        desc = doc.get("desc")
-        infos = doc.get("infos")
-        infos = infos if isinstance(infos, Mapping) else {}
-        facts: Facts = (
-            desc if isinstance(desc, str) else None,
-            tuple(self.intern(_text(infos.get(tag))) for tag in self.shape.infotags),
+        aliases = tuple(self.new_slot(a) for a in ownership.record_names(name, fields.aliases)[1:])
+        facts = Facts(
+            self.type_code(fields.rtype) if fields.rtype is not None else -1,
+            fields.desc,
+            tuple(self.intern(text(fields.infos.get(tag))) for tag in self.shape.infotags),
+            revision,
+            aliases,
         )
-        holder = int(self.rec_ioc[slot])
-        if holder in (-1, ioc):
-            self._store(slot, ioc, facts)
-        elif self.owner[slot] == ioc:
-            self._stash(slot, holder)
+        old = self.facts(record, ioc)
+        self._put_facts(record, ioc, facts)
+        claim = (ioc, record)
+        settle = self._bulk is None  # a bulk load settles every slot at its end
+        for slot in old.aliases if old is not None else ():
+            if slot not in aliases:
+                owners.drop(self, slot, claim)
+                if settle:
+                    owners.settle(self, slot)
+        for slot in (record, *aliases):
+            owners.add(self, slot, claim)
+            if settle:
+                owners.settle(self, slot)
+
+    def drop_record(self, iocid: str, name: str) -> None:
+        record = self.slot(name)
+        ioc = self.ioc_index.get(iocid)
+        if record is None or ioc is None:
+            return
+        old = self.facts(record, ioc)
+        if old is None:
+            return
+        self._drop_facts(record, ioc)
+        for slot in (record, *old.aliases):
+            owners.drop(self, slot, (ioc, record))
+            if self._bulk is None:
+                owners.settle(self, slot)
+
+    # -- records ------------------------------------------------------------------------
+
+    def _put_facts(self, slot: int, ioc: int, facts: Facts) -> None:
+        if int(self.rec_ioc[slot]) in (-1, ioc):
             self._store(slot, ioc, facts)
         else:
             self.extra.setdefault(slot, {})[ioc] = facts
 
-    def drop_record(self, iocid: str, name: str) -> None:
-        slot = self.slot(name)
-        index = self.ioc_index.get(iocid)
-        if slot is None or index is None:
-            return
-        if self.rec_ioc[slot] != index:
+    def _drop_facts(self, slot: int, ioc: int) -> None:
+        if self.rec_ioc[slot] != ioc:
             waiting = self.extra.get(slot)
             if waiting is not None:
-                waiting.pop(index, None)
+                waiting.pop(ioc, None)
                 if not waiting:
                     del self.extra[slot]
             return
         self.rec_ioc[slot] = -1
+        self.rec_type[slot] = -1
         self.desc[slot] = None
         for column in self.infos:
             column[slot] = None
+        self._set_aliases(slot, ())
         waiting = self.extra.get(slot)
         if waiting:
-            owner = int(self.owner[slot])
-            self._prefer(slot, owner if owner in waiting else next(iter(waiting)))
+            other = next(iter(waiting))
+            facts = waiting.pop(other)
+            if not waiting:
+                del self.extra[slot]
+            self._store(slot, other, facts)
 
     def _store(self, slot: int, ioc: int, facts: Facts) -> None:
         self.rec_ioc[slot] = ioc
-        self.desc[slot] = facts[0]
-        for column, value in zip(self.infos, facts[1], strict=False):
+        self.rec_type[slot] = facts.rtype
+        self._set_revision(slot, facts.revision)
+        self.desc[slot] = facts.desc
+        for column, value in zip(self.infos, facts.infos, strict=False):
             column[slot] = value
+        self._set_aliases(slot, facts.aliases)
 
-    def _stash(self, slot: int, holder: int) -> None:
-        self.extra.setdefault(slot, {})[holder] = (
-            self.desc[slot],
-            tuple(column[slot] for column in self.infos),
-        )
+    def _aliases(self, slot: int) -> tuple[int, ...]:
+        alias = int(self.rec_alias[slot])
+        if alias == -1:
+            return ()
+        return (alias,) if alias >= 0 else self.rec_aliases.get(slot, ())
 
-    def _prefer(self, slot: int, ioc: int) -> None:
-        """Put IOC `ioc`'s record at `slot` in the columns, if it waits in `extra`."""
-        waiting = self.extra.get(slot)
-        if not waiting or ioc not in waiting or self.rec_ioc[slot] == ioc:
+    def _set_aliases(self, slot: int, aliases: tuple[int, ...]) -> None:
+        """Most records have no alias or one: a column; more go to a dict."""
+        if len(aliases) > 1:
+            self.rec_aliases[slot] = aliases
+            self.rec_alias[slot] = SEVERAL
             return
-        facts = waiting.pop(ioc)
-        if self.rec_ioc[slot] >= 0:
-            self._stash(slot, int(self.rec_ioc[slot]))
-        if not waiting:
-            self.extra.pop(slot, None)
-        self._store(slot, ioc, facts)
+        if self.rec_alias[slot] == SEVERAL:
+            self.rec_aliases.pop(slot, None)
+        self.rec_alias[slot] = aliases[0] if aliases else -1
+
+    def _set_revision(self, slot: int, revision: int) -> None:
+        if revision > _REVISION_LIMIT and self.rec_rev.dtype != np.int64:
+            self.rec_rev = self.rec_rev.astype(np.int64)
+        self.rec_rev[slot] = revision
 
     # -- channels -----------------------------------------------------------------------
 
-    def record_values(self, slot: int) -> list[tuple[str, str, bool]]:
-        """The record-level properties of channel `slot` (``recordType`` .. info tags):
-        (name, value, whether the value repeats across channels)."""
-        shape = self.shape
-        out: list[tuple[str, str, bool]] = []
-        code = int(self.rtype[slot])
-        if shape.record_type and code >= 0:
-            out.append((RECORD_TYPE, self.types[code], True))
-        target, owner = int(self.target[slot]), int(self.owner[slot])
-        if self.rec_ioc[target] == owner:
-            desc = self.desc[target]
-            infos: tuple[str | None, ...] = tuple(column[target] for column in self.infos)
-        else:
-            facts = self.extra.get(target, {}).get(owner)
-            if facts is None:
-                return out
-            desc, infos = facts
-        if shape.record_desc and desc is not None:
-            out.append((RECORD_DESC, desc, False))
-        for tag, value in zip(shape.infotags, infos, strict=False):
-            if value is not None and not (tag == RECORD_DESC and shape.record_desc):
-                out.append((tag, value, True))
-        return out
-
-    def property_value(self, slot: int, name: str) -> str | None:
-        """The value of property `name` on channel `slot` (None when absent)."""
-        if name == ALIAS:
-            alias = self.shape.alias and self.flags[slot] & FLAG_ALIAS
-            return self.names[int(self.target[slot])] if alias else None
-        if name == DUPLICATE_COUNT:
-            count = int(self.claims[slot])
-            return str(count) if count > 1 else None
-        owner = int(self.owner[slot])
-        if owner >= 0:
-            value = self.iocs[owner].props.values.get(name)
-            if value is not None:
-                return value
-        return {k: v for k, v, _ in self.record_values(slot)}.get(name)
-
     def encode(self, slot: int) -> bytes:
-        """Channel `slot` as a ChannelFinder sends it."""
-        encoder = self.encoder
-        owner = int(self.owner[slot])
-        props = self.iocs[owner].props if owner >= 0 else NO_IOC
-        encoded: list[bytes] = []
-        if self.shape.alias and self.flags[slot] & FLAG_ALIAS:
-            encoded.append(encoder.encode(ALIAS, self.names[self.target[slot]]))
-        encoded += props.head
-        for name, value, repeats in self.record_values(slot):
-            if repeats:
-                encoded.append(encoder.encode_repeated(name, value))
-            else:
-                encoded.append(encoder.encode(name, value))
-        encoded += props.tail
-        claims = int(self.claims[slot])
-        if claims > 1:
-            encoded.append(encoder.encode_repeated(DUPLICATE_COUNT, str(claims)))
-        return channel_json(self.names[slot], props.owner or self.shape.username, encoded)
+        """Channel `slot` as a ChannelFinder sends it (`bridge.directory.encoding`)."""
+        return encoding.encode(self, slot)
 
     def count(self) -> int:
         return int(np.count_nonzero(self.visible()))
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else str(value)
+#: A key, its value, and the revision that last wrote it (etcd's mod_revision).
+Item = tuple[str, bytes, int]
 
 
 class Directory:
@@ -367,17 +405,18 @@ class Directory:
         self.state = State(shape)
 
     def apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
-        """A put (`value` the stored bytes) or a delete (`value` None) of one key.
+        """A put (`value` the stored bytes) or a delete (`value` None) of one key, made
+        at `revision` (the key's mod_revision after a put).
 
         Keys outside the data model and values that are not JSON objects are ignored.
         """
-        _apply(self.state, self.keys, key, value)
+        _apply(self.state, self.keys, key, value, revision)
         if revision:
             self.state.revision = revision
 
-    def load(self, entries: Iterable[tuple[str, bytes]], revision: int) -> None:
-        """Replace everything with `entries`, every key under the prefix at `revision`."""
-        self.state = build_state(self.shape, self.keys, entries, revision)
+    def load(self, items: Iterable[Item], revision: int) -> None:
+        """Replace everything with `items`, every key under the prefix at `revision`."""
+        self.state = build_state(self.shape, self.keys, items, revision)
 
 
 def _decode(value: bytes) -> Mapping[str, Any] | None:
@@ -388,30 +427,36 @@ def _decode(value: bytes) -> Mapping[str, Any] | None:
     return doc if isinstance(doc, Mapping) else None
 
 
-def _apply(state: State, layout: documents.Keys, key: str, value: bytes | None) -> None:
-    try:
-        parts = layout.split(key)
-    except ValueError:
+#: The kinds of keys the view reads (``P/<kind>/...``); v1's ``pvs`` and ``shared`` and
+#: anything else are not among them.
+IOCS, RECORDS, BRIDGES, ALIVE = "iocs", "records", "bridges", "alive"
+
+
+def _apply(
+    state: State, layout: documents.Keys, key: str, value: bytes | None, revision: int
+) -> None:
+    head = layout.prefix + "/"
+    if not key.startswith(head):
         return
+    # What `documents.Keys.split` does, without a generator per key (a load splits
+    # a million keys).
+    parts = key[len(head) :].split("/")
+    if "%" in key:
+        parts = [documents.decode_component(part) for part in parts]
     doc = _decode(value) if value is not None else None
     if value is not None and doc is None:
         return
     kind = parts[0]
-    if kind == documents.PVS and len(parts) == 2:
-        if doc is None:
-            state.drop_index(parts[1])
-        else:
-            state.put_index(parts[1], doc)
-    elif kind == documents.RECORDS and len(parts) == 3:
+    if kind == RECORDS and len(parts) == 3:
         if doc is None:
             state.drop_record(parts[1], parts[2])
         else:
-            state.put_record(parts[1], parts[2], doc)
-    elif kind == documents.IOCS and len(parts) == 2:
+            state.put_record(parts[1], parts[2], doc, revision)
+    elif kind == IOCS and len(parts) == 2:
         state.put_ioc(parts[1], doc)
-    elif kind == documents.BRIDGES and len(parts) == 2:
+    elif kind == BRIDGES and len(parts) == 2:
         _put(state.bridges, parts[1], doc)
-    elif kind == documents.ALIVE and len(parts) == 2:
+    elif kind == ALIVE and len(parts) == 2:
         _put(state.alive, parts[1], doc)
 
 
@@ -425,13 +470,13 @@ def _put(table: dict[str, Any], key: str, doc: Mapping[str, Any] | None) -> None
 def build_state(
     shape: ChannelShape,
     layout: documents.Keys,
-    entries: Iterable[tuple[str, bytes]],
+    items: Iterable[Item],
     revision: int,
 ) -> State:
     """A new `State` from every key at one revision; names are sorted once at the end."""
     state = State(shape, revision=revision)
     state.begin_bulk()
-    for key, value in entries:
-        _apply(state, layout, key, value)
+    for key, value, modified in items:
+        _apply(state, layout, key, value, modified)
     state.end_bulk()
     return state

@@ -169,3 +169,47 @@ class SortedNames:
         index = max(bisect_right(self._firsts, name) - 1, 0)
         chunk = self.chunks[index].slots
         return index, bisect_right(chunk, name, key=self._names.__getitem__)
+
+
+class BulkIndex:
+    """Name -> slot while a bulk load creates slots, before they are sorted.
+
+    An open-addressing table of slots (int32, at most half full) probed with the names'
+    own (cached) hashes. A dict would hold an int object per name, made between the
+    names' and DESCs' own objects; freed at the end of the load, their memory would
+    stay with the process (pymalloc keeps an arena while any object in it lives).
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self._names = names
+        self._table = np.full(1 << 12, -1, np.int32)
+        self._count = 0
+
+    def find(self, name: str) -> int | None:
+        table, names = self._table, self._names
+        mask = len(table) - 1
+        index = hash(name) & mask
+        while True:
+            slot = int(table[index])
+            if slot < 0:
+                return None
+            if names[slot] == name:
+                return slot
+            index = (index + 1) & mask
+
+    def add(self, slot: int) -> None:
+        """Index `slot`, whose name (``names[slot]``) is not indexed yet."""
+        if 2 * (self._count + 1) > len(self._table):
+            bigger = np.full(2 * len(self._table), -1, np.int32)
+            for known in self._table[self._table >= 0].tolist():
+                self._place(bigger, known)
+            self._table = bigger
+        self._place(self._table, slot)
+        self._count += 1
+
+    def _place(self, table: npt.NDArray[np.int32], slot: int) -> None:
+        mask = len(table) - 1
+        index = hash(self._names[slot]) & mask
+        while table[index] >= 0:
+            index = (index + 1) & mask
+        table[index] = slot

@@ -231,7 +231,7 @@ def _values(
         if state.shape.record_type:
             types = list(state.types)
             ok = np.array([False] + [test(t) for t in types], dtype=np.bool_)
-            codes = state.rtype[within]
+            codes = state.channel_types(within)
             out[within] = ok[np.minimum(codes, len(types) - 1) + 1]
         return out
     if prop == ALIAS:
@@ -243,7 +243,7 @@ def _values(
         return out
     if prop == DUPLICATE_COUNT:
         shared = within[state.claims[within] > 1]
-        out[[s for s in shared.tolist() if test(str(state.claims[s]))]] = True
+        out[[s for s in shared.tolist() if test(str(state.claim_count(s)))]] = True
         return out
     return _record_values(state, prop, test, within, out)
 
@@ -260,14 +260,17 @@ def _record_values(
         return out
     memo = _Memo(test)
     keep = []
-    owner, target = state.owner, state.target
+    owner, target, resident = state.owner, state.target, state.rec_ioc
+    column = state.desc if index < 0 else state.infos[index]
     for slot in within.tolist():
-        facts = state.facts(int(target[slot]), int(owner[slot]))
-        if facts is not None:
-            desc, infos = facts
-            value = desc if index < 0 else infos[index] if index < len(infos) else None
-            if value is not None and memo(value):
-                keep.append(slot)
+        record, ioc = int(target[slot]), int(owner[slot])
+        if resident[record] == ioc:
+            value = column[record]
+        else:
+            facts = state.facts(record, ioc)
+            value = None if facts is None else facts.desc if index < 0 else facts.infos[index]
+        if value is not None and memo(value):
+            keep.append(slot)
     out[keep] = True
     return out
 

@@ -22,8 +22,11 @@ import numpy.typing as npt
 
 from bridge.directory.channels import LIVE_STATUSES
 from bridge.directory.model import FLAG_ALIAS, IOCEntry, State
+from bridge.directory.owners import Claimant
 from bridge.directory.query import Glob
 
+#: Aliases a PV page lists at most.
+MAX_ALIASES = 100
 #: Columns `ioc_rows` can sort by.
 IOC_SORTS = ("iocid", "status", "host", "name", "engineer", "records", "pvs", "bridge", "since")
 
@@ -32,9 +35,9 @@ IOC_SORTS = ("iocid", "status", "host", "name", "engineer", "records", "pvs", "b
 class IOCRow:
     """One IOC as the IOC list shows it.
 
-    `pvs` is how many channels (records and aliases) the IOC owns in the name index;
-    `shared` how many of those other IOCs claim too; `records`/`aliases` are what its
-    document says it uploaded.
+    `pvs` is how many channels (records and aliases) the IOC owns; `shared` how many
+    of those other IOCs claim too; `records`/`aliases` are what its document says it
+    uploaded.
     """
 
     iocid: str
@@ -66,7 +69,7 @@ class Overview:
 
 
 @dataclass(frozen=True, slots=True)
-class Claimant:
+class PVClaimant:
     """An IOC that has a record (or alias) by some name."""
 
     iocid: str
@@ -76,15 +79,19 @@ class Claimant:
     owner: bool
     #: DESC of this IOC's record, as the view holds it (None if unknown).
     desc: str | None = None
+    #: The name of its record that provides the name (itself, or the aliased record).
+    record: str = ""
+    #: That record's type (None if unknown).
+    rtype: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PVView:
     """One name as the PV page shows it.
 
-    `record` is the record the name belongs to (itself, or the aliased record);
-    `aliases` the other names of that record in the index; `claimants` every IOC that
-    claims the name, the owner first.
+    `record` is the owner's record the name belongs to (itself, or the aliased record);
+    `aliases` that record's aliases; `claimants` every IOC that claims the name, ranked
+    by the ownership rule (bridge/rules/ownership.py): the owner first.
     """
 
     name: str
@@ -94,15 +101,15 @@ class PVView:
     rtype: str | None
     desc: str | None
     owner: str | None
-    claimants: list[Claimant]
+    claimants: list[PVClaimant]
     aliases: list[str]
     infos: list[tuple[str, str]]
 
 
 @dataclass(frozen=True, slots=True)
 class RecordRow:
-    """One record of an IOC: its name, the index's type and DESC of it, and who owns
-    the name (`owner` None: nobody; not this IOC: a duplicate owned elsewhere)."""
+    """One record of an IOC: its name, its type and DESC, and who owns the name
+    (`owner` None: nobody; not this IOC: a duplicate owned elsewhere)."""
 
     name: str
     rtype: str | None
@@ -309,13 +316,12 @@ def ioc_records(
     rows = []
     for slot in _walk(state, mask, after, size):
         owner = int(state.owner[slot])
-        code = int(state.rtype[slot])
         facts = state.facts(slot, index)
         rows.append(
             RecordRow(
                 name=state.names[slot],
-                rtype=state.types[code] if code >= 0 and owner == index else None,
-                desc=facts[0] if facts is not None else None,
+                rtype=state.type_name(facts.rtype) if facts is not None else None,
+                desc=facts.desc if facts is not None else None,
                 owner=state.iocs[owner].iocid if owner >= 0 else None,
             )
         )
@@ -330,19 +336,19 @@ def _name_mask(state: State, glob: Glob, count: int) -> npt.NDArray[np.bool_]:
     return mask
 
 
-def _claimant(state: State, iocid: str, owner: bool, record_slot: int) -> Claimant:
-    index = state.ioc_index.get(iocid)
-    doc = state.iocs[index].doc if index is not None else None
-    doc = doc or {}
-    facts = state.facts(record_slot, index) if index is not None else None
-    status = text(doc.get("status")) or "unknown"
-    return Claimant(
-        iocid,
+def _claimant(state: State, claimant: Claimant, owner: bool) -> PVClaimant:
+    entry = state.iocs[claimant.ioc]
+    doc = entry.doc or {}
+    facts = state.facts(claimant.record, claimant.ioc)
+    return PVClaimant(
+        entry.iocid,
         is_up(doc),
-        status,
+        text(doc.get("status")) or "unknown",
         text(doc.get("hostname")),
         owner,
-        facts[0] if facts is not None else None,
+        facts.desc if facts is not None else None,
+        state.names[claimant.record],
+        state.type_name(facts.rtype) if facts is not None else None,
     )
 
 
@@ -352,40 +358,24 @@ def pv(state: State, name: str) -> PVView | None:
     if slot is None or slot >= len(state.owner) or state.owner[slot] < 0:
         return None
     owner_index = int(state.owner[slot])
-    owner = state.iocs[owner_index].iocid
-    alias = bool(state.flags[slot] & FLAG_ALIAS)
     target = int(state.target[slot])
-    claims = state.claim_lists.get(slot) or (owner,)
-    claimants = [_claimant(state, owner, True, target)]
-    claimants += [_claimant(state, c, False, target) for c in claims if c != owner]
-    code = int(state.rtype[slot])
     facts = state.facts(target, owner_index)
     infos: list[tuple[str, str]] = []
     if facts is not None:
-        infos = [(t, v) for t, v in zip(state.shape.infotags, facts[1], strict=False) if v]
+        infos = [(t, v) for t, v in zip(state.shape.infotags, facts.infos, strict=False) if v]
+    aliases = sorted(state.names[a] for a in facts.aliases) if facts is not None else []
     return PVView(
         name=name,
         channel=bool(state.visible()[slot]),
-        alias=alias,
+        alias=target != slot,
         record=state.names[target],
-        rtype=state.types[code] if code >= 0 else None,
-        desc=facts[0] if facts is not None else None,
-        owner=owner,
-        claimants=claimants,
-        aliases=aliases_of(state, target),
+        rtype=state.type_name(facts.rtype) if facts is not None else None,
+        desc=facts.desc if facts is not None else None,
+        owner=state.iocs[owner_index].iocid,
+        claimants=[_claimant(state, c, i == 0) for i, c in enumerate(state.claimants(slot))],
+        aliases=aliases[:MAX_ALIASES],
         infos=infos,
     )
-
-
-def aliases_of(state: State, record_slot: int, limit: int = 100) -> list[str]:
-    """Names in the index that are aliases of the record at `record_slot`, sorted."""
-    count = min(len(state.target), len(state.flags), len(state.owner), len(state.names))
-    hits = np.flatnonzero(
-        (state.target[:count] == record_slot)
-        & ((state.flags[:count] & FLAG_ALIAS) != 0)
-        & (state.owner[:count] >= 0)
-    )
-    return sorted(state.names[s] for s in hits.tolist())[:limit]
 
 
 def duplicates(
@@ -396,9 +386,8 @@ def duplicates(
     mask = mask & (state.claims[: len(mask)] > 1)
     rows = []
     for slot in _walk(state, mask, after, size):
-        owner = state.iocs[int(state.owner[slot])].iocid
-        claims = state.claim_lists.get(slot, (owner,))
-        rows.append(DuplicateRow(state.names[slot], owner, tuple(claims)))
+        claims = tuple(state.iocs[c.ioc].iocid for c in state.claimants(slot))
+        rows.append(DuplicateRow(state.names[slot], claims[0], claims))
     return rows, int(np.count_nonzero(mask))
 
 
@@ -479,7 +468,6 @@ def pv_rows(state: State, slots: Sequence[int]) -> list[PVRow]:
         doc = (entry.doc if entry is not None else None) or {}
         target = int(state.target[slot])
         facts = state.facts(target, owner) if owner >= 0 else None
-        code = int(state.rtype[slot])
         rows.append(
             PVRow(
                 name=state.names[slot],
@@ -488,10 +476,10 @@ def pv_rows(state: State, slots: Sequence[int]) -> list[PVRow]:
                 iocname=text(doc.get("iocname")),
                 up=is_up(doc),
                 status=text(doc.get("status")) or "unknown",
-                rtype=state.types[code] if code >= 0 else None,
-                desc=facts[0] if facts is not None else None,
+                rtype=state.type_name(facts.rtype) if facts is not None else None,
+                desc=facts.desc if facts is not None else None,
                 alias_of=state.names[target] if state.flags[slot] & FLAG_ALIAS else None,
-                claims=int(state.claims[slot]),
+                claims=state.claim_count(slot),
             )
         )
     return rows

@@ -11,6 +11,8 @@ Besides etcd's own ``member/`` directory it holds the bridge's files:
 * ``etcd.log``: etcd's own output, kept out of the bridge's log; cut to one older
   generation (``etcd.log.1``) at a start once it passes `LOG_ROTATE_BYTES`.
 * ``client-endpoint``: ``host:port`` while etcd is healthy, for the ``recsync`` command.
+* ``directory-url``: ``http://host:port`` while the bridge serves the directory (the
+  quick start does, on loopback), so that ``recsync pv`` asks it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ PORTS_FILE = "ports"
 LOG_FILE = "etcd.log"
 #: Written while etcd is healthy, so that the `recsync` command finds the embedded etcd.
 ENDPOINT_FILE = "client-endpoint"
+#: Written while the bridge serves the directory, so that ``recsync pv`` asks it.
+DIRECTORY_FILE = "directory-url"
 #: At a start, a longer ``etcd.log`` becomes ``etcd.log.1`` (replacing an older one).
 LOG_ROTATE_BYTES = 4 << 20
 #: How much of the end of ``etcd.log`` is read to say why etcd failed.
@@ -184,21 +188,45 @@ def _entry(line: str) -> tuple[str, str]:
     return str(fields.get("level", "")), text[:300]
 
 
-def write_endpoint(data_dir: str, endpoint: str) -> None:
-    """Atomically record ``host:port`` (readers never see a partial file)."""
-    target = Path(data_dir) / ENDPOINT_FILE
-    partial = target.with_name(ENDPOINT_FILE + ".tmp")
-    partial.write_text(endpoint + "\n", encoding="utf-8")
+def _write(data_dir: str, name: str, text: str) -> None:
+    """Atomically write one line (readers never see a partial file)."""
+    target = Path(data_dir) / name
+    partial = target.with_name(name + ".tmp")
+    partial.write_text(text + "\n", encoding="utf-8")
     os.replace(partial, target)
 
 
-def read_endpoint(data_dir: str) -> str | None:
-    """The endpoint a running bridge's embedded etcd recorded, if any."""
+def _read(data_dir: str, name: str) -> str | None:
     try:
-        return (Path(data_dir) / ENDPOINT_FILE).read_text(encoding="utf-8").strip() or None
+        return (Path(data_dir) / name).read_text(encoding="utf-8").strip() or None
     except OSError:
         return None
 
 
+def write_endpoint(data_dir: str, endpoint: str) -> None:
+    """Record the embedded etcd's ``host:port``."""
+    _write(data_dir, ENDPOINT_FILE, endpoint)
+
+
+def read_endpoint(data_dir: str) -> str | None:
+    """The endpoint a running bridge's embedded etcd recorded, if any."""
+    return _read(data_dir, ENDPOINT_FILE)
+
+
 def remove_endpoint(data_dir: str) -> None:
     (Path(data_dir) / ENDPOINT_FILE).unlink(missing_ok=True)
+
+
+def write_directory_url(data_dir: str, url: str) -> None:
+    """Record where the bridge serves the directory (``http://host:port``)."""
+    _write(data_dir, DIRECTORY_FILE, url)
+
+
+def read_directory_url(data_dir: str) -> str | None:
+    """Where a bridge on this data directory serves the directory, if it recorded it
+    (check that the bridge still runs: `holder`)."""
+    return _read(data_dir, DIRECTORY_FILE)
+
+
+def remove_directory_url(data_dir: str) -> None:
+    (Path(data_dir) / DIRECTORY_FILE).unlink(missing_ok=True)

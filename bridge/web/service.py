@@ -33,6 +33,7 @@ from twisted.web.server import Site
 
 from bridge.config import BridgeConfig, HttpConfig
 from bridge.directory.model import Directory
+from bridge.etcd import datadir
 from bridge.logs import STARTUP_NAMESPACE
 from bridge.web import metrics
 from bridge.web.cf import SERVICE_ROOT, ChannelFinderAPI, QueryRunner
@@ -57,6 +58,8 @@ class DirectoryService(Service):
     configuration's ``[http]``). Inside a bridge, `registry` and `health` are the
     bridge's, so one ``/metrics`` and one ``/readyz`` cover both. `ready` fires with the
     URL of the ChannelFinder API once the first load is in place and the port listens.
+    With `record_in` (the embedded etcd's data directory) the address is written there
+    while the port listens, for ``recsync pv`` (bridge/etcd/datadir.py).
     """
 
     log = Logger()
@@ -70,8 +73,10 @@ class DirectoryService(Service):
         http: HttpConfig | None = None,
         registry: Any = None,
         health: Health | None = None,
+        record_in: str | None = None,
     ) -> None:
         super().__init__()
+        self.record_in = record_in
         self.config = config
         self.reactor = reactor
         self.http = http or config.http
@@ -152,6 +157,8 @@ class DirectoryService(Service):
         bound: int = self.port.getHost().port  # type: ignore[union-attr]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound}/ChannelFinder"
+        if self.record_in is not None:
+            datadir.write_directory_url(self.record_in, self.http.local_url(bound))
 
     def _failed(self, failure: Any) -> None:
         self.log.failure("directory could not start", failure)
@@ -165,6 +172,8 @@ class DirectoryService(Service):
     async def _stop(self) -> None:
         if self._probe is not None and self._probe.running:
             self._probe.stop()
+        if self.record_in is not None:
+            datadir.remove_directory_url(self.record_in)
         if self.port is not None:
             await defer.maybeDeferred(self.port.stopListening)
         if self.feed is not None:

@@ -7,6 +7,7 @@
     /pvs?q=                PV search: the ChannelFinder grammar (views.search_parameters),
                            ?active=1 for Active only, paged past 10,000 (?after=<name>)
     /pvs/<name>            one PV: type, DESC, info tags, aliases, every claiming IOC
+    /pv.json?name=         PVs as `recsync pv` shows them (its JSON, one object a name)
     /duplicates            names more than one IOC claims
     /bridges               registered bridges
 
@@ -74,6 +75,7 @@ class Pages:
         root.putChild(b"ioc", PageResource(self, lambda a: iocs.ioc_page(self, arg(a, "id"), a)))
         root.putChild(b"pvs", PageResource(self, page(pvs.pvs_page), self.pv_resource))
         root.putChild(b"pv", PageResource(self, lambda a: pvs.pv_page(self, arg(a, "name"))))
+        root.putChild(b"pv.json", PageResource(self, page(pvs.pv_json)))
         root.putChild(b"duplicates", PageResource(self, page(others.duplicates_page)))
         root.putChild(b"bridges", PageResource(self, page(others.bridges_page)))
         static = Resource()

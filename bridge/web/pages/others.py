@@ -49,8 +49,9 @@ def duplicates_page(pages: Pages, args: Args) -> Work:
             "Duplicates",
             "/duplicates",
             tags.p(
-                f"{total:,} names are claimed by more than one IOC. The owner is the "
-                "IOC whose record the directory serves for the name.",
+                f"{total:,} names are claimed by more than one IOC. The owner, whose "
+                "record the directory serves for the name, is the live IOC that last "
+                "uploaded it new or changed (or, when none is live, the IOC that did).",
                 class_="count",
             ),
             table,

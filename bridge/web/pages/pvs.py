@@ -9,11 +9,13 @@ from urllib.parse import quote
 from twisted.web.template import Tag, tags
 
 from bridge import documents as docs
-from bridge.directory import search, views
+from bridge.directory import lookup, search, views
+from bridge.directory.channels import dumps
 from bridge.directory.model import State
 from bridge.directory.query import QueryError, parse_query
 from bridge.web import html
 from bridge.web.pages.common import (
+    JSON,
     PAGE_SIZE,
     Args,
     PageError,
@@ -124,6 +126,29 @@ def pvs_page(pages: Pages, args: Args) -> Work:
     return work
 
 
+def pv_json(pages: Pages, args: Args) -> Work:
+    """``/pv.json?name=NAME`` (``name`` repeated for more): each name as ``recsync pv``
+    shows it (`bridge.directory.lookup`), with the view's key prefix and etcd revision:
+    ``{"prefix": P, "revision": R, "pvs": [...]}``. 503 while the view is not loaded
+    (revision 0), so that nobody takes an empty view's "unknown" for an answer."""
+    names = list(args.get("name", ()))
+    if not names:
+        raise PageError(400, "name the PVs: /pv.json?name=NAME (repeat name for more)")
+    if len(names) > lookup.MAX_NAMES:
+        raise PageError(400, f"at most {lookup.MAX_NAMES} names per request")
+    directory = pages.directory
+    state = directory.state
+    if state.revision == 0:
+        raise PageError(503, "the directory is still loading from etcd")
+
+    def work() -> Reply:
+        found = [lookup.from_state(state, name) for name in names]
+        answer = {"prefix": directory.keys.prefix, "revision": state.revision, "pvs": found}
+        return Reply(200, dumps(answer), JSON)
+
+    return work
+
+
 def pv_page(pages: Pages, name: str) -> Work:
     """``/pvs/<name>``: one name, every IOC claiming it with its record from etcd."""
     state = pages.directory.state
@@ -139,18 +164,19 @@ def pv_page(pages: Pages, name: str) -> Work:
 
 
 def _records(pages: Pages, found: views.PVView) -> dict[str, Mapping[str, Any]]:
-    """The claimants' record documents, read from etcd (the view keeps only the
-    configured info tags); empty without etcd or when it does not answer."""
+    """The record documents through which the claimants claim the name, read from etcd
+    (the view keeps only the configured info tags), by IOC id; empty without etcd or
+    when it does not answer."""
     if pages.fetch is None:
         return {}
     layout = pages.directory.keys
-    claimants = [c.iocid for c in found.claimants[:MAX_FETCHED]]
+    claimants = found.claimants[:MAX_FETCHED]
     try:
-        values = pages.fetch([layout.record(i, found.record) for i in claimants])
+        values = pages.fetch([layout.record(c.iocid, c.record) for c in claimants])
     except Exception:
         return {}
     out = {}
-    for iocid, value in zip(claimants, values, strict=False):
+    for iocid, value in zip((c.iocid for c in claimants), values, strict=False):
         try:
             doc = docs.loads(value) if value is not None else None
         except ValueError:
@@ -180,14 +206,15 @@ def _pv(
         ]
     )
     claimants = html.table(
-        ("IOC", "Status", "Host", "Owns the name", "Type", "DESC", "Info tags"),
+        ("IOC", "Status", "Host", "Owns the name", "Its record", "Type", "DESC", "Info tags"),
         (
             (
                 html.link(html.ioc_href(c.iocid), c.iocid),
                 html.status_badge(c.up, c.status),
                 html.shown(c.host),
                 "yes" if c.owner else "no",
-                html.shown(views.text(records.get(c.iocid, {}).get("type"))),
+                "this name" if c.record == found.name else html.shown(f"{c.record} (alias)"),
+                html.shown(views.text(records.get(c.iocid, {}).get("type", c.rtype))),
                 html.shown(views.text(records.get(c.iocid, {}).get("desc", c.desc))),
                 html.shown(infos_text(records.get(c.iocid, {}).get("infos"))),
             )
@@ -215,6 +242,12 @@ def _pv(
         if alias_names
         else tags.p("No aliases.", class_="empty"),
         tags.h2("IOCs that claim this name"),
+        tags.p(
+            "The owner is the live IOC that last uploaded the name new or changed (or, "
+            "when none is live, the IOC that did); the others follow in the order they "
+            "would own it.",
+            class_="count",
+        ),
         claimants,
         tags.h2("Where it lived before"),
         tags.p(
