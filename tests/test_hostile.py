@@ -1068,7 +1068,7 @@ def test_real_bridge_serves_honest_iocs_while_100_tricklers_hold_on(
         tricklers.start()
         poll(
             lambda: (
-                _last_status(process.log_text()).get("active") == 20
+                _last_status(process.log_text()).get("uploading") == 20
                 and _last_status(process.log_text()).get("queued", 0) >= 70
             ),
             30.0,
