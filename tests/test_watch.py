@@ -232,4 +232,4 @@ def test_a_watch_on_a_hung_member_moves_and_leaves_no_stream_behind(tmp_path: Pa
             running.stop()
             writer.close()
             store.close()
-        assert backend.open_watches == 0
+        poll(lambda: backend.open_watches == 0, what="the stream to end")
