@@ -46,15 +46,17 @@ class Options(usage.Options):
         try:
             config = load_config(self["config"], os.environ, overrides=overrides)
         except ConfigError as exc:
-            raise usage.UsageError(str(exc)) from None
+            # One line and exit status 1: twistd would print the whole usage text first.
+            raise SystemExit(f"recsync-directory: {exc}") from None
         if not config.etcd.endpoints:
             from bridge.etcd.datadir import read_endpoint
 
             found = read_endpoint(config.etcd.data_dir)
             if found is None:
-                raise usage.UsageError(
-                    "no [etcd] endpoints configured and no embedded etcd found in "
-                    f"{config.etcd.data_dir}"
+                raise SystemExit(
+                    "recsync-directory: no [etcd] endpoints configured and no embedded "
+                    f"etcd found in {config.etcd.data_dir}: set [etcd] endpoints, or start "
+                    "the bridge first"
                 )
             config = config.replace(etcd=dataclasses.replace(config.etcd, endpoints=(found,)))
         if not config.http.enabled:
