@@ -487,5 +487,6 @@ def session_limits(config: BridgeConfig) -> SessionLimits:
         max_infos=config.limits.max_infos,
         max_aliases=config.limits.max_aliases,
         max_record_bytes=config.limits.max_record_bytes,
+        max_client_info_bytes=config.limits.max_client_info_bytes,
         names=config.limits.names(),
     )

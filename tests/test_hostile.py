@@ -371,9 +371,17 @@ def test_max_aliases_skips_with_one_line_and_a_counter(logs: Any) -> None:
     assert [r.aliases for r in txn.records] == [["A:0", "A:1", "A:2"], ["B:0"]]
 
 
-def test_max_record_bytes_bounds_one_record_and_the_client_infos(logs: Any) -> None:
+def test_max_record_bytes_and_max_client_info_bytes_bound_a_record_and_the_infos(
+    logs: Any,
+) -> None:
     # Names long enough to matter here are over the default maxRecordNameLength.
-    bridge = Bridge(SessionLimits(max_record_bytes=10_000, names=NameLimits(record_name=5000)))
+    bridge = Bridge(
+        SessionLimits(
+            max_record_bytes=10_000,
+            max_client_info_bytes=10_000,
+            names=NameLimits(record_name=5000),
+        )
+    )
     conn = bridge.connect()
     big = "x" * 3000
     conn.send(
@@ -387,9 +395,9 @@ def test_max_record_bytes_bounds_one_record_and_the_client_infos(logs: Any) -> N
     assert not conn.closed
     lines = warnings(logs)
     assert len(lines) == 2 and all(line.startswith(conn.peer) for line in lines)
-    assert bridge.counters == {"maxRecordBytes": 2}
+    assert bridge.counters == {"maxClientInfoBytes": 1, "maxRecordBytes": 1}
     (txn,) = bridge.processor.transactions
-    assert len(txn.client_infos) == 3
+    assert len(txn.client_infos) == 3  # 3 x (3,002 + 110) bytes: a fourth would not fit
     assert list(txn.records[0].infos) == ["k0", "k1", "k2"]
     assert txn.records[0].aliases == []
 

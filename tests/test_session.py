@@ -153,8 +153,9 @@ def test_client_infos_sent_again_after_every_record_count_once() -> None:
     assert sum(len(t.records) for t in txns) == 20_000
 
 
-def test_a_value_sent_again_counts_only_its_growth_towards_max_record_bytes() -> None:
-    session = greeted(max_record_bytes=100)
+def test_a_value_sent_again_counts_only_its_growth_towards_the_limits() -> None:
+    # Client-wide infos: their text plus ITEM_COST each, up to maxClientInfoBytes.
+    session = greeted(max_record_bytes=100, max_client_info_bytes=100 + 2 * ITEM_COST)
     effects = session.receive(
         [
             wire.AddInfo(0, "K", "x" * 90),  # 91 bytes held
@@ -172,6 +173,20 @@ def test_a_value_sent_again_counts_only_its_growth_towards_max_record_bytes() ->
     (txn,) = commits(effects)
     assert txn.client_infos == {"K": "z" * 10, "L": "w" * 80}
     assert txn.records[0].infos == {"k": "v" * 90}
+
+
+def test_client_wide_infos_past_max_client_info_bytes_are_skipped_with_one_notice() -> None:
+    """What idle connections hold is bounded: an environment of 80 KB keeps 1 KiB."""
+    session = greeted(max_client_info_bytes=1024)
+    effects = session.receive(
+        [*(wire.AddInfo(0, f"E{i}", "v" * 800) for i in range(100)), wire.UploadDone()], 1.0
+    )
+    notices = [e for e in effects if isinstance(e, Notice)]
+    assert [n.limit for n in notices] == ["maxClientInfoBytes"]
+    assert "client-wide infos exceed maxClientInfoBytes=1024" in notices[0].text
+    (txn,) = commits(effects)
+    assert txn.client_infos == {"E0": "v" * 800}  # 2 + 800 + 110; a second would not fit
+    assert session.bytes_held <= 1024
 
 
 def test_transactions_are_cut_at_record_boundaries_by_size() -> None:

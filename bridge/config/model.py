@@ -71,7 +71,9 @@ class Limits:
         max_records: records per upload (``maxRecords``).
         max_infos: client-wide infos, and infos per record (``maxInfos``).
         max_aliases: aliases per record (``maxAliases``).
-        max_record_bytes: text of one record, and of the client-wide infos (``maxRecordBytes``).
+        max_record_bytes: text of one record (``maxRecordBytes``).
+        max_client_info_bytes: what the client-wide infos of one connection may hold
+            (``maxClientInfoBytes``).
         max_connections: open IOC connections in total (``maxConnections``).
         max_connections_per_host: open connections from one address (``maxConnectionsPerHost``).
         greeting_timeout: seconds a new connection may take to greet (``greetingTimeout``).
@@ -113,6 +115,7 @@ class Limits:
     min_upload_rate: float = 1000.0
     upload_rate_window: float = 5.0
     max_held_bytes: int = 64 << 20
+    max_client_info_bytes: int = 16 << 10
 
     def names(self) -> NameLimits:
         """The name limits as the session takes them."""

@@ -65,9 +65,12 @@ maxBodyLength = {lim.max_body_length}
 maxRecords = {lim.max_records}
 # Client-wide infos, and infos per record.
 maxInfos = {lim.max_infos}
-# Aliases per record, and bytes of text per record (and of the client-wide infos).
+# Aliases per record, and bytes of text per record.
 maxAliases = {lim.max_aliases}
 maxRecordBytes = {lim.max_record_bytes}
+# Bytes the client-wide infos (the IOC's environment) of one connection may hold: keys
+# and values, plus 110 for each info. Held while the IOC stays connected; more skipped.
+maxClientInfoBytes = {lim.max_client_info_bytes}
 # Open IOC connections, in total and from one address.
 maxConnections = {lim.max_connections}
 maxConnectionsPerHost = {lim.max_connections_per_host}

@@ -108,6 +108,11 @@ class SessionLimits:
     #: skipped. etcd could not store more anyway (etcdwriter.MAX_RECORD_BYTES), and it
     #: bounds what a peer can make a session hold between two record boundaries.
     max_record_bytes: int = 1 << 20
+    #: What the client-wide infos (the IOC's environment) may hold together: their keys
+    #: and values, counted in characters, plus `ITEM_COST` for each. They are held for
+    #: the whole connection, also after the upload, so this bounds what idle connections
+    #: hold: `maxConnections` of them at most this much each.
+    max_client_info_bytes: int = 16 << 10
     #: UTF-8 bytes of the names a peer sends (`NameLimits`).
     names: NameLimits = field(default_factory=NameLimits)
 
@@ -467,12 +472,13 @@ class Session:
         if old is not None and old == message.value:
             return []
         size = len(message.value) - (len(old) if old is not None else -len(message.key))
-        if self._client_bytes + size > self.limits.max_record_bytes:
+        held = self._client_bytes + size + ITEM_COST * (len(infos) + (old is None))
+        if held > self.limits.max_client_info_bytes:
             return self._notice_once(
-                "maxRecordBytes-client",
-                f"client-wide infos exceed {self.limits.max_record_bytes} bytes; "
-                "further ones skipped",
-                limit="maxRecordBytes",
+                "maxClientInfoBytes",
+                f"client-wide infos exceed maxClientInfoBytes={self.limits.max_client_info_bytes}"
+                "; further ones skipped",
+                limit="maxClientInfoBytes",
             )
         self._client_bytes += size
         infos[message.key] = message.value
