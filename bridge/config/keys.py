@@ -61,9 +61,7 @@ _KEYS: tuple[_Key, ...] = (
     _Key("recceiver", "maxAliases", _set("limits.max_aliases", _integer(1))),
     # Below 64 KiB a single legal info value could no longer be stored.
     _Key("recceiver", "maxRecordBytes", _set("limits.max_record_bytes", _integer(1 << 16))),
-    _Key(
-        "recceiver", "maxClientInfoBytes", _set("limits.max_client_info_bytes", _integer(1024))
-    ),
+    _Key("recceiver", "maxClientInfoBytes", _set("limits.max_client_info_bytes", _integer(1024))),
     _Key("recceiver", "maxConnections", _set("limits.max_connections", _integer(1))),
     _Key(
         "recceiver", "maxConnectionsPerHost", _set("limits.max_connections_per_host", _integer(1))
